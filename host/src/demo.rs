@@ -1,0 +1,151 @@
+//! `pgevents-host demo`: a demo database with the seed scenario's tables, the
+//! example plugins, a few writes from a separate client, and the events they
+//! produce, printed as the plugins log them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::dispatch::{self, HostEvent, RunOptions};
+use crate::{db, registry, schema, status};
+
+/// Dropped and created afresh on every run, so the demo always tells the same story.
+const TABLES: &str = "
+    DROP TABLE IF EXISTS public.user_accounts, public.orders;
+    CREATE TABLE public.user_accounts (
+        id    bigserial PRIMARY KEY,
+        name  text NOT NULL,
+        email text
+    );
+    CREATE TABLE public.orders (
+        id      uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        user_id bigint NOT NULL,
+        total   numeric(10, 2) NOT NULL,
+        status  text NOT NULL DEFAULT 'new'
+    );";
+
+pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
+    let files = registry::plugin_files(plugins)?;
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no .wasm plugins in {}; build the examples with `./dev build-plugins`",
+        plugins.display()
+    );
+    create_database_if_missing(database_url).await?;
+    let client = db::connect(database_url, Some(Duration::from_secs(10))).await?;
+    client.batch_execute(TABLES).await?;
+    println!(
+        "demo: database {} with tables user_accounts and orders",
+        db::describe_target(database_url)
+    );
+
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = started.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let options = RunOptions {
+        database_url: database_url.to_owned(),
+        plugins_dir: plugins.to_owned(),
+        settings: Settings::default(),
+        observer: Some(Arc::new(move |event| {
+            if let HostEvent::PluginStarted { .. } = event {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })),
+    };
+    let host = tokio::spawn(dispatch::run(options, stop_rx));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while started.load(Ordering::SeqCst) == 0 {
+        anyhow::ensure!(
+            !host.is_finished(),
+            "the host stopped before any plugin started"
+        );
+        anyhow::ensure!(Instant::now() < deadline, "no plugin started within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let writer_url = with_application_name(database_url, "demo-writer");
+    let writer = db::connect(&writer_url, Some(Duration::from_secs(10))).await?;
+    println!("demo: writing rows as application `demo-writer` (think: your web app, or psql)");
+    // Separate transactions, as an application would make them.
+    for statement in [
+        "INSERT INTO user_accounts (name, email) VALUES ('Ada Lovelace', 'ada@example.com'), ('Grace Hopper', 'grace@example.com')",
+        "BEGIN; SET LOCAL pgevents.context = 'signup-form';
+         INSERT INTO user_accounts (name) VALUES ('Alan Turing');
+         INSERT INTO orders (user_id, total) SELECT id, 42.00 FROM user_accounts WHERE name = 'Alan Turing';
+         COMMIT",
+        "UPDATE orders SET status = 'paid' WHERE status = 'new'",
+        "UPDATE user_accounts SET email = 'grace@navy.example' WHERE name = 'Grace Hopper'",
+        "DELETE FROM user_accounts WHERE name = 'Ada Lovelace'",
+    ] {
+        println!("demo: {}", statement.split_whitespace().collect::<Vec<_>>().join(" "));
+        writer
+            .batch_execute(statement)
+            .await
+            .context("writing demo rows")?;
+    }
+
+    // Wait until every active plugin has caught up with the log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = status::status(&client).await?;
+        let waiting: i64 = report
+            .plugins
+            .iter()
+            .filter(|p| p.active)
+            .map(|p| p.waiting)
+            .sum();
+        if waiting == 0 && report.held_back == 0 {
+            println!("\ndemo: every event delivered. `pgevents-host status` says:\n{report}");
+            break;
+        }
+        if Instant::now() > deadline {
+            println!("\ndemo: events still waiting after 30 s:\n{report}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    host.await??;
+    println!(
+        "demo: done. Try it yourself: run `pgevents-host run --database-url {}` and change rows from psql.",
+        db::redact(database_url)
+    );
+    Ok(())
+}
+
+fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
+}
+
+/// Connect to the server's `postgres` database and create the demo database.
+async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    let config: tokio_postgres::Config = url.parse()?;
+    let name = config
+        .get_dbname()
+        .context("the demo database URL names no database")?
+        .to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", db::describe_target(url)))?;
+    tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE DATABASE {}", schema::quote_ident(&name)))
+            .await?;
+        println!("demo: created database `{name}`");
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! `pgevents-host`: runs sandboxed WebAssembly plugins on every row change in
+//! PostgreSQL. See `DESIGN` in the README for the moving parts; one module per part.
+
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod dispatch;
+pub mod log;
+pub mod registry;
+pub mod runtime;
+pub mod schema;
+pub mod status;

@@ -1,0 +1,157 @@
+//! A plugin's manifest, validated: what it is and which changes it wants.
+
+use serde::{Deserialize, Serialize};
+
+use super::bindings::exports::pgevents::plugin::handler as wit;
+use super::bindings::pgevents::plugin::types::Operation;
+use crate::config::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
+use crate::log::Op;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub subscriptions: Vec<Subscription>,
+    /// Effective batch size (the manifest's request, or the host default).
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub schema: String,
+    pub table: String,
+    /// Subset of "insert", "update", "delete", "truncate", in that order.
+    pub operations: Vec<String>,
+    pub changed_columns: Option<Vec<String>>,
+}
+
+impl Subscription {
+    /// Log codes of the operations (`I`, `U`, `D`, `T`).
+    pub fn op_codes(&self) -> Vec<i8> {
+        self.operations
+            .iter()
+            .filter_map(|o| op_named(o))
+            .map(|op| op.code() as i8)
+            .collect()
+    }
+}
+
+fn op_named(name: &str) -> Option<Op> {
+    match name {
+        "insert" => Some(Op::Insert),
+        "update" => Some(Op::Update),
+        "delete" => Some(Op::Delete),
+        "truncate" => Some(Op::Truncate),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the manifest has an empty name")]
+    EmptyName,
+    #[error(
+        "plugin name `{0}` is not allowed: use letters, digits, `-`, `_` and `.` (at most 63 characters)"
+    )]
+    BadName(String),
+    #[error("plugin `{0}` subscribes to nothing")]
+    NoSubscriptions(String),
+    #[error("plugin `{plugin}` subscribes to a table with an empty schema or table name")]
+    EmptyTable { plugin: String },
+    #[error("plugin `{plugin}` subscribes to `{table}` twice; merge the subscriptions")]
+    Duplicate { plugin: String, table: String },
+    #[error("plugin `{plugin}` subscribes to `{table}` with no operations")]
+    NoOperations { plugin: String, table: String },
+    #[error("plugin `{plugin}` asks for a changed-columns filter on `{table}` but not for updates")]
+    ColumnsWithoutUpdate { plugin: String, table: String },
+    #[error("plugin `{plugin}` asks for batch size {size}; the maximum is {MAX_BATCH_SIZE}")]
+    BatchTooLarge { plugin: String, size: u32 },
+}
+
+impl Manifest {
+    pub(super) fn placeholder() -> Manifest {
+        Manifest {
+            name: String::new(),
+            version: String::new(),
+            subscriptions: Vec::new(),
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+
+    pub(super) fn from_wit(m: wit::Manifest) -> Result<Manifest, ManifestError> {
+        let name = m.name;
+        if name.is_empty() {
+            return Err(ManifestError::EmptyName);
+        }
+        let name_ok = name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(ManifestError::BadName(name));
+        }
+        if m.subscriptions.is_empty() {
+            return Err(ManifestError::NoSubscriptions(name));
+        }
+        if m.batch_size > MAX_BATCH_SIZE {
+            return Err(ManifestError::BatchTooLarge {
+                plugin: name,
+                size: m.batch_size,
+            });
+        }
+        let mut subscriptions: Vec<Subscription> = Vec::new();
+        for s in m.subscriptions {
+            let table = format!("{}.{}", s.schema, s.table);
+            if s.schema.is_empty() || s.table.is_empty() {
+                return Err(ManifestError::EmptyTable { plugin: name });
+            }
+            if subscriptions
+                .iter()
+                .any(|o| o.schema == s.schema && o.table == s.table)
+            {
+                return Err(ManifestError::Duplicate {
+                    plugin: name,
+                    table,
+                });
+            }
+            let operations: Vec<String> = [
+                (Operation::Insert, "insert"),
+                (Operation::Update, "update"),
+                (Operation::Delete, "delete"),
+                (Operation::Truncate, "truncate"),
+            ]
+            .into_iter()
+            .filter(|(op, _)| s.operations.contains(op))
+            .map(|(_, n)| n.to_owned())
+            .collect();
+            if operations.is_empty() {
+                return Err(ManifestError::NoOperations {
+                    plugin: name,
+                    table,
+                });
+            }
+            if s.changed_columns.is_some() && !operations.iter().any(|o| o == "update") {
+                return Err(ManifestError::ColumnsWithoutUpdate {
+                    plugin: name,
+                    table,
+                });
+            }
+            subscriptions.push(Subscription {
+                schema: s.schema,
+                table: s.table,
+                operations,
+                changed_columns: s.changed_columns,
+            });
+        }
+        Ok(Manifest {
+            name,
+            version: m.version,
+            subscriptions,
+            batch_size: if m.batch_size == 0 {
+                DEFAULT_BATCH_SIZE
+            } else {
+                m.batch_size
+            },
+        })
+    }
+}

@@ -1,0 +1,497 @@
+//! The wasmtime engine, limits and bindings: the only module that touches
+//! wasmtime types. The rest of the host sees [`Runtime`], [`LoadedPlugin`],
+//! [`Manifest`] and [`Outcome`].
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+    });
+}
+mod manifest;
+
+pub use manifest::{Manifest, ManifestError, Subscription};
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bindings::pgevents::plugin::types::{
+    Context, Disposition, Event, Failure, Operation, Position,
+};
+use bindings::{PluginPre, pgevents::plugin::host};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::{DESCRIBE_TIMEOUT_MS, EPOCH_TICK_MS};
+use crate::log::{LoggedEvent, Op};
+
+/// The world this host implements, as plugins name it.
+pub const WORLD: &str = "pgevents:plugin/plugin@0.1.0";
+
+/// Plugin stdout+stderr captured per call (a panic message lands here).
+const OUTPUT_CAPACITY_BYTES: usize = 1 << 20;
+
+/// Why a file could not become a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly file (it does not start with the `\\0asm` header)")]
+    NotWasm { path: String },
+    #[error(
+        "{path} is a core WebAssembly module, not a component; build plugins with \
+         `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { path: String },
+    #[error("{path} is not a valid WebAssembly component: {message}")]
+    Compile { path: String, message: String },
+    #[error("{path} does not implement the `{WORLD}` world: {message}")]
+    WrongWorld { path: String, message: String },
+    #[error("{path}: `describe` failed: {message}")]
+    Describe { path: String, message: String },
+    #[error("{path}: {source}")]
+    Manifest { path: String, source: ManifestError },
+}
+
+/// A log line a plugin wrote through the `host.log` import, or its stdout.
+#[derive(Debug, Clone)]
+pub struct PluginLog {
+    pub plugin: String,
+    pub level: LogLevel,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Receives every plugin log line (the host's tracing output gets them too).
+pub type LogSink = Arc<dyn Fn(PluginLog) + Send + Sync>;
+
+/// Per-instance limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub handle_timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+/// The engine shared by all plugins, with an epoch ticker for CPU deadlines.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<State>>,
+    sink: Option<LogSink>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn new(sink: Option<LogSink>) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        // The ticker holds only a weak reference: it ends with the last engine clone.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("pgevents-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            sink,
+        })
+    }
+
+    /// Read, compile and link `path`, then ask it for its manifest.
+    pub fn load(&self, path: &Path, limits: Limits) -> Result<LoadedPlugin, LoadError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        self.load_bytes(&shown, &bytes, limits)
+    }
+
+    /// Compile and link component `bytes` (named `path` in messages).
+    pub fn load_bytes(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let path = path.to_owned();
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(LoadError::CoreModule { path });
+            }
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => return Err(LoadError::NotWasm { path }),
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        })?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+        let sha256 = sha256_hex(bytes);
+        let mut plugin = LoadedPlugin {
+            runtime: self.clone(),
+            pre,
+            manifest: Manifest::placeholder(),
+            sha256,
+            limits,
+        };
+        let wit_manifest = plugin
+            .call(
+                "(loading)",
+                Duration::from_millis(DESCRIBE_TIMEOUT_MS),
+                |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
+            )
+            .map_err(|message| LoadError::Describe {
+                path: path.clone(),
+                message,
+            })?;
+        plugin.manifest =
+            Manifest::from_wit(wit_manifest).map_err(|source| LoadError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(plugin)
+    }
+}
+
+/// A compiled, linked plugin: each call runs in a fresh instance.
+pub struct LoadedPlugin {
+    runtime: Runtime,
+    pre: PluginPre<State>,
+    pub manifest: Manifest,
+    /// Hex SHA-256 of the component bytes.
+    pub sha256: String,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("manifest", &self.manifest)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a batch went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every event was handled.
+    Handled,
+    /// Events before `index` were handled; the rest should be delivered again.
+    Failed {
+        index: usize,
+        retry: Retry,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// On the host's backoff schedule.
+    Backoff,
+    /// After the delay the plugin asked for.
+    After(Duration),
+    /// Retrying will not help.
+    Never,
+}
+
+impl LoadedPlugin {
+    /// Deliver `events` (with delivery attempt numbers) to `handle` in a fresh
+    /// instance. A trap, a timeout or a broken contract is a retryable failure
+    /// at index 0.
+    pub fn handle(&self, events: &[(LoggedEvent, u32)]) -> Outcome {
+        let wit_events: Vec<Event> = events.iter().map(|(e, a)| to_wit(e, *a)).collect();
+        let name = self.manifest.name.clone();
+        let result = self.call(&name, self.limits.handle_timeout, |plugin, store| {
+            plugin
+                .pgevents_plugin_handler()
+                .call_handle(store, &wit_events)
+        });
+        match result {
+            Ok(Ok(())) => Outcome::Handled,
+            Ok(Err(Failure {
+                index,
+                disposition,
+                message,
+            })) => {
+                let index = index as usize;
+                if index >= events.len() {
+                    return Outcome::Failed {
+                        index: 0,
+                        retry: Retry::Backoff,
+                        message: format!(
+                            "plugin reported failure at index {index} of a {}-event batch: {message}",
+                            events.len()
+                        ),
+                    };
+                }
+                let retry = match disposition {
+                    Disposition::Retry(None) => Retry::Backoff,
+                    Disposition::Retry(Some(ms)) => Retry::After(Duration::from_millis(ms)),
+                    Disposition::Permanent => Retry::Never,
+                };
+                Outcome::Failed {
+                    index,
+                    retry,
+                    message,
+                }
+            }
+            Err(message) => Outcome::Failed {
+                index: 0,
+                retry: Retry::Backoff,
+                message,
+            },
+        }
+    }
+
+    /// Run `f` in a fresh store and instance with this plugin's limits; a trap
+    /// becomes a message that says which limit, if any, was hit.
+    fn call<R>(
+        &self,
+        plugin_name: &str,
+        timeout: Duration,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, String> {
+        let output = MemoryOutputPipe::new(OUTPUT_CAPACITY_BYTES);
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            plugin: plugin_name.to_owned(),
+            sink: self.runtime.sink.clone(),
+            memory_limit: self.limits.memory_bytes,
+            memory_exceeded: false,
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|state| state);
+        let ticks = (timeout.as_millis() as u64).div_ceil(EPOCH_TICK_MS).max(1);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|plugin| f(&plugin, &mut store));
+        let printed = String::from_utf8_lossy(&output.contents())
+            .trim()
+            .to_owned();
+        if !printed.is_empty() {
+            let state = store.data_mut();
+            for line in printed.lines() {
+                state.emit(
+                    LogLevel::Info,
+                    line.to_owned(),
+                    vec![("stream".into(), "stdio".into())],
+                );
+            }
+        }
+        result.map_err(|e| {
+            let mut message = if store.data().memory_exceeded {
+                format!(
+                    "exceeded the memory limit of {} MiB per instance",
+                    self.limits.memory_bytes >> 20
+                )
+            } else {
+                match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::Interrupt) => {
+                        format!("exceeded the CPU time limit of {timeout:?} per call")
+                    }
+                    Some(trap) => {
+                        let reason = trap.to_string();
+                        format!("trapped: {}", reason.trim_start_matches("wasm trap: "))
+                    }
+                    None => format!("failed: {e:#}"),
+                }
+            };
+            tracing::debug!(plugin = plugin_name, "call failed: {e:?}");
+            let said = last_words(&printed);
+            if !said.is_empty() {
+                message.push_str(&format!(" (plugin output: {said})"));
+            }
+            message
+        })
+    }
+}
+
+/// The last few meaningful lines a plugin printed (a panic message), without
+/// the language runtime's boilerplate hints.
+fn last_words(printed: &str) -> String {
+    let lines: Vec<&str> = printed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+fn to_wit(e: &LoggedEvent, attempt: u32) -> Event {
+    Event {
+        id: e.id().to_string(),
+        position: Position {
+            txid: e.position.txid,
+            seq: e.position.seq as u64,
+        },
+        operation: match e.op {
+            Op::Insert => Operation::Insert,
+            Op::Update => Operation::Update,
+            Op::Delete => Operation::Delete,
+            Op::Truncate => Operation::Truncate,
+        },
+        schema: e.schema.clone(),
+        table: e.table.clone(),
+        key: e.key.clone(),
+        new_row: e.new_row.clone(),
+        old_row: e.old_row.clone(),
+        captured_at: e.captured_at.clone(),
+        context: Context {
+            user: e.user.clone(),
+            application_name: e.application_name.clone(),
+            tag: e.tag.clone(),
+        },
+        attempt,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// ` key=value key2="with space"` for a log line.
+fn render_fields(fields: &[(String, String)]) -> String {
+    fields
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| {
+            if v.contains(char::is_whitespace) || v.contains('"') || v.is_empty() {
+                format!(" {k}={v:?}")
+            } else {
+                format!(" {k}={v}")
+            }
+        })
+        .collect()
+}
+
+/// Per-instance state: a deny-by-default WASI context and the plugin's identity.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    plugin: String,
+    sink: Option<LogSink>,
+    memory_limit: usize,
+    memory_exceeded: bool,
+}
+
+impl State {
+    fn emit(&self, level: LogLevel, message: String, fields: Vec<(String, String)>) {
+        let plugin = self.plugin.as_str();
+        let shown = render_fields(&fields);
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}{shown}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}{shown}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}{shown}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}{shown}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}{shown}"),
+        }
+        if let Some(sink) = &self.sink {
+            sink(PluginLog {
+                plugin: self.plugin.clone(),
+                level,
+                message,
+                fields,
+            });
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl bindings::pgevents::plugin::types::Host for State {}
+
+impl host::Host for State {
+    fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            host::Level::Trace => LogLevel::Trace,
+            host::Level::Debug => LogLevel::Debug,
+            host::Level::Info => LogLevel::Info,
+            host::Level::Warn => LogLevel::Warn,
+            host::Level::Error => LogLevel::Error,
+        };
+        self.emit(level, message, fields);
+    }
+}

@@ -1,0 +1,152 @@
+//! SQL the host installs: versioned migrations, the capture function, and the
+//! trigger reconciler (`triggers.rs`).
+
+mod triggers;
+
+pub use triggers::{
+    CaptureTrigger, ReconcileReport, TableFacts, TableProblem, by_table, reconcile_triggers,
+    table_facts,
+};
+
+use tokio_postgres::{Client, GenericClient};
+
+use crate::config::SCHEMA;
+
+/// Migrations in order; the index + 1 is the version recorded in `pgevents.migrations`.
+const MIGRATIONS: &[&str] = &[include_str!("0001_log.sql")];
+
+/// Serializes installs and trigger changes across hosts sharing a database.
+pub(crate) const INSTALL_LOCK_KEY: i64 = 0x7067_6576_656e_7473; // "pgevents"
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("installing the `{SCHEMA}` schema failed at migration {version}: {message}")]
+    Migration { version: usize, message: String },
+    #[error(
+        "the database has `{SCHEMA}` schema version {found}, newer than this host knows ({known}); upgrade pgevents-host"
+    )]
+    TooNew { found: i32, known: usize },
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for SchemaError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SchemaError::Db(crate::db::error_text(&e))
+    }
+}
+
+/// `"name"` with embedded quotes doubled: safe for any identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."table"`.
+pub fn quote_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// A string literal that is correct whatever `standard_conforming_strings` says.
+pub fn quote_literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Apply every migration the database lacks, in one transaction. Idempotent;
+/// concurrent hosts wait on an advisory lock. Returns the schema version.
+pub async fn install(client: &mut Client) -> Result<usize, SchemaError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
+        .await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+         CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations (
+             version    integer     PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now());"
+    ))
+    .await?;
+    let current: i32 = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA}.migrations"),
+            &[],
+        )
+        .await?
+        .get(0);
+    if current as usize > MIGRATIONS.len() {
+        return Err(SchemaError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index + 1;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| SchemaError::Migration {
+                version,
+                message: crate::db::error_text(&e),
+            })?;
+        tx.execute(
+            &format!("INSERT INTO {SCHEMA}.migrations (version) VALUES ($1)"),
+            &[&(version as i32)],
+        )
+        .await?;
+        tracing::info!(version, "applied migration");
+    }
+    tx.commit().await?;
+    Ok(MIGRATIONS.len())
+}
+
+/// Whether the schema is installed (without changing anything).
+pub async fn is_installed(client: &impl GenericClient) -> Result<bool, SchemaError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{SCHEMA}.migrations")],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Capture triggers currently installed.
+pub async fn installed_triggers(
+    client: &impl GenericClient,
+) -> Result<Vec<CaptureTrigger>, SchemaError> {
+    triggers::installed(client).await
+}
+
+/// Drop every trigger the host installed and the host's schema (log, cursors,
+/// registry). The user's tables and their data are not touched.
+pub async fn uninstall(client: &mut Client) -> Result<usize, SchemaError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
+        .await?;
+    let mut dropped = 0;
+    if is_installed(&tx).await? {
+        for trigger in triggers::installed(&tx).await? {
+            tx.batch_execute(&trigger.drop_sql()).await?;
+            dropped += 1;
+        }
+    }
+    tx.batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        .await?;
+    tx.commit().await?;
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_neutralizes_hostile_names() {
+        assert_eq!(
+            quote_ident(r#"a"; DROP TABLE x; --"#),
+            r#""a""; DROP TABLE x; --""#
+        );
+        assert_eq!(
+            quote_table("Odd Schema", "Mixed \"Case\""),
+            r#""Odd Schema"."Mixed ""Case""""#
+        );
+        assert_eq!(quote_literal(r"it's \n"), r"E'it''s \\n'");
+    }
+}

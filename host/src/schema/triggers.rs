@@ -1,0 +1,334 @@
+//! The trigger reconciler: makes the set of capture triggers equal to what the
+//! active plugins' subscriptions need, per table and per operation. It only
+//! ever drops triggers that call `pgevents.capture()`: triggers the host did
+//! not create are never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::{Client, GenericClient};
+
+use super::{INSTALL_LOCK_KEY, SchemaError, quote_ident, quote_literal, quote_table};
+use crate::config::SCHEMA;
+
+/// One installed or wanted capture trigger.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CaptureTrigger {
+    pub schema: String,
+    pub table: String,
+    /// `I`, `U`, `D` or `T`.
+    pub op: char,
+    /// `notify` or `quiet`, then the primary-key columns.
+    pub args: Vec<String>,
+}
+
+impl CaptureTrigger {
+    fn name(&self) -> &'static str {
+        trigger_name(self.op)
+    }
+
+    fn create_sql(&self) -> String {
+        let table = quote_table(&self.schema, &self.table);
+        let (event, level) = match self.op {
+            'I' => (
+                "INSERT",
+                "REFERENCING NEW TABLE AS pgevents_new_rows FOR EACH STATEMENT",
+            ),
+            'D' => (
+                "DELETE",
+                "REFERENCING OLD TABLE AS pgevents_old_rows FOR EACH STATEMENT",
+            ),
+            'U' => ("UPDATE", "FOR EACH ROW"),
+            _ => ("TRUNCATE", "FOR EACH STATEMENT"),
+        };
+        let args: Vec<String> = self.args.iter().map(|a| quote_literal(a)).collect();
+        format!(
+            "CREATE TRIGGER {} AFTER {event} ON {table} {level} EXECUTE FUNCTION {SCHEMA}.capture({})",
+            quote_ident(self.name()),
+            args.join(", ")
+        )
+    }
+
+    pub(crate) fn drop_sql(&self) -> String {
+        format!(
+            "DROP TRIGGER IF EXISTS {} ON {}",
+            quote_ident(self.name()),
+            quote_table(&self.schema, &self.table)
+        )
+    }
+}
+
+fn trigger_name(op: char) -> &'static str {
+    match op {
+        'I' => "pgevents_capture_insert",
+        'U' => "pgevents_capture_update",
+        'D' => "pgevents_capture_delete",
+        _ => "pgevents_capture_truncate",
+    }
+}
+
+/// What a reconcile changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub created: Vec<CaptureTrigger>,
+    pub dropped: Vec<CaptureTrigger>,
+}
+
+/// Capture triggers currently installed (those calling `pgevents.capture()`).
+pub(crate) async fn installed(
+    client: &impl GenericClient,
+) -> Result<Vec<CaptureTrigger>, SchemaError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgargs
+             FROM pg_trigger t
+             JOIN pg_class c ON c.oid = t.tgrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE t.tgfoid = to_regprocedure($1) AND NOT t.tgisinternal",
+            &[&format!("{SCHEMA}.capture()")],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let name: String = row.get(2);
+            let raw: Vec<u8> = row.get(3);
+            // tgargs: each argument NUL-terminated.
+            let args = raw
+                .split(|b| *b == 0)
+                .filter(|_| !raw.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>();
+            let args = args[..args.len().saturating_sub(1)].to_vec();
+            let op = ['I', 'U', 'D', 'T']
+                .into_iter()
+                .find(|op| trigger_name(*op) == name)
+                .unwrap_or('?');
+            CaptureTrigger {
+                schema: row.get(0),
+                table: row.get(1),
+                op,
+                args,
+            }
+        })
+        .collect())
+}
+
+/// Capture triggers the active plugins' subscriptions need. Tables that no
+/// longer exist are left out (their subscriptions are reported at load).
+async fn wanted(
+    client: &impl GenericClient,
+    notify: bool,
+) -> Result<BTreeSet<CaptureTrigger>, SchemaError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT s.schema_name, s.table_name, array_agg(DISTINCT o::text) AS ops,
+                        coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                                  FROM pg_index i
+                                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}') AS keys
+                 FROM {SCHEMA}.subscriptions s
+                 JOIN {SCHEMA}.plugins p ON p.name = s.plugin AND p.active
+                 CROSS JOIN LATERAL unnest(s.ops) AS o
+                 JOIN pg_namespace n ON n.nspname = s.schema_name
+                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.table_name
+                 GROUP BY s.schema_name, s.table_name, c.oid"
+            ),
+            &[],
+        )
+        .await?;
+    let mut wanted = BTreeSet::new();
+    for row in rows {
+        let schema: String = row.get(0);
+        let table: String = row.get(1);
+        let ops: Vec<String> = row.get(2);
+        let keys: Vec<String> = row.get(3);
+        let mut args = vec![if notify { "notify" } else { "quiet" }.to_owned()];
+        args.extend(keys);
+        for op in ops {
+            wanted.insert(CaptureTrigger {
+                schema: schema.clone(),
+                table: table.clone(),
+                op: op.chars().next().unwrap_or('?'),
+                args: args.clone(),
+            });
+        }
+    }
+    Ok(wanted)
+}
+
+/// Install missing capture triggers and drop ones no active plugin needs, in one
+/// transaction. A trigger whose arguments are stale (the key changed, NOTIFY was
+/// switched) is replaced.
+pub async fn reconcile_triggers(
+    client: &mut Client,
+    notify: bool,
+) -> Result<ReconcileReport, SchemaError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
+        .await?;
+    // Creating a trigger waits for writers' locks on the table; fail clearly instead of hanging.
+    tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
+    let wanted = wanted(&tx, notify).await?;
+    let have: BTreeSet<CaptureTrigger> = installed(&tx).await?.into_iter().collect();
+    let mut report = ReconcileReport::default();
+    // Drop first: a stale trigger and its replacement share a name.
+    for trigger in have.difference(&wanted) {
+        tx.batch_execute(&trigger.drop_sql()).await?;
+        report.dropped.push(trigger.clone());
+    }
+    for trigger in wanted.difference(&have) {
+        tx.batch_execute(&trigger.create_sql()).await?;
+        report.created.push(trigger.clone());
+    }
+    tx.commit().await?;
+    for t in &report.created {
+        tracing::info!(table = %quote_table(&t.schema, &t.table), op = %t.op, "installed capture trigger");
+    }
+    for t in &report.dropped {
+        tracing::info!(table = %quote_table(&t.schema, &t.table), op = %t.op, "dropped capture trigger");
+    }
+    Ok(report)
+}
+
+/// Primary-key-less and other table facts a subscription is checked against.
+#[derive(Debug, Clone)]
+pub struct TableFacts {
+    pub columns: Vec<String>,
+}
+
+/// Why a subscription's table cannot be captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableProblem {
+    Missing { suggestion: Option<String> },
+    NotATable { kind: String },
+}
+
+/// Look a table up by its exact (unquoted) schema and name.
+pub async fn table_facts(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Result<TableFacts, TableProblem>, SchemaError> {
+    let row = client
+        .query_opt(
+            "SELECT c.relkind::text,
+                    array(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                          ORDER BY a.attnum)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &table],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Err(TableProblem::Missing {
+            suggestion: suggest_table(client, schema, table).await?,
+        }));
+    };
+    let kind: String = row.get(0);
+    if kind != "r" && kind != "p" {
+        let kind = match kind.as_str() {
+            "v" => "a view",
+            "m" => "a materialized view",
+            "f" => "a foreign table",
+            "S" => "a sequence",
+            "i" | "I" => "an index",
+            _ => "not a plain table",
+        };
+        return Ok(Err(TableProblem::NotATable { kind: kind.into() }));
+    }
+    Ok(Ok(TableFacts {
+        columns: row.get(1),
+    }))
+}
+
+/// The closest existing user table by edit distance, if it is close.
+async fn suggest_table(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Option<String>, SchemaError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgevents')
+               AND n.nspname NOT LIKE 'pg_toast%'",
+            &[],
+        )
+        .await?;
+    let wanted = format!("{schema}.{table}");
+    Ok(rows
+        .iter()
+        .map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .map(|name| {
+            (
+                edit_distance(&wanted.to_lowercase(), &name.to_lowercase()),
+                name,
+            )
+        })
+        .filter(|(d, _)| *d <= 3.max(wanted.len() / 4))
+        .min()
+        .map(|(_, name)| name))
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Group for display: `schema.table` -> operations.
+pub fn by_table(triggers: &[CaptureTrigger]) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for t in triggers {
+        map.entry(quote_table(&t.schema, &t.table))
+            .or_default()
+            .push(t.op);
+    }
+    for ops in map.values_mut() {
+        *ops = "IUDT".chars().filter(|op| ops.contains(*op)).collect();
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("public.orderz", "public.orders"), 1);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
+
+    #[test]
+    fn create_sql_quotes_everything() {
+        let t = CaptureTrigger {
+            schema: "Odd Schema".into(),
+            table: "Mixed \"Case\"; Table".into(),
+            op: 'I',
+            args: vec!["notify".into(), "it's".into()],
+        };
+        assert_eq!(
+            t.create_sql(),
+            "CREATE TRIGGER \"pgevents_capture_insert\" AFTER INSERT ON \"Odd Schema\".\"Mixed \"\"Case\"\"; Table\" \
+             REFERENCING NEW TABLE AS pgevents_new_rows FOR EACH STATEMENT \
+             EXECUTE FUNCTION pgevents.capture(E'notify', E'it''s')"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Capture: what the triggers record, for every operation and table shape.
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn insert_update_delete_truncate_carry_old_and_new_rows() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name, qty) VALUES ('apple', 1), ('pear', 2);
+         UPDATE items SET qty = 10 WHERE name = 'apple';
+         DELETE FROM items WHERE name = 'pear';
+         TRUNCATE items;",
+    )
+    .await
+    .unwrap();
+    let seen = host.wait_seen("recorder", 5).await;
+    host.settle(std::time::Duration::from_millis(300)).await;
+    let seen_all = host.seen("recorder");
+    assert_eq!(seen_all.len(), 5, "{seen_all:#?}");
+    let ops: Vec<&str> = seen.iter().map(|s| s.op.as_str()).collect();
+    assert_eq!(ops, ["insert", "insert", "update", "delete", "truncate"]);
+    assert_eq!(
+        seen[0].new,
+        Some(json!({"id": 1, "name": "apple", "note": null, "qty": 1}))
+    );
+    assert_eq!(seen[0].old, None);
+    assert_eq!(seen[0].key, Some(json!({"id": 1})));
+    assert_eq!(seen[2].old.as_ref().unwrap()["qty"], json!(1));
+    assert_eq!(seen[2].new.as_ref().unwrap()["qty"], json!(10));
+    assert_eq!(
+        seen[3].old,
+        Some(json!({"id": 2, "name": "pear", "note": null, "qty": 2}))
+    );
+    assert_eq!(seen[3].new, None);
+    assert_eq!(seen[3].key, Some(json!({"id": 2})));
+    assert_eq!(
+        (
+            seen[4].key.clone(),
+            seen[4].new.clone(),
+            seen[4].old.clone()
+        ),
+        (None, None, None)
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.schema == "public" && s.table == "items" && s.attempt == 1)
+    );
+    assert_log_order(&seen);
+    assert_unique(&seen);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn uuid_composite_and_keyless_tables() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO uuid_keyed (id, label) VALUES ('6f1c2b0e-6a52-4c8e-9d1a-0f3c9b1e2a77', 'u');
+         INSERT INTO composite_keyed VALUES (7, 'x-1', 'v');
+         INSERT INTO no_key VALUES (1, 'a'), (1, 'a');
+         UPDATE no_key SET b = 'b';
+         DELETE FROM composite_keyed;",
+    )
+    .await
+    .unwrap();
+    let seen = host.wait_seen("recorder", 7).await;
+    assert_eq!(
+        seen[0].key,
+        Some(json!({"id": "6f1c2b0e-6a52-4c8e-9d1a-0f3c9b1e2a77"}))
+    );
+    assert_eq!(seen[1].key, Some(json!({"tenant": 7, "code": "x-1"})));
+    let keyless: Vec<_> = seen.iter().filter(|s| s.table == "no_key").collect();
+    assert_eq!(
+        keyless.len(),
+        4,
+        "two inserts and two updates of identical rows"
+    );
+    assert!(keyless.iter().all(|s| s.key.is_none()));
+    assert_eq!(keyless[2].old, Some(json!({"a": 1, "b": "a"})));
+    assert_eq!(keyless[2].new, Some(json!({"a": 1, "b": "b"})));
+    assert_eq!(seen[6].op, "delete");
+    assert_eq!(seen[6].key, Some(json!({"tenant": 7, "code": "x-1"})));
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_identifiers_in_a_non_public_schema() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        r#"INSERT INTO "Odd Schema"."Mixed ""Case""; Table" ("Weird Col", "select") VALUES (1, 'it''s; DROP TABLE x; --');
+           UPDATE "Odd Schema"."Mixed ""Case""; Table" SET "select" = 'ok';"#,
+    )
+    .await
+    .unwrap();
+    let seen = host.wait_seen("recorder", 2).await;
+    assert_eq!(seen[0].schema, "Odd Schema");
+    assert_eq!(seen[0].table, "Mixed \"Case\"; Table");
+    assert_eq!(seen[0].key, Some(json!({"Weird Col": 1})));
+    assert_eq!(
+        seen[0].new.as_ref().unwrap()["select"],
+        json!("it's; DROP TABLE x; --")
+    );
+    assert_eq!(
+        seen[1].old.as_ref().unwrap()["select"],
+        json!("it's; DROP TABLE x; --")
+    );
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn writers_need_no_privilege_on_the_log_and_keep_their_search_path() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let role = format!("writer_{}", &db.name[db.name.len() - 8..]);
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN;
+         GRANT INSERT, UPDATE, SELECT ON items TO {role};
+         GRANT USAGE ON SEQUENCE items_id_seq TO {role};"
+    ))
+    .await
+    .unwrap();
+    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
+    config.user(&role).application_name("limited-app");
+    let (writer, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    writer
+        .batch_execute(
+            "SET search_path = '';
+             INSERT INTO public.items (name) VALUES ('written by a limited role');
+             UPDATE public.items SET qty = 3;",
+        )
+        .await
+        .expect("a writer without privileges on pgevents can still write");
+    let denied = writer.batch_execute("SELECT * FROM pgevents.events").await;
+    assert!(
+        denied.is_err(),
+        "the writer must not be able to read the log"
+    );
+    let sp: String = writer
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sp, "\"\"",
+        "capture must not change the session's search_path"
+    );
+    let seen = host.wait_seen("recorder", 2).await;
+    assert_eq!(seen[0].user, role);
+    assert_eq!(seen[0].application_name, "limited-app");
+    host.stop().await;
+    drop(writer);
+    c.batch_execute(&format!(
+        "REVOKE ALL ON items FROM {role}; REVOKE ALL ON SEQUENCE items_id_seq FROM {role}"
+    ))
+    .await
+    .unwrap();
+    drop(db);
+    let admin = connect(&server_url()).await;
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn context_tag_application_and_capture_time() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let app = db.client_as("billing-service").await;
+    app.batch_execute(
+        "BEGIN;
+         SET LOCAL pgevents.context = 'order 42 checkout';
+         INSERT INTO items (name) VALUES ('tagged');
+         COMMIT;
+         INSERT INTO items (name) VALUES ('untagged');",
+    )
+    .await
+    .unwrap();
+    let seen = host.wait_seen("recorder", 2).await;
+    assert_eq!(seen[0].tag.as_deref(), Some("order 42 checkout"));
+    assert_eq!(seen[1].tag, None);
+    assert!(seen.iter().all(|s| s.application_name == "billing-service"));
+    assert!(seen[0].captured_at.ends_with('Z') && seen[0].captured_at.contains('T'));
+    assert_ne!(seen[0].txid, seen[1].txid);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_statements_capture_every_row() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name, qty) SELECT 'bulk ' || g, g FROM generate_series(1, 1000) g;
+         DELETE FROM items WHERE qty <= 500;",
+    )
+    .await
+    .unwrap();
+    let seen = host.wait_seen("recorder", 1500).await;
+    host.settle(std::time::Duration::from_millis(300)).await;
+    let seen_all = host.seen("recorder");
+    assert_eq!(seen_all.len(), 1500);
+    assert_unique(&seen);
+    assert_log_order(&seen);
+    assert_eq!(seen.iter().filter(|s| s.op == "delete").count(), 500);
+    host.stop().await;
+}

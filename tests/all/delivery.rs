@@ -1,0 +1,339 @@
+//! Delivery: ordering below the horizon, cursors across restarts, filters,
+//! several plugins, retries.
+
+use std::time::Duration;
+
+use pgevents_host::config::Settings;
+use pgevents_host::dispatch::HostEvent;
+use pgevents_host::status;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn changes_made_while_the_host_is_down_are_delivered() {
+    let db = TestDb::new().await;
+    let host = Host::start(&db, &["recorder"]).await;
+    host.stop().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name) SELECT 'offline ' || g FROM generate_series(1, 25) g",
+    )
+    .await
+    .unwrap();
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let seen = host.wait_seen("recorder", 25).await;
+    assert_eq!(seen.len(), 25);
+    assert_unique(&seen);
+    assert_log_order(&seen);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn restart_resumes_from_the_cursor_without_redelivery() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    c.batch_execute("INSERT INTO items (name) SELECT 'first ' || g FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
+    let first = host.wait_seen("recorder", 10).await;
+    // Wait for the ack of the batch, then stop.
+    host.wait_until(
+        "the batch is acknowledged",
+        |e| matches!(e, HostEvent::BatchHandled { plugin, .. } if plugin == "recorder"),
+    )
+    .await;
+    host.stop().await;
+
+    let mut host = Host::start(&db, &["recorder"]).await;
+    c.batch_execute("INSERT INTO items (name) SELECT 'second ' || g FROM generate_series(1, 5) g")
+        .await
+        .unwrap();
+    let second = host.wait_seen("recorder", 5).await;
+    host.settle(Duration::from_millis(500)).await;
+    let second_all = host.seen("recorder");
+    assert_eq!(
+        second_all.len(),
+        5,
+        "acknowledged events were delivered again: {second_all:#?}"
+    );
+    assert!(
+        second
+            .iter()
+            .all(|s| s.row_str("name").unwrap().starts_with("second"))
+    );
+    assert!(first.iter().all(|f| second.iter().all(|s| s.id != f.id)));
+    host.stop().await;
+}
+
+/// A transaction that writes first and commits last must not be skipped, and
+/// nothing after it is delivered before it.
+#[tokio::test]
+async fn a_late_committing_transaction_is_not_skipped() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let slow = db.client_as("slow-writer").await;
+    let fast = db.client().await;
+    slow.batch_execute("BEGIN; INSERT INTO items (name) VALUES ('slow: began first')")
+        .await
+        .unwrap();
+    fast.batch_execute("INSERT INTO items (name) VALUES ('fast: committed first')")
+        .await
+        .unwrap();
+    host.settle(Duration::from_millis(700)).await;
+    assert!(
+        host.seen("recorder").is_empty(),
+        "an event behind an open older transaction was delivered: {:#?}",
+        host.seen("recorder")
+    );
+    // status says which transaction holds delivery back.
+    let report = status::status(&db.client().await).await.unwrap();
+    // Only the committed event is counted; the open transaction's row is invisible.
+    assert_eq!(report.held_back, 1, "{report}");
+    assert!(
+        report
+            .blockers
+            .iter()
+            .any(|b| b.application_name.as_deref() == Some("slow-writer")),
+        "status should name the blocking transaction: {report}"
+    );
+    assert!(report.to_string().contains("slow-writer"), "{report}");
+    slow.batch_execute("COMMIT").await.unwrap();
+    let seen = host.wait_seen("recorder", 2).await;
+    assert_eq!(
+        seen[0].row_str("name").as_deref(),
+        Some("slow: began first")
+    );
+    assert_eq!(
+        seen[1].row_str("name").as_deref(),
+        Some("fast: committed first")
+    );
+    host.settle(Duration::from_millis(300)).await;
+    assert_eq!(host.seen("recorder").len(), 2);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn interleaved_transactions_deliver_everything_exactly_once() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let a = db.client().await;
+    let b = db.client().await;
+    a.batch_execute("BEGIN; INSERT INTO items (name) VALUES ('a1')")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN; INSERT INTO items (name) VALUES ('b1')")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO items (name) VALUES ('a2')")
+        .await
+        .unwrap();
+    b.batch_execute("INSERT INTO items (name) VALUES ('b2'); COMMIT")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO items (name) VALUES ('a3'); COMMIT")
+        .await
+        .unwrap();
+    let seen = host.wait_seen("recorder", 5).await;
+    host.settle(Duration::from_millis(300)).await;
+    let names: Vec<String> = host
+        .seen("recorder")
+        .iter()
+        .map(|s| s.row_str("name").unwrap())
+        .collect();
+    // Ordered by writing transaction (a got its id first), then by sequence.
+    assert_eq!(names, ["a1", "a2", "a3", "b1", "b2"]);
+    assert_unique(&seen);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn two_plugins_on_one_table_each_see_every_event_once() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder", "filtered"]).await;
+    let c = db.client().await;
+    for i in 0..20 {
+        c.execute(
+            "INSERT INTO items (name) VALUES ($1)",
+            &[&format!("row {i}")],
+        )
+        .await
+        .unwrap();
+    }
+    host.wait_seen("recorder", 20).await;
+    host.wait_seen("filtered", 20).await;
+    host.settle(Duration::from_millis(300)).await;
+    for plugin in ["recorder", "filtered"] {
+        let seen = host.seen(plugin);
+        assert_eq!(seen.len(), 20, "{plugin}");
+        assert_unique(&seen);
+        assert_log_order(&seen);
+    }
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn operation_and_changed_column_filters() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["filtered"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name) VALUES ('insert is wanted');
+         UPDATE items SET qty = 1;
+         DELETE FROM items;
+         INSERT INTO prices VALUES (1, 9.99, 'a'), (2, 5, 'b');
+         UPDATE prices SET label = 'label change only' WHERE id = 1;
+         UPDATE prices SET price = 12.50 WHERE id = 1;
+         UPDATE prices SET price = price, label = 'same price' WHERE id = 2;
+         DELETE FROM prices;",
+    )
+    .await
+    .unwrap();
+    host.wait_seen("filtered", 2).await;
+    host.settle(Duration::from_millis(500)).await;
+    let seen = host.seen("filtered");
+    let summary: Vec<(String, String)> = seen
+        .iter()
+        .map(|s| (s.table.clone(), s.op.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("items".to_owned(), "insert".to_owned()),
+            ("prices".to_owned(), "update".to_owned())
+        ]
+    );
+    assert_eq!(
+        seen[1].new.as_ref().unwrap()["price"],
+        serde_json::json!(12.50)
+    );
+    // Filtered-out events still move the cursor: nothing stays waiting.
+    let report = status::status(&db.client().await).await.unwrap();
+    let filtered = report
+        .plugins
+        .iter()
+        .find(|p| p.name == "filtered")
+        .unwrap();
+    assert_eq!(filtered.waiting, 0, "{report}");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_handler_is_retried_and_does_not_block_other_plugins() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["faulty", "recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute("INSERT INTO items (name) VALUES ('before')")
+        .await
+        .unwrap();
+    host.wait_seen("faulty", 1).await;
+    // One misbehaving row at a time, so each failure is its own.
+    let cases = [
+        ("flaky", "retry-once", "note says retry-once"),
+        (
+            "crashy",
+            "trap-once",
+            "trapped: wasm `unreachable` instruction executed",
+        ),
+        ("patient", "retry-after", "note says retry-after"),
+    ];
+    for (i, (name, note, failure)) in cases.iter().enumerate() {
+        c.execute(
+            "INSERT INTO items (name, note) VALUES ($1, $2)",
+            &[name, note],
+        )
+        .await
+        .unwrap();
+        let seen = host.wait_seen("faulty", i + 2).await;
+        let last = seen.last().unwrap();
+        assert_eq!(last.row_str("name").as_deref(), Some(*name));
+        assert_eq!(last.attempt, 2, "{name} is handled on its second attempt");
+        let failures = host.failures("faulty");
+        assert_eq!(failures.len(), i + 1, "{failures:#?}");
+        assert!(failures[i].contains(failure), "{}", failures[i]);
+    }
+    let crash = &host.failures("faulty")[1];
+    assert!(
+        crash.contains("plugin output:") && crash.contains("note says trap-once"),
+        "{crash}"
+    );
+    // The plugin asked for 200 ms; the host honoured it rather than its own backoff.
+    let asked: Vec<Option<Duration>> = host
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::BatchFailed {
+                plugin, retry_in, ..
+            } if plugin == "faulty" => Some(*retry_in),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked[2], Some(Duration::from_millis(200)));
+    // The other plugin saw everything, once.
+    let recorded = host.wait_seen("recorder", 4).await;
+    assert_unique(&recorded);
+    // Events before a failure were acknowledged, not delivered again.
+    host.settle(Duration::from_millis(300)).await;
+    let seen = host.seen("faulty");
+    assert_eq!(seen.len(), 4, "{seen:#?}");
+    assert_unique(&seen);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_halts_only_that_plugin() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["faulty", "recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name, note) VALUES ('ok', NULL), ('bad', 'permanent'), ('later', NULL)",
+    )
+    .await
+    .unwrap();
+    host.wait_until(
+        "faulty halts",
+        |e| matches!(e, HostEvent::PluginHalted { plugin, .. } if plugin == "faulty"),
+    )
+    .await;
+    host.wait_seen("recorder", 3).await;
+    let report = status::status(&db.client().await).await.unwrap();
+    let faulty = report.plugins.iter().find(|p| p.name == "faulty").unwrap();
+    assert!(
+        faulty.halted.as_deref().unwrap().contains("permanent"),
+        "{report}"
+    );
+    assert_eq!(
+        faulty.waiting, 2,
+        "the failed event and the one after it wait: {report}"
+    );
+    assert_eq!(host.seen("faulty").len(), 1);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn polling_without_notify_delivers_too() {
+    let db = TestDb::new().await;
+    let settings = Settings {
+        notify: false,
+        ..test_settings()
+    };
+    let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), settings).await;
+    let c = db.client().await;
+    let args: String = c
+        .query_one(
+            "SELECT encode(tgargs, 'escape') FROM pg_trigger WHERE tgname = 'pgevents_capture_insert' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        args.starts_with("quiet"),
+        "capture triggers must not NOTIFY: {args}"
+    );
+    c.batch_execute("INSERT INTO items (name) VALUES ('polled')")
+        .await
+        .unwrap();
+    host.wait_seen("recorder", 1).await;
+    host.stop().await;
+}

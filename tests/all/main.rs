@@ -1,0 +1,8 @@
+//! The one integration-test binary: real PostgreSQL, real plugin components.
+//! Each test creates and drops its own database.
+
+mod capture;
+mod cli;
+mod delivery;
+mod errors;
+mod support;
