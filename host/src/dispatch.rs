@@ -94,10 +94,7 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         Arc::new(move |log: PluginLog| observer(HostEvent::PluginLog(log))) as LogSink
     });
     let runtime = Runtime::new(sink)?;
-    let limits = Limits {
-        handle_timeout: settings.handle_timeout,
-        memory_bytes: settings.memory_limit_bytes,
-    };
+    let limits = Limits::from(&settings);
     let loaded = registry::load_folder(
         &runtime,
         &mut client,

@@ -43,6 +43,15 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Remove a plugin for good: its cursor and subscriptions, and the capture
+    /// triggers no other plugin needs. (A plugin whose file is merely missing is
+    /// paused instead: its tables stay captured so it resumes without loss.)
+    Forget {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The plugin's manifest name, as `status` shows it.
+        name: String,
+    },
     /// Print a plugin's manifest, or why the file is not a plugin.
     Inspect {
         file: PathBuf,
@@ -209,6 +218,19 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 config::SCHEMA
             );
         }
+        Command::Forget { db, name } => {
+            let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            if !registry::forget(&mut client, &name).await? {
+                eprintln!(
+                    "error: no plugin named `{name}` is registered (see `pgevents-host status`)"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("forgot plugin `{name}`");
+            for (table, ops) in schema::by_table(&schema::installed_triggers(&client).await?) {
+                println!("capturing {table}: {ops}");
+            }
+        }
         Command::Inspect { file, json } => {
             let runtime = Runtime::new(None)?;
             let plugin = tokio::task::spawn_blocking(move || runtime.load(&file, default_limits()))
@@ -254,11 +276,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn default_limits() -> Limits {
-    let settings = Settings::default();
-    Limits {
-        handle_timeout: settings.handle_timeout,
-        memory_bytes: settings.memory_limit_bytes,
-    }
+    Limits::from(&Settings::default())
 }
 
 /// A shutdown signal that turns true on Ctrl-C or SIGTERM.

@@ -61,8 +61,8 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
 }
 
 /// Load every plugin in `dir`, register the good ones as the active set
-/// (plugins no longer present become inactive; their cursors stay), and
-/// reconcile triggers. A bad file or manifest rejects that plugin only.
+/// (plugins no longer present are paused), and reconcile triggers. A bad file
+/// or manifest rejects that plugin only.
 pub async fn load_folder(
     runtime: &Runtime,
     client: &mut Client,
@@ -120,7 +120,7 @@ pub async fn load_folder(
     }
 
     register(client, &accepted, &rejected).await?;
-    schema::reconcile_triggers(client, notify).await?;
+    schema::reconcile_triggers(client, Some(notify)).await?;
     for r in &rejected {
         tracing::error!("plugin not started: {}", r.error);
     }
@@ -177,7 +177,9 @@ async fn check_subscriptions(
 }
 
 /// Record the active set in one transaction: accepted plugins with their
-/// subscriptions and cursors; every other plugin inactive with no subscriptions.
+/// subscriptions and cursors. Every other plugin is paused: it keeps its cursor
+/// and its subscriptions (so its tables stay captured and nothing is lost while
+/// its file is away) until `forget` removes it.
 async fn register(
     client: &mut Client,
     accepted: &[(PathBuf, LoadedPlugin)],
@@ -195,11 +197,6 @@ async fn register(
         .collect();
     tx.execute(
         &format!("UPDATE {SCHEMA}.plugins SET active = false WHERE NOT name = ANY($1)"),
-        &[&names],
-    )
-    .await?;
-    tx.execute(
-        &format!("DELETE FROM {SCHEMA}.subscriptions WHERE NOT plugin = ANY($1)"),
         &[&names],
     )
     .await?;
@@ -254,4 +251,30 @@ async fn register(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Remove a plugin for good: its registration, subscriptions and cursor; then
+/// drop the triggers no other plugin needs. Returns whether it was known.
+pub async fn forget(client: &mut Client, name: &str) -> Result<bool, RegistryError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema::INSTALL_LOCK_KEY],
+    )
+    .await?;
+    let plugins = tx
+        .execute(
+            &format!("DELETE FROM {SCHEMA}.plugins WHERE name = $1"),
+            &[&name],
+        )
+        .await?;
+    let cursors = tx
+        .execute(
+            &format!("DELETE FROM {SCHEMA}.cursors WHERE plugin = $1"),
+            &[&name],
+        )
+        .await?;
+    tx.commit().await?;
+    schema::reconcile_triggers(client, None).await?;
+    Ok(plugins + cursors > 0)
 }

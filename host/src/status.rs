@@ -174,7 +174,7 @@ impl fmt::Display for Status {
             let state = match (&p.halted, p.active) {
                 (Some(_), _) => "halted",
                 (None, true) => "active",
-                (None, false) => "inactive",
+                (None, false) => "paused: file missing",
             };
             let cursor = p
                 .cursor

@@ -263,3 +263,43 @@ fn an_unreachable_database_is_retried_then_reported_with_where_it_tried() {
         "the password must not be printed: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn forget_removes_a_plugin_and_only_the_triggers_it_alone_needed() {
+    let db = TestDb::new().await;
+    let dir = plugins_dir(&["recorder", "filtered"]);
+    let (ok, _, stderr) = output(
+        bin()
+            .args(["install", "--database-url", &db.url, "--plugins"])
+            .arg(dir.path()),
+    );
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) =
+        output(bin().args(["forget", "--database-url", &db.url, "filtered"]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("forgot plugin `filtered`"), "{stdout}");
+    assert!(
+        !stdout.contains(r#""public"."prices""#),
+        "prices was only filtered's: {stdout}"
+    );
+    assert!(
+        stdout.contains(r#"capturing "public"."items": IUDT"#),
+        "items is still recorder's: {stdout}"
+    );
+    let cursors: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pgevents.cursors WHERE plugin = 'filtered'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cursors, 0);
+    let (ok, _, stderr) = output(bin().args(["forget", "--database-url", &db.url, "nobody"]));
+    assert!(
+        !ok && stderr.contains("no plugin named `nobody`"),
+        "{stderr}"
+    );
+}

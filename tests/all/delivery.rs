@@ -337,3 +337,99 @@ async fn polling_without_notify_delivers_too() {
     host.wait_seen("recorder", 1).await;
     host.stop().await;
 }
+
+#[tokio::test]
+async fn terminated_connections_are_reestablished_and_nothing_is_lost() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    let terminate = "SELECT count(pg_terminate_backend(pid))::int8 FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    for round in 0..3 {
+        c.execute(
+            "INSERT INTO items (name) SELECT $1 || g FROM generate_series(1, 200) g",
+            &[&format!("round {round} ")],
+        )
+        .await
+        .unwrap();
+        // Once the host is connected (again): its listener and its worker...
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let others: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if others >= 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the host did not reconnect"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...cut its connections while it works through the rows.
+        let killed: i64 = c.query_one(terminate, &[]).await.unwrap().get(0);
+        assert!(killed >= 2, "killed {killed}");
+    }
+    host.wait_seen("recorder", 600).await;
+    host.settle(Duration::from_millis(300)).await;
+    let seen = host.seen("recorder");
+    let names: std::collections::HashSet<String> =
+        seen.iter().map(|s| s.row_str("name").unwrap()).collect();
+    assert_eq!(names.len(), 600, "every event is delivered at least once");
+    // A batch cut off before its ack may come again, never more than that.
+    assert!(seen.len() <= 600 + 3 * 100, "{} deliveries", seen.len());
+    // And after the storm, delivery goes on as usual.
+    c.batch_execute("INSERT INTO items (name) VALUES ('calm again')")
+        .await
+        .unwrap();
+    host.wait_until("the host delivers after reconnecting", |e| {
+        matches!(e, HostEvent::PluginLog(l) if l.fields.iter().any(|(_, v)| v.contains("calm again")))
+    })
+    .await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_plugin_whose_file_is_missing_is_paused_and_resumes_without_loss() {
+    let db = TestDb::new().await;
+    Host::start(&db, &["recorder", "filtered"])
+        .await
+        .stop()
+        .await;
+    // The host restarts without filtered.wasm (a deploy in progress, a wrong folder).
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name) SELECT 'while away ' || g FROM generate_series(1, 3) g",
+    )
+    .await
+    .unwrap();
+    host.wait_seen("recorder", 3).await;
+    let report = status::status(&c).await.unwrap();
+    let filtered = report
+        .plugins
+        .iter()
+        .find(|p| p.name == "filtered")
+        .unwrap();
+    assert!(!filtered.active && filtered.waiting == 3, "{report}");
+    assert!(
+        report.to_string().contains("[paused: file missing]"),
+        "{report}"
+    );
+    host.stop().await;
+    // Putting the file back resumes where it stopped.
+    let mut host = Host::start(&db, &["recorder", "filtered"]).await;
+    let seen = host.wait_seen("filtered", 3).await;
+    assert!(
+        seen.iter()
+            .all(|s| s.row_str("name").unwrap().starts_with("while away"))
+    );
+    host.stop().await;
+}

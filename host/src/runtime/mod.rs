@@ -87,6 +87,15 @@ pub struct Limits {
     pub memory_bytes: usize,
 }
 
+impl From<&crate::config::Settings> for Limits {
+    fn from(settings: &crate::config::Settings) -> Limits {
+        Limits {
+            handle_timeout: settings.handle_timeout,
+            memory_bytes: settings.memory_limit_bytes,
+        }
+    }
+}
+
 /// The engine shared by all plugins, with an epoch ticker for CPU deadlines.
 #[derive(Clone)]
 pub struct Runtime {

@@ -92,13 +92,12 @@ pub(crate) async fn installed(
         .map(|row| {
             let name: String = row.get(2);
             let raw: Vec<u8> = row.get(3);
-            // tgargs: each argument NUL-terminated.
-            let args = raw
+            // tgargs: each argument is NUL-terminated, so the split leaves an empty tail.
+            let mut args: Vec<String> = raw
                 .split(|b| *b == 0)
-                .filter(|_| !raw.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>();
-            let args = args[..args.len().saturating_sub(1)].to_vec();
+                .collect();
+            args.pop();
             let op = ['I', 'U', 'D', 'T']
                 .into_iter()
                 .find(|op| trigger_name(*op) == name)
@@ -113,8 +112,8 @@ pub(crate) async fn installed(
         .collect())
 }
 
-/// Capture triggers the active plugins' subscriptions need. Tables that no
-/// longer exist are left out (their subscriptions are reported at load).
+/// Capture triggers the registered plugins' subscriptions need (paused plugins
+/// included: events wait for them). Tables that no longer exist are left out.
 async fn wanted(
     client: &impl GenericClient,
     notify: bool,
@@ -129,7 +128,6 @@ async fn wanted(
                                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                                   WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}') AS keys
                  FROM {SCHEMA}.subscriptions s
-                 JOIN {SCHEMA}.plugins p ON p.name = s.plugin AND p.active
                  CROSS JOIN LATERAL unnest(s.ops) AS o
                  JOIN pg_namespace n ON n.nspname = s.schema_name
                  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.table_name
@@ -158,20 +156,25 @@ async fn wanted(
     Ok(wanted)
 }
 
-/// Install missing capture triggers and drop ones no active plugin needs, in one
-/// transaction. A trigger whose arguments are stale (the key changed, NOTIFY was
-/// switched) is replaced.
+/// Install missing capture triggers and drop ones no registered plugin needs,
+/// in one transaction. A trigger whose arguments are stale (the key changed,
+/// NOTIFY was switched) is replaced. `notify: None` keeps the installed mode.
 pub async fn reconcile_triggers(
     client: &mut Client,
-    notify: bool,
+    notify: Option<bool>,
 ) -> Result<ReconcileReport, SchemaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
         .await?;
     // Creating a trigger waits for writers' locks on the table; fail clearly instead of hanging.
     tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
-    let wanted = wanted(&tx, notify).await?;
     let have: BTreeSet<CaptureTrigger> = installed(&tx).await?.into_iter().collect();
+    let notify = notify.unwrap_or_else(|| {
+        !have
+            .iter()
+            .any(|t| t.args.first().is_some_and(|a| a == "quiet"))
+    });
+    let wanted = wanted(&tx, notify).await?;
     let mut report = ReconcileReport::default();
     // Drop first: a stale trigger and its replacement share a name.
     for trigger in have.difference(&wanted) {
