@@ -29,6 +29,9 @@ pub const HORIZON_WAIT_POLL_MS: u64 = 50;
 pub const DEFAULT_RETRY_BASE_MS: u64 = 500;
 pub const DEFAULT_RETRY_MAX_MS: u64 = 60_000;
 
+/// How often a worker checks whether another process still delivers its plugin.
+pub const CLAIM_RETRY_MS: u64 = 1_000;
+
 /// Reconnect schedule after a lost or refused database connection: doubling
 /// from 250 ms to 10 s.
 pub const RECONNECT_BASE_MS: u64 = 250;

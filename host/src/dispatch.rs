@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::config::{
-    self, HORIZON_WAIT_POLL_MS, MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, SCHEMA, Settings,
+    self, CLAIM_RETRY_MS, HORIZON_WAIT_POLL_MS, MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, SCHEMA,
+    Settings,
 };
 use crate::db;
 use crate::log::{Position, Reader};
@@ -88,7 +89,14 @@ impl Shared {
 /// plugins, then deliver. A batch in flight at shutdown is finished and acked.
 pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = options.settings.clone();
-    let mut client = db::connect(&options.database_url, settings.connect_timeout).await?;
+    let mut waiting = shutdown.clone();
+    let mut client = tokio::select! {
+        client = db::connect(&options.database_url, settings.connect_timeout) => client?,
+        _ = stopped(&mut waiting) => {
+            tracing::info!("stopped before the database could be reached");
+            return Ok(());
+        }
+    };
     schema::install(&mut client).await?;
     let sink: Option<LogSink> = options.observer.clone().map(|observer| {
         Arc::new(move |log: PluginLog| observer(HostEvent::PluginLog(log))) as LogSink
@@ -122,9 +130,16 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
             "no plugin is running; add a .wasm file to the plugins folder and restart"
         );
     }
-    let listener = settings
-        .notify
-        .then(|| tokio::spawn(listen(shared.url.clone(), wake_tx, shutdown.clone())));
+    // The sender lives until `run` returns: with NOTIFY off nothing sends, and a
+    // dropped sender would make every worker's wait return at once (a busy loop).
+    let wake_tx = Arc::new(wake_tx);
+    let listener = settings.notify.then(|| {
+        tokio::spawn(listen(
+            shared.url.clone(),
+            wake_tx.clone(),
+            shutdown.clone(),
+        ))
+    });
     let workers: Vec<_> = loaded
         .plugins
         .into_iter()
@@ -153,7 +168,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Keep a LISTEN connection open and bump `wake` on every notification, and
 /// after every reconnect (notifications may have been missed meanwhile).
-async fn listen(url: String, wake: watch::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
+async fn listen(url: String, wake: Arc<watch::Sender<u64>>, mut shutdown: watch::Receiver<bool>) {
     let mut failures = 0;
     loop {
         let session = async {
@@ -211,6 +226,9 @@ async fn worker(plugin: Arc<LoadedPlugin>, shared: Arc<Shared>) {
     loop {
         let result = async {
             let client = db::connect_once(&shared.url).await?;
+            if !claim(&client, &name, &mut shutdown).await? {
+                return Ok(());
+            }
             let reader = Reader::prepare(&client).await?;
             let cursor = crate::log::cursor_or_start(&client, &name).await?;
             failures = 0;
@@ -228,6 +246,45 @@ async fn worker(plugin: Arc<LoadedPlugin>, shared: Arc<Shared>) {
                     _ = stopped(&mut shutdown) => return,
                 }
             }
+        }
+    }
+}
+
+/// While any other process delivers this plugin (a second host on the same
+/// database, an old one still draining), wait: one deliverer per plugin keeps
+/// the order and the at-most-one-batch redelivery promise. The session-level
+/// advisory lock is released when the connection ends, even if the process dies.
+/// Returns false if shutdown came first.
+async fn claim(
+    client: &Client,
+    plugin: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, tokio_postgres::Error> {
+    let mut warned = false;
+    loop {
+        let claimed: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('pgevents plugin ' || $1, 0))",
+                &[&plugin],
+            )
+            .await?
+            .get(0);
+        if claimed {
+            if warned {
+                tracing::info!(plugin, "the other deliverer is gone; delivering");
+            }
+            return Ok(true);
+        }
+        if !warned {
+            tracing::warn!(
+                plugin,
+                "another process is delivering this plugin on this database; waiting until it stops"
+            );
+            warned = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(CLAIM_RETRY_MS)) => {}
+            _ = stopped(shutdown) => return Ok(false),
         }
     }
 }
@@ -339,7 +396,7 @@ async fn deliver(
                     let attempt = attempts[index];
                     let delay = match retry {
                         Retry::Never => None,
-                        Retry::After(d) => Some(d),
+                        Retry::After(d) => Some(d.min(shared.settings.retry_max)),
                         Retry::Backoff => Some(config::jitter(config::backoff(
                             attempt,
                             shared.settings.retry_base,

@@ -167,7 +167,7 @@ impl Reader {
         );
         let ack_sql = format!(
             "UPDATE {SCHEMA}.cursors SET txid = $2::text::xid8, seq = $3, updated_at = now()
-             WHERE plugin = $1"
+             WHERE plugin = $1 AND (txid, seq) < ($2::text::xid8, $3)"
         );
         let (horizon, batch, tail, ack) = tokio::try_join!(
             client.prepare(HORIZON_SQL),
@@ -222,7 +222,7 @@ impl Reader {
         })
     }
 
-    /// Move `plugin`'s cursor to `to` (its own transaction).
+    /// Move `plugin`'s cursor forward to `to` (its own transaction); never backwards.
     pub async fn ack(
         &self,
         client: &impl GenericClient,

@@ -72,7 +72,12 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
              FROM pg_stat_activity
              WHERE backend_xid IS NOT NULL
                AND backend_xid::text::bigint = $1::text::bigint % 4294967296
-             ORDER BY xact_start",
+             UNION ALL
+             SELECT 0, database::text, owner::text, 'prepared transaction ' || gid, 'prepared',
+                    extract(epoch FROM now() - prepared)::float8, NULL
+             FROM pg_prepared_xacts
+             WHERE transaction::text::bigint = $1::text::bigint % 4294967296
+             ORDER BY 6 DESC",
             &[&horizon_text],
         )
         .await?

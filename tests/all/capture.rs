@@ -60,7 +60,7 @@ async fn uuid_composite_and_keyless_tables() {
     let mut host = Host::start(&db, &["recorder"]).await;
     let c = db.client().await;
     c.batch_execute(
-        "INSERT INTO uuid_keyed (id, label) VALUES ('6f1c2b0e-6a52-4c8e-9d1a-0f3c9b1e2a77', 'u');
+        "INSERT INTO uuid_keyed (id, label, t, pgevents_row) VALUES ('6f1c2b0e-6a52-4c8e-9d1a-0f3c9b1e2a77', 'u', 42, 7);
          INSERT INTO composite_keyed VALUES (7, 'x-1', 'v');
          INSERT INTO no_key VALUES (1, 'a'), (1, 'a');
          UPDATE no_key SET b = 'b';
@@ -72,6 +72,13 @@ async fn uuid_composite_and_keyless_tables() {
     assert_eq!(
         seen[0].key,
         Some(json!({"id": "6f1c2b0e-6a52-4c8e-9d1a-0f3c9b1e2a77"}))
+    );
+    assert_eq!(
+        seen[0].new,
+        Some(
+            json!({"id": "6f1c2b0e-6a52-4c8e-9d1a-0f3c9b1e2a77", "label": "u", "t": 42, "pgevents_row": 7})
+        ),
+        "a column named like the capture function's alias must not replace the row"
     );
     assert_eq!(seen[1].key, Some(json!({"tenant": 7, "code": "x-1"})));
     let keyless: Vec<_> = seen.iter().filter(|s| s.table == "no_key").collect();

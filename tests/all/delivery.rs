@@ -335,7 +335,49 @@ async fn polling_without_notify_delivers_too() {
         .await
         .unwrap();
     host.wait_seen("recorder", 1).await;
+    // Idle, the adaptive poll backs off to the poll interval (1 s): a handful of
+    // reads, not a busy loop. Statistics are flushed about once a second.
+    let commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before: i64 = c.query_one(commits, &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: i64 = c.query_one(commits, &[]).await.unwrap().get(0);
+    assert!(
+        after - before < 200,
+        "{} transactions in 3 s of idling",
+        after - before
+    );
     host.stop().await;
+}
+
+#[tokio::test]
+async fn two_hosts_never_deliver_one_plugin_at_once_and_the_second_takes_over() {
+    let db = TestDb::new().await;
+    let mut first = Host::start(&db, &["recorder"]).await;
+    let mut second = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute("INSERT INTO items (name) SELECT 'one ' || g FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    first.wait_seen("recorder", 50).await;
+    second.settle(Duration::from_millis(500)).await;
+    assert!(
+        second.seen("recorder").is_empty(),
+        "both hosts delivered the same plugin"
+    );
+    first.stop().await;
+    c.batch_execute("INSERT INTO items (name) SELECT 'two ' || g FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    let taken_over = second.wait_seen("recorder", 50).await;
+    assert!(
+        taken_over
+            .iter()
+            .all(|s| s.row_str("name").unwrap().starts_with("two"))
+    );
+    second.settle(Duration::from_millis(300)).await;
+    assert_eq!(second.seen("recorder").len(), 50);
+    second.stop().await;
 }
 
 #[tokio::test]

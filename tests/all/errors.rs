@@ -195,3 +195,32 @@ async fn an_endless_loop_and_unbounded_allocation_hit_their_limits() {
     host.wait_seen("recorder", 2).await;
     host.stop().await;
 }
+
+#[tokio::test]
+async fn partitioned_tables_are_refused_with_a_clear_message() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "DROP TABLE items;
+         CREATE TABLE items (id int, name text, note text, qty int) PARTITION BY RANGE (id);
+         CREATE TABLE items_low PARTITION OF items FOR VALUES FROM (0) TO (1000);",
+    )
+    .await
+    .unwrap();
+    let mut host = Host::start(&db, &["recorder", "filtered"]).await;
+    let rejections = host.rejections();
+    assert_eq!(rejections.len(), 2, "{rejections:#?}");
+    assert!(
+        rejections
+            .iter()
+            .all(|r| r
+                .contains(r#""public"."items", which is a partitioned table (not supported yet)"#)),
+        "{rejections:#?}"
+    );
+    // Writes to the partitioned table keep working.
+    c.batch_execute("INSERT INTO items VALUES (1, 'x')")
+        .await
+        .unwrap();
+    host.settle(std::time::Duration::from_millis(100)).await;
+    host.stop().await;
+}

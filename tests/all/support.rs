@@ -25,7 +25,8 @@ pub fn server_url() -> String {
 /// Tables every test database starts with: the shapes the test plugins subscribe to.
 const FIXTURE: &str = r#"
     CREATE TABLE public.items (id serial PRIMARY KEY, name text, note text, qty int);
-    CREATE TABLE public.uuid_keyed (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), label text);
+    -- `t` and `pgevents_row` are names the capture function's SQL also uses.
+    CREATE TABLE public.uuid_keyed (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), label text, t int, pgevents_row int);
     CREATE TABLE public.composite_keyed (tenant int, code text, value text, PRIMARY KEY (tenant, code));
     CREATE TABLE public.no_key (a int, b text);
     CREATE TABLE public.prices (id int PRIMARY KEY, price numeric, label text);

@@ -68,6 +68,7 @@ $$;
 -- Inserts and deletes use statement-level triggers with transition tables (one
 -- INSERT ... SELECT per statement); updates use a row-level trigger, because
 -- transition tables cannot pair old and new rows of a table without a key.
+-- `alias.*` is always the whole row, even when the table has a column named like the alias.
 -- It runs as its owner with a pinned search_path, so a writer needs no
 -- privilege on the log, and no table shape or session setting can break it.
 CREATE FUNCTION pgevents.capture() RETURNS trigger
@@ -84,11 +85,11 @@ BEGIN
     ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO pgevents.events (op, schema_name, table_name, pk, new_row)
         SELECT 'I', TG_TABLE_SCHEMA, TG_TABLE_NAME, pgevents.key_of(r.j, key_columns), r.j
-        FROM (SELECT to_jsonb(t) AS j FROM pgevents_new_rows AS t) AS r;
+        FROM (SELECT to_jsonb(pgevents_row.*) AS j FROM pgevents_new_rows AS pgevents_row) AS r;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO pgevents.events (op, schema_name, table_name, pk, old_row)
         SELECT 'D', TG_TABLE_SCHEMA, TG_TABLE_NAME, pgevents.key_of(r.j, key_columns), r.j
-        FROM (SELECT to_jsonb(t) AS j FROM pgevents_old_rows AS t) AS r;
+        FROM (SELECT to_jsonb(pgevents_row.*) AS j FROM pgevents_old_rows AS pgevents_row) AS r;
     ELSE
         INSERT INTO pgevents.events (op, schema_name, table_name)
         VALUES ('T', TG_TABLE_SCHEMA, TG_TABLE_NAME);

@@ -71,6 +71,8 @@ fn trigger_name(op: char) -> &'static str {
 pub struct ReconcileReport {
     pub created: Vec<CaptureTrigger>,
     pub dropped: Vec<CaptureTrigger>,
+    /// Changes that failed (a lock timeout, a name clash), with the error; the rest were applied.
+    pub failed: Vec<(CaptureTrigger, String)>,
 }
 
 /// Capture triggers currently installed (those calling `pgevents.capture()`).
@@ -83,7 +85,9 @@ pub(crate) async fn installed(
              FROM pg_trigger t
              JOIN pg_class c ON c.oid = t.tgrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE t.tgfoid = to_regprocedure($1) AND NOT t.tgisinternal",
+             WHERE t.tgfoid = to_regprocedure($1) AND NOT t.tgisinternal AND t.tgparentid = 0
+               AND t.tgname IN ('pgevents_capture_insert', 'pgevents_capture_update',
+                                'pgevents_capture_delete', 'pgevents_capture_truncate')",
             &[&format!("{SCHEMA}.capture()")],
         )
         .await?;
@@ -131,6 +135,7 @@ async fn wanted(
                  CROSS JOIN LATERAL unnest(s.ops) AS o
                  JOIN pg_namespace n ON n.nspname = s.schema_name
                  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.table_name
+                                 AND c.relkind = 'r' AND NOT c.relispartition
                  GROUP BY s.schema_name, s.table_name, c.oid"
             ),
             &[],
@@ -176,14 +181,37 @@ pub async fn reconcile_triggers(
     });
     let wanted = wanted(&tx, notify).await?;
     let mut report = ReconcileReport::default();
-    // Drop first: a stale trigger and its replacement share a name.
-    for trigger in have.difference(&wanted) {
-        tx.batch_execute(&trigger.drop_sql()).await?;
-        report.dropped.push(trigger.clone());
-    }
-    for trigger in wanted.difference(&have) {
-        tx.batch_execute(&trigger.create_sql()).await?;
-        report.created.push(trigger.clone());
+    // Drop first: a stale trigger and its replacement share a name. Each change
+    // in its own savepoint: one busy or odd table must not stop the others.
+    let changes = have
+        .difference(&wanted)
+        .map(|t| (t, t.drop_sql(), false))
+        .chain(wanted.difference(&have).map(|t| (t, t.create_sql(), true)));
+    for (trigger, sql, create) in changes {
+        tx.batch_execute("SAVEPOINT pgevents_trigger").await?;
+        match tx.batch_execute(&sql).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT pgevents_trigger")
+                    .await?;
+                if create {
+                    report.created.push(trigger.clone());
+                } else {
+                    report.dropped.push(trigger.clone());
+                }
+            }
+            Err(e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT pgevents_trigger")
+                    .await?;
+                let error = crate::db::error_text(&e);
+                tracing::error!(
+                    table = %quote_table(&trigger.schema, &trigger.table),
+                    op = %trigger.op,
+                    "could not {} capture trigger: {error}",
+                    if create { "install" } else { "drop" }
+                );
+                report.failed.push((trigger.clone(), error));
+            }
+        }
     }
     tx.commit().await?;
     for t in &report.created {
@@ -216,7 +244,7 @@ pub async fn table_facts(
 ) -> Result<Result<TableFacts, TableProblem>, SchemaError> {
     let row = client
         .query_opt(
-            "SELECT c.relkind::text,
+            "SELECT c.relkind::text, c.relispartition,
                     array(SELECT a.attname::text FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                           ORDER BY a.attnum)
@@ -231,8 +259,11 @@ pub async fn table_facts(
         }));
     };
     let kind: String = row.get(0);
-    if kind != "r" && kind != "p" {
+    let is_partition: bool = row.get(1);
+    if kind != "r" || is_partition {
         let kind = match kind.as_str() {
+            _ if is_partition => "a partition of a partitioned table (not supported yet)",
+            "p" => "a partitioned table (not supported yet)",
             "v" => "a view",
             "m" => "a materialized view",
             "f" => "a foreign table",
@@ -243,7 +274,7 @@ pub async fn table_facts(
         return Ok(Err(TableProblem::NotATable { kind: kind.into() }));
     }
     Ok(Ok(TableFacts {
-        columns: row.get(1),
+        columns: row.get(2),
     }))
 }
 
