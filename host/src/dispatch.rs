@@ -294,6 +294,8 @@ async fn claim(
 struct WorkerState {
     attempts: HashMap<Position, u32>,
     idle_poll: Duration,
+    /// The last horizon, reusable while windows come back full (see `Reader::read`).
+    horizon: Option<u64>,
 }
 
 enum Next {
@@ -324,13 +326,26 @@ async fn deliver(
             return Ok(());
         }
         wake.borrow_and_update();
+        let started = std::time::Instant::now();
         let batch = reader
-            .read(client, name, cursor, plugin.manifest.batch_size)
+            .read(
+                client,
+                name,
+                cursor,
+                plugin.manifest.batch_size,
+                state.horizon.take(),
+            )
             .await?;
+        if batch.full {
+            state.horizon = Some(batch.horizon);
+        }
+        let read_at = started.elapsed();
         let next = if batch.events.is_empty() {
-            if let Some(to) = batch.scanned_to {
+            if let Some(to) = batch.end {
+                // Only rows this plugin does not subscribe to: skip them and read on.
                 reader.ack(client, name, to).await?;
                 cursor = to;
+                continue;
             }
             state.idle_poll = if shared.settings.notify {
                 poll
@@ -369,8 +384,17 @@ async fn deliver(
                 });
             match outcome {
                 Outcome::Handled => {
-                    let to = batch.end().expect("non-empty batch has an end");
+                    let to = batch.end.expect("a batch with events has an end");
+                    let handled_at = started.elapsed();
                     reader.ack(client, name, to).await?;
+                    tracing::debug!(
+                        plugin = name,
+                        events = positions.len(),
+                        read_us = read_at.as_micros() as u64,
+                        handle_us = (handled_at - read_at).as_micros() as u64,
+                        ack_us = (started.elapsed() - handled_at).as_micros() as u64,
+                        "batch handled"
+                    );
                     cursor = to;
                     state.attempts.retain(|p, _| *p > cursor);
                     shared.observe(HostEvent::BatchHandled {

@@ -109,18 +109,21 @@ fn parse_txid(text: &str) -> u64 {
 /// other databases of the cluster are skipped (they cannot write our log). An
 /// in-progress id whose owner cannot be seen still counts.
 const HORIZON_SQL: &str = "
-    WITH snap AS (SELECT pg_current_snapshot() AS s),
-    elsewhere AS (
-        SELECT backend_xid::text::bigint AS x FROM pg_stat_activity
-        WHERE backend_xid IS NOT NULL AND datname <> current_database()
-        UNION ALL
-        SELECT transaction::text::bigint FROM pg_prepared_xacts
-        WHERE database <> current_database()
-    )
-    SELECT coalesce(
-        (SELECT min(x) FROM snap, pg_snapshot_xip(snap.s) AS x
-         WHERE x::text::bigint % 4294967296 NOT IN (SELECT x FROM elsewhere)),
-        (SELECT pg_snapshot_xmax(s) FROM snap))::text";
+    WITH snap AS MATERIALIZED (SELECT pg_current_snapshot() AS s)
+    SELECT (CASE
+        -- Nothing in progress: no need for the (costly) activity view.
+        WHEN NOT EXISTS (SELECT 1 FROM snap, pg_snapshot_xip(snap.s)) THEN
+            (SELECT pg_snapshot_xmax(s) FROM snap)
+        ELSE coalesce(
+            (SELECT min(x) FROM snap, pg_snapshot_xip(snap.s) AS x
+             WHERE x::text::bigint % 4294967296 NOT IN (
+                 SELECT backend_xid::text::bigint FROM pg_stat_activity
+                 WHERE backend_xid IS NOT NULL AND datname <> current_database()
+                 UNION ALL
+                 SELECT transaction::text::bigint FROM pg_prepared_xacts
+                 WHERE database <> current_database())),
+            (SELECT pg_snapshot_xmax(s) FROM snap))
+        END)::text";
 
 /// SQL condition: event `e` matches a subscription of the plugin named by `plugin`
 /// (operation, and for updates the changed-columns filter).
@@ -140,84 +143,97 @@ pub(crate) fn subscribed(e: &str, plugin: &str) -> String {
 pub struct Reader {
     horizon: Statement,
     batch: Statement,
-    tail: Statement,
+    held_back: Statement,
     ack: Statement,
 }
 
 impl Reader {
     pub async fn prepare(client: &Client) -> Result<Reader, tokio_postgres::Error> {
+        // A window of the next rows in index order, then the plugin's filter:
+        // the plan is the primary-key index scan whatever the statistics say
+        // (right after a bulk insert they say the log is empty, and a
+        // filter-then-sort plan re-reads the whole backlog for every batch).
         let batch_sql = format!(
-            "SELECT e.txid::text AS txid_text, e.seq, e.op, e.schema_name, e.table_name,
-                        e.pk::text, e.new_row::text, e.old_row::text,
-                        to_char(e.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                        e.db_user, e.app_name, e.tag
-                 FROM {SCHEMA}.events e
-                 WHERE (e.txid, e.seq) > ($1::text::xid8, $2) AND e.txid < $3::text::xid8
-                   AND {}
-                 ORDER BY e.txid, e.seq
-                 LIMIT $5",
-                subscribed("e", "$4")
-            );
-        // Last event below the horizon (where a cursor may skip to when
-        // nothing there matches), and whether events wait above it.
-        let tail_sql = format!(
-            "SELECT (SELECT ARRAY[e.txid::text, e.seq::text] FROM {SCHEMA}.events e
-                         WHERE e.txid < $1::text::xid8 ORDER BY e.txid DESC, e.seq DESC LIMIT 1),
-                        EXISTS (SELECT 1 FROM {SCHEMA}.events e WHERE e.txid >= $1::text::xid8)"
+            "SELECT w.txid::text AS txid_text, w.seq, w.op, w.schema_name, w.table_name,
+                    w.pk::text, w.new_row::text, w.old_row::text,
+                    to_char(w.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    w.db_user, w.app_name, w.tag, w.wanted
+             FROM (SELECT e.txid, e.seq, e.op, e.schema_name, e.table_name, e.captured_at,
+                          e.db_user, e.app_name, e.tag, {} AS wanted,
+                          e.pk, e.new_row, e.old_row
+                   FROM {SCHEMA}.events e
+                   WHERE (e.txid, e.seq) > ($1::text::xid8, $2) AND e.txid < $3::text::xid8
+                   ORDER BY e.txid, e.seq
+                   LIMIT $5) AS w
+             ORDER BY w.txid, w.seq",
+            subscribed("e", "$4")
         );
+        // Whether events wait at or above the horizon (an open transaction holds
+        // them). As `max()`, a one-row backward index probe under any plan; as
+        // `EXISTS (... WHERE txid >= $1)` a generic plan may scan the whole log.
+        let held_back_sql =
+            format!("SELECT coalesce(max(e.txid) >= $1::text::xid8, false) FROM {SCHEMA}.events e");
+
         let ack_sql = format!(
             "UPDATE {SCHEMA}.cursors SET txid = $2::text::xid8, seq = $3, updated_at = now()
              WHERE plugin = $1 AND (txid, seq) < ($2::text::xid8, $3)"
         );
-        let (horizon, batch, tail, ack) = tokio::try_join!(
+        let (horizon, batch, held_back, ack) = tokio::try_join!(
             client.prepare(HORIZON_SQL),
             client.prepare(&batch_sql),
-            client.prepare(&tail_sql),
+            client.prepare(&held_back_sql),
             client.prepare(&ack_sql),
         )?;
         Ok(Reader {
             horizon,
             batch,
-            tail,
+            held_back,
             ack,
         })
     }
 
-    /// Up to `limit` events for `plugin` after `cursor`, in log order.
+    /// The next `window` log rows after `cursor` (below the horizon), and of
+    /// those the events `plugin` subscribes to, in log order.
+    ///
+    /// `known_horizon` may pass the horizon of an earlier read: rows below an
+    /// old horizon are final, so while a backlog drains in full windows the
+    /// horizon need not be recomputed for every batch.
     pub async fn read(
         &self,
         client: &Client,
         plugin: &str,
         cursor: Position,
-        limit: u32,
+        window: u32,
+        known_horizon: Option<u64>,
     ) -> Result<Batch, tokio_postgres::Error> {
-        let horizon: String = client.query_one(&self.horizon, &[]).await?.get(0);
-        let txid = cursor.txid.to_string();
-        let limit = i64::from(limit);
-        let batch_params: [&(dyn ToSql + Sync); 5] =
-            [&txid, &cursor.seq, &horizon, &plugin, &limit];
-        let tail_params: [&(dyn ToSql + Sync); 1] = [&horizon];
-        let (rows, tail) = tokio::try_join!(
-            client.query(&self.batch, &batch_params),
-            client.query_one(&self.tail, &tail_params),
-        )?;
-        let events: Vec<LoggedEvent> = rows.iter().map(LoggedEvent::from_row).collect();
-        let last_below: Option<Vec<String>> = tail.get(0);
-        let last_below = last_below.map(|v| Position {
-            txid: parse_txid(&v[0]),
-            seq: v[1].parse().unwrap_or(0),
-        });
-        // A short batch means every event below the horizon was seen: the
-        // cursor may move past the ones this plugin does not subscribe to.
-        let scanned_to = if events.len() < limit as usize {
-            last_below.filter(|p| *p > cursor)
-        } else {
-            None
+        let horizon = match known_horizon {
+            Some(h) => h.to_string(),
+            None => client.query_one(&self.horizon, &[]).await?.get(0),
         };
+        let txid = cursor.txid.to_string();
+        let window = i64::from(window);
+        let batch_params: [&(dyn ToSql + Sync); 5] =
+            [&txid, &cursor.seq, &horizon, &plugin, &window];
+        let held_back_params: [&(dyn ToSql + Sync); 1] = [&horizon];
+        let (rows, held_back) = tokio::try_join!(
+            client.query(&self.batch, &batch_params),
+            client.query_one(&self.held_back, &held_back_params),
+        )?;
+        let full = rows.len() as i64 == window;
+        let end = rows.last().map(|row| Position {
+            txid: parse_txid(row.get(0)),
+            seq: row.get(1),
+        });
+        let events = rows
+            .iter()
+            .filter(|row| row.get::<_, bool>(12))
+            .map(LoggedEvent::from_row)
+            .collect();
         Ok(Batch {
             events,
-            scanned_to,
-            held_back: tail.get(1),
+            end,
+            full,
+            held_back: held_back.get(0),
             horizon: parse_txid(&horizon),
         })
     }
@@ -239,21 +255,16 @@ impl Reader {
 /// The result of one read.
 #[derive(Debug)]
 pub struct Batch {
+    /// The window's events that the plugin subscribes to.
     pub events: Vec<LoggedEvent>,
-    /// Set when the read saw the whole log below the horizon: the position the
-    /// cursor may advance to once `events` are handled.
-    pub scanned_to: Option<Position>,
+    /// The window's last row: where the cursor goes once `events` are handled
+    /// (past the rows the plugin does not subscribe to). `None`: nothing new.
+    pub end: Option<Position>,
+    /// The window was full: more rows may wait below the same horizon.
+    pub full: bool,
     /// Events exist at or above the horizon: a running transaction holds them back.
     pub held_back: bool,
     pub horizon: u64,
-}
-
-impl Batch {
-    /// Where the cursor goes when every event of the batch was handled.
-    pub fn end(&self) -> Option<Position> {
-        let last = self.events.last().map(|e| e.position);
-        last.max(self.scanned_to)
-    }
 }
 
 /// `plugin`'s cursor; a plugin seen for the first time starts at the current

@@ -77,22 +77,37 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     key_columns text[] := TG_ARGV[1:TG_NARGS - 1];
+    key_count int := TG_NARGS - 1;
+    -- Most keys are one column: build it directly rather than through key_of().
+    first_key text := TG_ARGV[1];
+    -- Evaluated once per statement rather than as per-row column defaults.
+    writer text := session_user;
+    app text := current_setting('application_name');
+    tag text := nullif(current_setting('pgevents.context', true), '');
+    at timestamptz := clock_timestamp();
+    xid xid8 := pg_current_xact_id();
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        INSERT INTO pgevents.events (op, schema_name, table_name, pk, new_row, old_row)
-        SELECT 'U', TG_TABLE_SCHEMA, TG_TABLE_NAME, pgevents.key_of(r.n, key_columns), r.n, r.o
+        INSERT INTO pgevents.events (txid, op, schema_name, table_name, pk, new_row, old_row, captured_at, db_user, app_name, tag)
+        SELECT xid, 'U', TG_TABLE_SCHEMA, TG_TABLE_NAME,
+               CASE key_count WHEN 0 THEN NULL WHEN 1 THEN jsonb_build_object(first_key, r.n -> first_key) ELSE pgevents.key_of(r.n, key_columns) END,
+               r.n, r.o, at, writer, app, tag
         FROM (SELECT to_jsonb(NEW) AS n, to_jsonb(OLD) AS o) AS r;
     ELSIF TG_OP = 'INSERT' THEN
-        INSERT INTO pgevents.events (op, schema_name, table_name, pk, new_row)
-        SELECT 'I', TG_TABLE_SCHEMA, TG_TABLE_NAME, pgevents.key_of(r.j, key_columns), r.j
+        INSERT INTO pgevents.events (txid, op, schema_name, table_name, pk, new_row, captured_at, db_user, app_name, tag)
+        SELECT xid, 'I', TG_TABLE_SCHEMA, TG_TABLE_NAME,
+               CASE key_count WHEN 0 THEN NULL WHEN 1 THEN jsonb_build_object(first_key, r.j -> first_key) ELSE pgevents.key_of(r.j, key_columns) END,
+               r.j, at, writer, app, tag
         FROM (SELECT to_jsonb(pgevents_row.*) AS j FROM pgevents_new_rows AS pgevents_row) AS r;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO pgevents.events (op, schema_name, table_name, pk, old_row)
-        SELECT 'D', TG_TABLE_SCHEMA, TG_TABLE_NAME, pgevents.key_of(r.j, key_columns), r.j
+        INSERT INTO pgevents.events (txid, op, schema_name, table_name, pk, old_row, captured_at, db_user, app_name, tag)
+        SELECT xid, 'D', TG_TABLE_SCHEMA, TG_TABLE_NAME,
+               CASE key_count WHEN 0 THEN NULL WHEN 1 THEN jsonb_build_object(first_key, r.j -> first_key) ELSE pgevents.key_of(r.j, key_columns) END,
+               r.j, at, writer, app, tag
         FROM (SELECT to_jsonb(pgevents_row.*) AS j FROM pgevents_old_rows AS pgevents_row) AS r;
     ELSE
-        INSERT INTO pgevents.events (op, schema_name, table_name)
-        VALUES ('T', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+        INSERT INTO pgevents.events (txid, op, schema_name, table_name, captured_at, db_user, app_name, tag)
+        VALUES (xid, 'T', TG_TABLE_SCHEMA, TG_TABLE_NAME, at, writer, app, tag);
     END IF;
     IF FOUND AND TG_ARGV[0] = 'notify' THEN
         PERFORM pg_notify('pgevents', '');
