@@ -475,3 +475,36 @@ async fn a_plugin_whose_file_is_missing_is_paused_and_resumes_without_loss() {
     );
     host.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_finishes_and_acknowledges_the_batch_in_flight() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["faulty"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name, note) VALUES ('takes a while', 'slow'), ('same batch', NULL)",
+    )
+    .await
+    .unwrap();
+    // The plugin is inside `handle` (it logged the first event and is busy) when shutdown comes.
+    host.wait_seen("faulty", 1).await;
+    let history = host.stop().await;
+    let logged = history
+        .iter()
+        .filter(|e| matches!(e, HostEvent::PluginLog(l) if l.message == "event"))
+        .count();
+    assert_eq!(logged, 2, "the batch in flight runs to its end");
+    assert!(
+        history
+            .iter()
+            .any(|e| matches!(e, HostEvent::BatchHandled { events: 2, .. })),
+        "and is acknowledged before the host exits"
+    );
+    let report = status::status(&c).await.unwrap();
+    assert_eq!(report.plugins[0].waiting, 0, "{report}");
+    // A restart delivers nothing again.
+    let mut host = Host::start(&db, &["faulty"]).await;
+    host.settle(Duration::from_millis(500)).await;
+    assert!(host.seen("faulty").is_empty(), "{:#?}", host.seen("faulty"));
+    host.stop().await;
+}

@@ -10,6 +10,7 @@
 //! | `permanent`   | `Failure::permanent` on every attempt                  |
 //! | `loop`        | spin forever (the host must interrupt it)              |
 //! | `oom`         | allocate 1 MiB chunks until memory runs out            |
+//! | `slow`        | log "event", then keep busy for 800 ms                 |
 //! | anything else | log "event" with the event's fields                    |
 //!
 //! Events before the misbehaving one are logged first, so tests can check
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 const RETRY_AFTER_MS: u64 = 200;
 const OOM_CHUNK_BYTES: usize = 1 << 20;
+const SLOW_MS: u64 = 800;
 
 #[derive(Deserialize)]
 struct Row {
@@ -73,10 +75,21 @@ impl Plugin for Faulty {
                 }
                 "loop" => spin_forever(),
                 "oom" => exhaust_memory(),
+                "slow" => {
+                    log::info_with("event", &event.fields());
+                    keep_busy(SLOW_MS);
+                }
                 _ => log::info_with("event", &event.fields()),
             }
         }
         Ok(())
+    }
+}
+
+fn keep_busy(ms: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    while std::time::Instant::now() < until {
+        black_box(());
     }
 }
 
