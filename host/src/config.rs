@@ -29,6 +29,9 @@ pub const HORIZON_WAIT_POLL_MS: u64 = 50;
 pub const DEFAULT_RETRY_BASE_MS: u64 = 500;
 pub const DEFAULT_RETRY_MAX_MS: u64 = 60_000;
 
+/// See `Settings::reconcile_interval`.
+pub const DEFAULT_RECONCILE_INTERVAL_MS: u64 = 30_000;
+
 /// How often a worker checks whether another process still delivers its plugin.
 pub const CLAIM_RETRY_MS: u64 = 1_000;
 
@@ -57,6 +60,10 @@ pub struct Settings {
     pub memory_limit_bytes: usize,
     /// `None`: retry the first connection forever.
     pub connect_timeout: Option<Duration>,
+    /// How often the running host re-checks the capture triggers, so that a
+    /// subscribed table that was dropped and re-created, or whose primary key
+    /// changed, is captured correctly again without a restart.
+    pub reconcile_interval: Duration,
 }
 
 impl Default for Settings {
@@ -69,6 +76,7 @@ impl Default for Settings {
             handle_timeout: Duration::from_millis(DEFAULT_HANDLE_TIMEOUT_MS),
             memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
             connect_timeout: None,
+            reconcile_interval: Duration::from_millis(DEFAULT_RECONCILE_INTERVAL_MS),
         }
     }
 }

@@ -140,6 +140,12 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
             shutdown.clone(),
         ))
     });
+    let reconciler = tokio::spawn(keep_triggers_reconciled(
+        shared.url.clone(),
+        settings.notify,
+        settings.reconcile_interval,
+        shutdown.clone(),
+    ));
     let workers: Vec<_> = loaded
         .plugins
         .into_iter()
@@ -157,6 +163,7 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
     if let Some(listener) = listener {
         listener.abort();
     }
+    reconciler.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -164,6 +171,43 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
 /// Resolves when `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Re-check the capture triggers every `interval` while running: DDL on a
+/// subscribed table (dropped and re-created, primary key changed) otherwise
+/// leaves it uncaptured or with stale keys until the next start.
+async fn keep_triggers_reconciled(
+    url: String,
+    notify: bool,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let result = async {
+            let mut client = db::connect_once(&url)
+                .await
+                .map_err(|e| db::error_text(&e))?;
+            schema::reconcile_triggers(&mut client, Some(notify))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(report) if !report.created.is_empty() || !report.dropped.is_empty() => {
+                tracing::warn!(
+                    created = report.created.len(),
+                    dropped = report.dropped.len(),
+                    "capture triggers were out of date (a subscribed table changed) and have been repaired"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not re-check the capture triggers: {e}"),
+        }
+    }
 }
 
 /// Keep a LISTEN connection open and bump `wake` on every notification, and

@@ -125,6 +125,10 @@ struct RunArgs {
     /// Linear memory per plugin instance, in MiB.
     #[arg(long, env = "PGEVENTS_MEMORY_LIMIT_MIB", default_value_t = config::DEFAULT_MEMORY_LIMIT_BYTES >> 20)]
     memory_limit_mib: usize,
+    /// How often to re-check the capture triggers (repairs capture of a subscribed
+    /// table that was dropped and re-created, or whose primary key changed).
+    #[arg(long, env = "PGEVENTS_RECONCILE_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
+    reconcile_interval: Duration,
     /// Give up if the database cannot be reached this long at start (default: retry forever).
     #[arg(long, env = "PGEVENTS_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
@@ -167,6 +171,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     handle_timeout: args.handle_timeout,
                     memory_limit_bytes: args.memory_limit_mib << 20,
                     connect_timeout: args.connect_timeout,
+                    reconcile_interval: args.reconcile_interval,
                 },
                 observer: None,
             };

@@ -221,3 +221,60 @@ async fn bulk_statements_capture_every_row() {
     assert_eq!(seen.iter().filter(|s| s.op == "delete").count(), 500);
     host.stop().await;
 }
+
+#[tokio::test]
+async fn a_table_recreated_or_rekeyed_while_the_host_runs_is_captured_again() {
+    let db = TestDb::new().await;
+    let settings = pgevents_host::config::Settings {
+        reconcile_interval: std::time::Duration::from_millis(200),
+        ..test_settings()
+    };
+    let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), settings).await;
+    let c = db.client().await;
+    // A migration tool replaces the table, and another re-keys one.
+    c.batch_execute(
+        "DROP TABLE items;
+         CREATE TABLE items (id serial PRIMARY KEY, name text, note text, qty int);
+         ALTER TABLE composite_keyed DROP CONSTRAINT composite_keyed_pkey;
+         ALTER TABLE composite_keyed ADD PRIMARY KEY (code);",
+    )
+    .await
+    .unwrap();
+    // Wait until the reconciler has repaired capture, then write.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let repaired: bool = c
+            .query_one(
+                "SELECT count(*) = 4 FROM pg_trigger WHERE tgrelid = 'items'::regclass AND tgname LIKE 'pgevents_capture_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let rekeyed: bool = c
+            .query_one(
+                "SELECT bool_and(pg_get_triggerdef(oid) LIKE '%capture(''notify'', ''code'')') FROM pg_trigger
+                 WHERE tgrelid = 'composite_keyed'::regclass AND tgname LIKE 'pgevents_capture_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false);
+        if repaired && rekeyed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture was not repaired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.batch_execute("INSERT INTO items (name) VALUES ('after re-create'); INSERT INTO composite_keyed VALUES (1, 'k', 'v')")
+        .await
+        .unwrap();
+    let seen = host.wait_seen("recorder", 2).await;
+    assert_eq!(seen[0].row_str("name").as_deref(), Some("after re-create"));
+    assert_eq!(seen[1].key, Some(json!({"code": "k"})));
+    host.stop().await;
+}
