@@ -508,3 +508,36 @@ async fn shutdown_finishes_and_acknowledges_the_batch_in_flight() {
     assert!(host.seen("faulty").is_empty(), "{:#?}", host.seen("faulty"));
     host.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_writers_lose_nothing_and_arrive_in_log_order() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = db.url.clone();
+            tokio::spawn(async move {
+                let c = connect(&url).await;
+                for i in 0..50 {
+                    // Small transactions of 1-5 rows that overlap with the other writers'.
+                    let rows = 1 + (i % 5);
+                    c.batch_execute(&format!(
+                        "BEGIN; INSERT INTO items (name, qty) SELECT 'w{w}', g FROM generate_series(1, {rows}) g; COMMIT"
+                    ))
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let expected = 4 * (10 * (1 + 2 + 3 + 4 + 5));
+    let seen = host.wait_seen("recorder", expected).await;
+    host.settle(Duration::from_millis(300)).await;
+    assert_eq!(host.seen("recorder").len(), expected);
+    assert_unique(&seen);
+    assert_log_order(&seen);
+    host.stop().await;
+}
