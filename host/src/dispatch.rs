@@ -408,18 +408,16 @@ async fn deliver(
             state.idle_poll = Duration::ZERO;
             let events: Vec<_> = batch
                 .events
-                .iter()
+                .into_iter()
                 .map(|e| {
-                    (
-                        e.clone(),
-                        state.attempts.get(&e.position).copied().unwrap_or(0) + 1,
-                    )
+                    let attempt = state.attempts.get(&e.position).copied().unwrap_or(0) + 1;
+                    (e, attempt)
                 })
                 .collect();
             let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
             let attempts: Vec<u32> = events.iter().map(|(_, a)| *a).collect();
             let runner = plugin.clone();
-            let outcome = tokio::task::spawn_blocking(move || runner.handle(&events))
+            let outcome = tokio::task::spawn_blocking(move || runner.handle(events))
                 .await
                 .unwrap_or_else(|panic| Outcome::Failed {
                     index: 0,

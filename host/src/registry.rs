@@ -186,11 +186,7 @@ async fn register(
     rejected: &[Rejected],
 ) -> Result<(), RegistryError> {
     let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&schema::INSTALL_LOCK_KEY],
-    )
-    .await?;
+    schema::lock_install(&tx).await?;
     let names: Vec<&str> = accepted
         .iter()
         .map(|(_, p)| p.manifest.name.as_str())
@@ -257,11 +253,7 @@ async fn register(
 /// drop the triggers no other plugin needs. Returns whether it was known.
 pub async fn forget(client: &mut Client, name: &str) -> Result<bool, RegistryError> {
     let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&schema::INSTALL_LOCK_KEY],
-    )
-    .await?;
+    schema::lock_install(&tx).await?;
     let plugins = tx
         .execute(
             &format!("DELETE FROM {SCHEMA}.plugins WHERE name = $1"),

@@ -241,35 +241,15 @@ async fn a_table_recreated_or_rekeyed_while_the_host_runs_is_captured_again() {
     .await
     .unwrap();
     // Wait until the reconciler has repaired capture, then write.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let repaired: bool = c
-            .query_one(
-                "SELECT count(*) = 4 FROM pg_trigger WHERE tgrelid = 'items'::regclass AND tgname LIKE 'pgevents_capture_%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let rekeyed: bool = c
-            .query_one(
-                "SELECT bool_and(pg_get_triggerdef(oid) LIKE '%capture(''notify'', ''code'')') FROM pg_trigger
-                 WHERE tgrelid = 'composite_keyed'::regclass AND tgname LIKE 'pgevents_capture_%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, Option<bool>>(0)
-            .unwrap_or(false);
-        if repaired && rekeyed {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "capture was not repaired"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        &c,
+        "capture was not repaired",
+        "SELECT (SELECT count(*) = 4 FROM pg_trigger
+                 WHERE tgrelid = 'items'::regclass AND tgname LIKE 'pgevents_capture_%')
+            AND (SELECT bool_and(pg_get_triggerdef(oid) LIKE '%capture(''notify'', ''code'')') FROM pg_trigger
+                 WHERE tgrelid = 'composite_keyed'::regclass AND tgname LIKE 'pgevents_capture_%')",
+    )
+    .await;
     c.batch_execute("INSERT INTO items (name) VALUES ('after re-create'); INSERT INTO composite_keyed VALUES (1, 'k', 'v')")
         .await
         .unwrap();

@@ -395,26 +395,13 @@ async fn terminated_connections_are_reestablished_and_nothing_is_lost() {
         .await
         .unwrap();
         // Once the host is connected (again): its listener and its worker...
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let others: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if others >= 2 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the host did not reconnect"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            &c,
+            "the host did not reconnect",
+            "SELECT count(*) >= 2 FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
         // ...cut its connections while it works through the rows.
         let killed: i64 = c.query_one(terminate, &[]).await.unwrap().get(0);
         assert!(killed >= 2, "killed {killed}");

@@ -401,6 +401,20 @@ impl Host {
     }
 }
 
+/// Poll `sql` (one boolean; NULL counts as false) until it is true; panics
+/// with `what` after `PATIENCE`.
+pub async fn eventually(client: &Client, what: &str, sql: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let row = client.query_one(sql, &[]).await.expect("polling query");
+        if row.get::<_, Option<bool>>(0).unwrap_or(false) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Assert no event id repeats (each event delivered once to this plugin).
 pub fn assert_unique(seen: &[Seen]) {
     let mut ids = HashSet::new();

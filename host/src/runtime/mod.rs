@@ -247,8 +247,9 @@ impl LoadedPlugin {
     /// Deliver `events` (with delivery attempt numbers) to `handle` in a fresh
     /// instance. A trap, a timeout or a broken contract is a retryable failure
     /// at index 0.
-    pub fn handle(&self, events: &[(LoggedEvent, u32)]) -> Outcome {
-        let wit_events: Vec<Event> = events.iter().map(|(e, a)| to_wit(e, *a)).collect();
+    pub fn handle(&self, events: Vec<(LoggedEvent, u32)>) -> Outcome {
+        let count = events.len();
+        let wit_events: Vec<Event> = events.into_iter().map(|(e, a)| to_wit(e, a)).collect();
         let name = self.manifest.name.clone();
         let result = self.call(&name, self.limits.handle_timeout, |plugin, store| {
             plugin
@@ -263,13 +264,13 @@ impl LoadedPlugin {
                 message,
             })) => {
                 let index = index as usize;
-                if index >= events.len() {
+                if index >= count {
                     return Outcome::Failed {
                         index: 0,
                         retry: Retry::Backoff,
                         message: format!(
                             "plugin reported failure at index {index} of a {}-event batch: {message}",
-                            events.len()
+                            count
                         ),
                     };
                 }
@@ -374,7 +375,7 @@ fn last_words(printed: &str) -> String {
     lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
-fn to_wit(e: &LoggedEvent, attempt: u32) -> Event {
+fn to_wit(e: LoggedEvent, attempt: u32) -> Event {
     Event {
         id: e.id().to_string(),
         position: Position {
@@ -387,16 +388,16 @@ fn to_wit(e: &LoggedEvent, attempt: u32) -> Event {
             Op::Delete => Operation::Delete,
             Op::Truncate => Operation::Truncate,
         },
-        schema: e.schema.clone(),
-        table: e.table.clone(),
-        key: e.key.clone(),
-        new_row: e.new_row.clone(),
-        old_row: e.old_row.clone(),
-        captured_at: e.captured_at.clone(),
+        schema: e.schema,
+        table: e.table,
+        key: e.key,
+        new_row: e.new_row,
+        old_row: e.old_row,
+        captured_at: e.captured_at,
         context: Context {
-            user: e.user.clone(),
-            application_name: e.application_name.clone(),
-            tag: e.tag.clone(),
+            user: e.user,
+            application_name: e.application_name,
+            tag: e.tag,
         },
         attempt,
     }
@@ -416,7 +417,7 @@ fn render_fields(fields: &[(String, String)]) -> String {
         .iter()
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| {
-            if v.contains(char::is_whitespace) || v.contains('"') || v.is_empty() {
+            if v.contains(char::is_whitespace) || v.contains('"') {
                 format!(" {k}={v:?}")
             } else {
                 format!(" {k}={v}")

@@ -8,7 +8,7 @@ pub use triggers::{
     table_facts,
 };
 
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::config::SCHEMA;
 
@@ -16,7 +16,7 @@ use crate::config::SCHEMA;
 const MIGRATIONS: &[&str] = &[include_str!("0001_log.sql")];
 
 /// Serializes installs and trigger changes across hosts sharing a database.
-pub(crate) const INSTALL_LOCK_KEY: i64 = 0x7067_6576_656e_7473; // "pgevents"
+const INSTALL_LOCK_KEY: i64 = 0x7067_6576_656e_7473; // "pgevents"
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -34,6 +34,14 @@ impl From<tokio_postgres::Error> for SchemaError {
     fn from(e: tokio_postgres::Error) -> Self {
         SchemaError::Db(crate::db::error_text(&e))
     }
+}
+
+/// Serialize this transaction with every other install, trigger change and
+/// registration on the database (until it ends).
+pub(crate) async fn lock_install(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
+        .await?;
+    Ok(())
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.
@@ -55,8 +63,7 @@ pub fn quote_literal(value: &str) -> String {
 /// concurrent hosts wait on an advisory lock. Returns the schema version.
 pub async fn install(client: &mut Client) -> Result<usize, SchemaError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
-        .await?;
+    lock_install(&tx).await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
          CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations (
@@ -118,8 +125,7 @@ pub async fn installed_triggers(
 /// registry). The user's tables and their data are not touched.
 pub async fn uninstall(client: &mut Client) -> Result<usize, SchemaError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
-        .await?;
+    lock_install(&tx).await?;
     let mut dropped = 0;
     if is_installed(&tx).await? {
         for trigger in triggers::installed(&tx).await? {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::{Client, GenericClient};
 
-use super::{INSTALL_LOCK_KEY, SchemaError, quote_ident, quote_literal, quote_table};
+use super::{SchemaError, quote_ident, quote_literal, quote_table};
 use crate::config::SCHEMA;
 
 /// One installed or wanted capture trigger.
@@ -169,8 +169,7 @@ pub async fn reconcile_triggers(
     notify: Option<bool>,
 ) -> Result<ReconcileReport, SchemaError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
-        .await?;
+    super::lock_install(&tx).await?;
     // Creating a trigger waits for writers' locks on the table; fail clearly instead of hanging.
     tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
     let have: BTreeSet<CaptureTrigger> = installed(&tx).await?.into_iter().collect();
