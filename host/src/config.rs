@@ -1,7 +1,12 @@
 //! Tunable behaviour in one place. Every constant carries its unit in its name
-//! and is overridable from the command line (see `main.rs`).
+//! and is overridable from the command line (see `main.rs`) or, per plugin,
+//! from the operator's config file ([`ConfigFile`]).
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
+
+use serde::Deserialize;
 
 /// Schema the host installs its log, cursors and capture function into.
 pub const SCHEMA: &str = "pgevents";
@@ -32,8 +37,33 @@ pub const DEFAULT_RETRY_MAX_MS: u64 = 60_000;
 /// See `Settings::reconcile_interval`.
 pub const DEFAULT_RECONCILE_INTERVAL_MS: u64 = 30_000;
 
-/// How often a worker checks whether another process still delivers its plugin.
-pub const CLAIM_RETRY_MS: u64 = 1_000;
+/// A failing event is delivered at most this many times; then it goes to the
+/// dead-letter table (or the plugin halts, if so configured). With the default
+/// schedule the tenth attempt comes about 2 minutes after the first.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
+/// A partition lease lasts this long unless renewed; a host renews its leases
+/// every third of it. When a host dies without a trace (network cut), its
+/// partitions are taken over within one TTL plus `LEASE_CHECK_MS`; when its
+/// process dies its database sessions end and takeover is immediate.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 15_000;
+/// How often a host looks for partitions to take (its share changes when
+/// hosts come and go).
+pub const LEASE_CHECK_MS: u64 = 500;
+
+/// Log rows every cursor has passed are pruned once older than this (so that
+/// a plugin can be replayed over the recent past).
+pub const DEFAULT_RETENTION_MIN_AGE_MS: u64 = 3_600_000;
+/// How often the log is pruned, and how many rows one delete removes at most.
+pub const DEFAULT_RETENTION_INTERVAL_MS: u64 = 10_000;
+pub const RETENTION_BATCH_ROWS: i64 = 10_000;
+
+/// Partitions a plugin may be split into.
+pub const MAX_PARTITIONS: u32 = 64;
+
+/// While a transaction holds delivery back longer than this, say which one in
+/// the log (and again every time this much more has passed).
+pub const HORIZON_WARN_AFTER_MS: u64 = 10_000;
 
 /// Reconnect schedule after a lost or refused database connection: doubling
 /// from 250 ms to 10 s.
@@ -64,6 +94,173 @@ pub struct Settings {
     /// subscribed table that was dropped and re-created, or whose primary key
     /// changed, is captured correctly again without a restart.
     pub reconcile_interval: Duration,
+    /// Delivery attempts per event before it is dead-lettered (or the plugin halts).
+    pub max_attempts: u32,
+    pub on_failure: OnFailure,
+    pub lease_ttl: Duration,
+    pub retention_min_age: Duration,
+    pub retention_interval: Duration,
+    /// Per plugin (by manifest name): overrides and grants.
+    pub plugins: BTreeMap<String, PluginPolicy>,
+}
+
+/// What happens to an event that failed `max_attempts` times, or permanently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Store it in `pgevents.dead_letters` and go on with the next event.
+    DeadLetter,
+    /// Stop the plugin at that event until it is restarted or replaced.
+    Halt,
+}
+
+/// The operator's settings for one plugin.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginPolicy {
+    /// Split the plugin's stream into this many partitions (by a hash of table
+    /// and primary key), delivered concurrently; events of one row stay in order.
+    pub partitions: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub on_failure: Option<OnFailure>,
+    /// Grants the `sql` capability.
+    pub sql: Option<SqlGrant>,
+}
+
+/// The `sql` capability: statements run as `role`, in the batch transaction.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SqlGrant {
+    /// The database role the plugin's statements run as; its privileges bound
+    /// what the plugin can read and write.
+    pub role: String,
+    /// How to log in as `role` (default: the host's URL with the user replaced
+    /// by `role` and no password).
+    pub url: Option<String>,
+}
+
+impl Settings {
+    /// The effective policy for `plugin`: its section, defaults filled in.
+    pub fn policy(&self, plugin: &str) -> EffectivePolicy {
+        let p = self.plugins.get(plugin).cloned().unwrap_or_default();
+        EffectivePolicy {
+            partitions: p.partitions.unwrap_or(1),
+            max_attempts: p.max_attempts.unwrap_or(self.max_attempts),
+            on_failure: p.on_failure.unwrap_or(self.on_failure),
+            sql: p.sql,
+        }
+    }
+}
+
+/// [`PluginPolicy`] with the host's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectivePolicy {
+    pub partitions: u32,
+    pub max_attempts: u32,
+    pub on_failure: OnFailure,
+    pub sql: Option<SqlGrant>,
+}
+
+/// The operator's config file (TOML). Every field is optional; unknown fields
+/// are errors. Command-line flags and environment variables override it.
+///
+/// ```toml
+/// max_attempts = 10            # then dead-letter (or halt)
+/// on_failure = "dead-letter"   # or "halt"
+/// lease_ttl = "15s"
+/// retention_min_age = "1h"
+///
+/// [plugins.ledger]
+/// partitions = 4
+/// sql = { role = "ledger_writer" }
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub max_attempts: Option<u32>,
+    pub on_failure: Option<OnFailure>,
+    #[serde(default, deserialize_with = "duration")]
+    pub lease_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub retention_min_age: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub retention_interval: Option<Duration>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginPolicy>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        ConfigFile::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: shown,
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<ConfigFile, String> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (name, p) in &file.plugins {
+            if let Some(n) = p.partitions
+                && !(1..=MAX_PARTITIONS).contains(&n)
+            {
+                return Err(format!(
+                    "[plugins.{name}] partitions = {n}: must be between 1 and {MAX_PARTITIONS}"
+                ));
+            }
+            if p.max_attempts == Some(0) {
+                return Err(format!("[plugins.{name}] max_attempts must be at least 1"));
+            }
+        }
+        if file.max_attempts == Some(0) {
+            return Err("max_attempts must be at least 1".into());
+        }
+        Ok(file)
+    }
+
+    /// Apply the file's values over `settings`.
+    pub fn apply(self, settings: &mut Settings) {
+        if let Some(v) = self.max_attempts {
+            settings.max_attempts = v;
+        }
+        if let Some(v) = self.on_failure {
+            settings.on_failure = v;
+        }
+        if let Some(v) = self.lease_ttl {
+            settings.lease_ttl = v;
+        }
+        if let Some(v) = self.retention_min_age {
+            settings.retention_min_age = v;
+        }
+        if let Some(v) = self.retention_interval {
+            settings.retention_interval = v;
+        }
+        settings.plugins = self.plugins;
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"15s\" or \"1h\""
+        ))
+    })
 }
 
 impl Default for Settings {
@@ -77,6 +274,12 @@ impl Default for Settings {
             memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
             connect_timeout: None,
             reconcile_interval: Duration::from_millis(DEFAULT_RECONCILE_INTERVAL_MS),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            on_failure: OnFailure::DeadLetter,
+            lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
+            retention_min_age: Duration::from_millis(DEFAULT_RETENTION_MIN_AGE_MS),
+            retention_interval: Duration::from_millis(DEFAULT_RETENTION_INTERVAL_MS),
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -111,6 +314,29 @@ mod tests {
             [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
         );
         assert_eq!(backoff(200, base, max), max);
+    }
+
+    #[test]
+    fn config_file_rejects_unknown_fields_and_bad_values() {
+        let ok = ConfigFile::parse(
+            "max_attempts = 3\nlease_ttl = \"2s\"\n[plugins.ledger]\npartitions = 4\nsql = { role = \"w\" }\n",
+        )
+        .unwrap();
+        let mut settings = Settings::default();
+        ok.apply(&mut settings);
+        let policy = settings.policy("ledger");
+        assert_eq!(policy.partitions, 4);
+        assert_eq!(policy.max_attempts, 3);
+        assert_eq!(policy.sql.unwrap().role, "w");
+        assert_eq!(settings.lease_ttl, Duration::from_secs(2));
+        assert_eq!(settings.policy("other").partitions, 1);
+
+        let typo = ConfigFile::parse("[plugins.x]\npartition = 4\n").unwrap_err();
+        assert!(typo.contains("unknown field `partition`"), "{typo}");
+        let zero = ConfigFile::parse("[plugins.x]\npartitions = 0\n").unwrap_err();
+        assert!(zero.contains("between 1 and 64"), "{zero}");
+        let bad = ConfigFile::parse("lease_ttl = \"soon\"\n").unwrap_err();
+        assert!(bad.contains("not a duration"), "{bad}");
     }
 
     #[test]

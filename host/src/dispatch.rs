@@ -5,21 +5,22 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls};
+use uuid::Uuid;
 
 use crate::config::{
-    self, CLAIM_RETRY_MS, HORIZON_WAIT_POLL_MS, MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, SCHEMA,
-    Settings,
+    self, EffectivePolicy, HORIZON_WAIT_POLL_MS, HORIZON_WARN_AFTER_MS, LEASE_CHECK_MS,
+    MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, OnFailure, RETENTION_BATCH_ROWS, SCHEMA, Settings,
 };
-use crate::db;
-use crate::log::{Position, Reader};
+use crate::log::{self, LoggedEvent, Position, Reader, Stream};
 use crate::registry::{self, Rejected};
-use crate::runtime::{Limits, LoadedPlugin, LogSink, Outcome, PluginLog, Retry, Runtime};
-use crate::schema;
+use crate::runtime::{LoadedPlugin, LogSink, Outcome, PluginLog, Retry, Runtime, SqlAccess};
+use crate::sql::{SqlSession, SqlSessionError};
+use crate::{db, dead_letters, leases, schema};
 
 /// What the host did, for embedders and tests (the same facts go to the log).
 #[derive(Debug, Clone)]
@@ -44,6 +45,27 @@ pub enum HostEvent {
     PluginHalted {
         plugin: String,
         message: String,
+    },
+    /// An event was moved to the dead letters and the cursor past it.
+    DeadLettered {
+        plugin: String,
+        event: Position,
+        attempts: u32,
+        message: String,
+    },
+    /// Dead letters were handed to the plugin again (`events` succeeded).
+    Redelivered {
+        plugin: String,
+        events: usize,
+    },
+    PartitionAcquired {
+        plugin: String,
+        part: u32,
+        host: String,
+    },
+    PartitionReleased {
+        plugin: String,
+        part: u32,
     },
 }
 
@@ -102,15 +124,8 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         Arc::new(move |log: PluginLog| observer(HostEvent::PluginLog(log))) as LogSink
     });
     let runtime = Runtime::new(sink)?;
-    let limits = Limits::from(&settings);
-    let loaded = registry::load_folder(
-        &runtime,
-        &mut client,
-        &options.plugins_dir,
-        limits,
-        settings.notify,
-    )
-    .await?;
+    let loaded =
+        registry::load_folder(&runtime, &mut client, &options.plugins_dir, &settings).await?;
     drop(client);
 
     let (wake_tx, wake_rx) = watch::channel(0u64);
@@ -146,24 +161,23 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         settings.reconcile_interval,
         shutdown.clone(),
     ));
-    let workers: Vec<_> = loaded
-        .plugins
-        .into_iter()
-        .map(|plugin| {
-            shared.observe(HostEvent::PluginStarted {
-                plugin: plugin.manifest.name.clone(),
-                version: plugin.manifest.version.clone(),
-            });
-            tokio::spawn(worker(plugin, shared.clone()))
-        })
-        .collect();
-    for w in workers {
-        w.await?;
+    let pruner = tokio::spawn(keep_log_pruned(
+        shared.url.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    ));
+    for plugin in &loaded.plugins {
+        shared.observe(HostEvent::PluginStarted {
+            plugin: plugin.manifest.name.clone(),
+            version: plugin.manifest.version.clone(),
+        });
     }
+    coordinate(loaded.plugins, shared.clone()).await;
     if let Some(listener) = listener {
         listener.abort();
     }
     reconciler.abort();
+    pruner.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -261,85 +275,321 @@ async fn listen(url: String, wake: Arc<watch::Sender<u64>>, mut shutdown: watch:
     }
 }
 
-/// One plugin's delivery loop; reconnects on database errors.
-async fn worker(plugin: Arc<LoadedPlugin>, shared: Arc<Shared>) {
-    let name = plugin.manifest.name.clone();
+/// Why a deliverer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerEnd {
+    /// Asked to (shutdown, or its partition moves to another host).
+    Stopped,
+    /// A permanent failure, with `on_failure = "halt"`.
+    Halted,
+    /// The lease is gone: another host may deliver the partition now.
+    LeaseLost,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("database error: {}", db::error_text(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Sql(#[from] SqlSessionError),
+    #[error(
+        "partition {part} of plugin `{plugin}` has no cursor (was the plugin forgotten or re-partitioned?)"
+    )]
+    NoCursor { plugin: String, part: u32 },
+}
+
+/// A partition this host holds.
+struct Held {
+    token: Uuid,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<WorkerEnd>,
+    /// Asked to stop so that another host can take the partition.
+    releasing: bool,
+}
+
+/// Hold this host's fair share of every plugin's partitions (see `leases.rs`),
+/// run one deliverer per partition held, and hand everything back at shutdown.
+async fn coordinate(plugins: Vec<Arc<LoadedPlugin>>, shared: Arc<Shared>) {
+    let host_id = leases::new_host_id();
+    let ttl = shared.settings.lease_ttl;
     let mut shutdown = shared.shutdown.clone();
+    let mut held: HashMap<(String, u32), Held> = HashMap::new();
+    let mut client: Option<Client> = None;
+    let mut failures = 0;
+    tracing::info!(host = %host_id, "joining");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match db::connect_once(&shared.url).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    failures += 1;
+                    let delay = db::reconnect_delay(failures);
+                    tracing::warn!(
+                        "lease coordinator: {}; reconnecting in {delay:?}",
+                        db::error_text(&e)
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(&mut shutdown) => break,
+                    }
+                    continue;
+                }
+            }
+        }
+        let c = client.as_ref().expect("connected");
+        match balance(c, &host_id, ttl, &plugins, &shared, &mut held).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!("lease coordinator: {}", db::error_text(&e));
+                client = None;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(LEASE_CHECK_MS)) => {}
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    // Shutdown: let every deliverer finish its batch, then hand the leases back.
+    for h in held.values() {
+        let _ = h.stop.send(true);
+    }
+    for (_, h) in held.drain() {
+        let _ = h.task.await;
+    }
+    let left = async {
+        let c = db::connect_once(&shared.url).await?;
+        leases::leave(&c, &host_id).await
+    }
+    .await;
+    if let Err(e) = left {
+        tracing::warn!(
+            "could not hand the leases back ({}); other hosts take over when they expire",
+            db::error_text(&e)
+        );
+    }
+}
+
+/// One coordinator round: heartbeat, renew, reap stopped deliverers, then
+/// take or give partitions until this host holds its share.
+async fn balance(
+    client: &Client,
+    host_id: &str,
+    ttl: Duration,
+    plugins: &[Arc<LoadedPlugin>],
+    shared: &Arc<Shared>,
+    held: &mut HashMap<(String, u32), Held>,
+) -> Result<(), tokio_postgres::Error> {
+    let live = leases::heartbeat(client, host_id, ttl).await?;
+    let renewed = leases::renew(client, host_id, ttl).await?;
+    for ((plugin, part), h) in held.iter() {
+        if !renewed.contains_key(&h.token) && !h.task.is_finished() {
+            tracing::warn!(plugin, part, "lease lost; stopping its deliverer");
+            let _ = h.stop.send(true);
+        }
+    }
+    let finished: Vec<(String, u32)> = held
+        .iter()
+        .filter(|(_, h)| h.task.is_finished())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in finished {
+        let h = held.remove(&key).expect("held");
+        let end = h.task.await.unwrap_or(WorkerEnd::Stopped);
+        if renewed.contains_key(&h.token) {
+            leases::release(client, h.token).await?;
+        }
+        shared.observe(HostEvent::PartitionReleased {
+            plugin: key.0.clone(),
+            part: key.1,
+        });
+        tracing::debug!(plugin = %key.0, part = key.1, ?end, "partition released");
+    }
+    let halted: Vec<String> = client
+        .query(
+            &format!("SELECT name FROM {SCHEMA}.plugins WHERE halted IS NOT NULL"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for plugin in plugins {
+        let name = &plugin.manifest.name;
+        if halted.contains(name) {
+            continue;
+        }
+        let parts = shared.settings.policy(name).partitions;
+        let share = leases::share(parts, &live, host_id, name);
+        let mut mine: Vec<u32> = held
+            .iter()
+            .filter(|((p, _), h)| p == name && !h.releasing)
+            .map(|((_, part), _)| *part)
+            .collect();
+        mine.sort_unstable();
+        while mine.len() as u32 > share {
+            let part = mine.pop().expect("non-empty");
+            let h = held.get_mut(&(name.clone(), part)).expect("held");
+            h.releasing = true;
+            let _ = h.stop.send(true);
+            tracing::info!(plugin = %name, part, "handing partition over to another host");
+        }
+        for part in 0..parts {
+            if mine.len() as u32 >= share {
+                break;
+            }
+            if held.contains_key(&(name.clone(), part)) {
+                continue;
+            }
+            let Some(token) = leases::acquire(client, host_id, name, part, ttl).await? else {
+                continue;
+            };
+            let stream = Stream {
+                plugin: name.clone(),
+                part,
+                parts,
+                token,
+                rewinds: 0,
+            };
+            tracing::info!(stream = %stream, "partition acquired");
+            shared.observe(HostEvent::PartitionAcquired {
+                plugin: name.clone(),
+                part,
+                host: host_id.to_owned(),
+            });
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(worker(plugin.clone(), stream, shared.clone(), stop_rx));
+            held.insert(
+                (name.clone(), part),
+                Held {
+                    token,
+                    stop: stop_tx,
+                    task,
+                    releasing: false,
+                },
+            );
+            mine.push(part);
+        }
+    }
+    Ok(())
+}
+
+/// Delete old log rows every `retention_interval` (see `log::prune`).
+async fn keep_log_pruned(url: String, settings: Settings, mut shutdown: watch::Receiver<bool>) {
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(settings.retention_interval) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let result = async {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = Some(db::connect_once(&url).await?);
+            }
+            let c = client.as_mut().expect("connected");
+            let mut total = 0;
+            loop {
+                let deleted = log::prune(c, settings.retention_min_age).await?;
+                total += deleted;
+                if deleted < RETENTION_BATCH_ROWS as u64 || *shutdown.borrow() {
+                    break;
+                }
+            }
+            Ok::<u64, tokio_postgres::Error>(total)
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "pruned the log"),
+            Err(e) => {
+                tracing::warn!("could not prune the log: {}", db::error_text(&e));
+                client = None;
+            }
+        }
+    }
+}
+
+/// One partition's deliverer; reconnects on database errors.
+async fn worker(
+    plugin: Arc<LoadedPlugin>,
+    mut stream: Stream,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> WorkerEnd {
+    let policy = shared.settings.policy(&stream.plugin);
     let mut state = WorkerState::default();
     let mut failures = 0;
     loop {
         let result = async {
-            let client = db::connect_once(&shared.url).await?;
-            if !claim(&client, &name, &mut shutdown).await? {
-                return Ok(());
-            }
+            let mut client = db::connect_once(&shared.url).await?;
             let reader = Reader::prepare(&client).await?;
-            let cursor = crate::log::cursor_or_start(&client, &name).await?;
+            let Some((cursor, rewinds)) = log::cursor(&client, &stream.plugin, stream.part).await?
+            else {
+                return Err(WorkerError::NoCursor {
+                    plugin: stream.plugin.clone(),
+                    part: stream.part,
+                });
+            };
+            stream.rewinds = rewinds;
+            let sql = match &policy.sql {
+                Some(grant) => Some(Arc::new(
+                    SqlSession::open(
+                        &client,
+                        &shared.url,
+                        &stream.plugin,
+                        grant,
+                        shared.settings.handle_timeout,
+                    )
+                    .await?,
+                )),
+                None => None,
+            };
+            state.failures = dead_letters::failures(&client, &stream).await?;
             failures = 0;
-            deliver(&plugin, &shared, &client, &reader, cursor, &mut state).await
+            let mut d = Deliverer {
+                plugin: &plugin,
+                shared: &shared,
+                policy: &policy,
+                client: &mut client,
+                reader: &reader,
+                sql,
+                stream: &mut stream,
+                stop: &mut stop,
+            };
+            d.run(cursor, &mut state).await
         }
         .await;
         match result {
-            Ok(()) => return,
+            Ok(end) => return end,
             Err(e) => {
                 failures += 1;
                 let delay = db::reconnect_delay(failures);
-                tracing::warn!(plugin = %name, "database error: {}; reconnecting in {delay:?}", db::error_text(&e));
+                tracing::warn!(stream = %stream, "{e}; reconnecting in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stopped(&mut shutdown) => return,
+                    _ = stopped(&mut stop) => return WorkerEnd::Stopped,
                 }
             }
         }
     }
 }
 
-/// While any other process delivers this plugin (a second host on the same
-/// database, an old one still draining), wait: one deliverer per plugin keeps
-/// the order and the at-most-one-batch redelivery promise. The session-level
-/// advisory lock is released when the connection ends, even if the process dies.
-/// Returns false if shutdown came first.
-async fn claim(
-    client: &Client,
-    plugin: &str,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<bool, tokio_postgres::Error> {
-    let mut warned = false;
-    loop {
-        let claimed: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended('pgevents plugin ' || $1, 0))",
-                &[&plugin],
-            )
-            .await?
-            .get(0);
-        if claimed {
-            if warned {
-                tracing::info!(plugin, "the other deliverer is gone; delivering");
-            }
-            return Ok(true);
-        }
-        if !warned {
-            tracing::warn!(
-                plugin,
-                "another process is delivering this plugin on this database; waiting until it stops"
-            );
-            warned = true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(CLAIM_RETRY_MS)) => {}
-            _ = stopped(shutdown) => return Ok(false),
-        }
-    }
-}
-
-/// Delivery attempts per event that failed at least once (cleared once acked).
+/// Per-deliverer memory that survives reconnects.
 #[derive(Default)]
 struct WorkerState {
-    attempts: HashMap<Position, u32>,
+    /// Failed attempts of events that failed at least once (mirrors `pgevents.attempts`).
+    failures: HashMap<Position, u32>,
     idle_poll: Duration,
     /// The last horizon, reusable while windows come back full (see `Reader::read`).
     horizon: Option<u64>,
+    /// Since when a running transaction holds events back, and when we last said so.
+    held_since: Option<Instant>,
+    warned_at: Option<Instant>,
+    /// When dead letters were last checked for redelivery requests.
+    redelivery_checked: Option<Instant>,
 }
 
 enum Next {
@@ -349,180 +599,500 @@ enum Next {
     Wait(Duration),
     /// Sleep this long regardless of notifications (retry backoff).
     Sleep(Duration),
-    Halt,
+    End(WorkerEnd),
 }
 
-/// Read, handle, ack, until shutdown. Returns Ok on shutdown or halt.
-async fn deliver(
-    plugin: &Arc<LoadedPlugin>,
-    shared: &Shared,
-    client: &Client,
-    reader: &Reader,
-    mut cursor: Position,
-    state: &mut WorkerState,
-) -> Result<(), tokio_postgres::Error> {
-    let name = plugin.manifest.name.as_str();
-    let mut wake = shared.wake.clone();
-    let mut shutdown = shared.shutdown.clone();
-    let poll = shared.settings.poll_interval;
-    loop {
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        wake.borrow_and_update();
-        let started = std::time::Instant::now();
-        let batch = reader
-            .read(
-                client,
-                name,
-                cursor,
-                plugin.manifest.batch_size,
-                state.horizon.take(),
-            )
-            .await?;
-        if batch.full {
-            state.horizon = Some(batch.horizon);
-        }
-        let read_at = started.elapsed();
-        let next = if batch.events.is_empty() {
-            if let Some(to) = batch.end {
-                // Only rows this plugin does not subscribe to: skip them and read on.
-                reader.ack(client, name, to).await?;
-                cursor = to;
-                continue;
+/// The failure a batch ended with, for the event at `index`.
+struct Failed {
+    index: usize,
+    retry: Retry,
+    message: String,
+}
+
+/// What became of a batch.
+enum Handled {
+    /// Events up to `to` are acknowledged; `failed` says what stopped the rest.
+    Upto {
+        to: Option<Position>,
+        failed: Option<Failed>,
+    },
+    /// An acknowledgement was refused: the lease is gone or a replay rewound the cursor.
+    Refused,
+}
+
+struct Deliverer<'a> {
+    plugin: &'a Arc<LoadedPlugin>,
+    shared: &'a Shared,
+    policy: &'a EffectivePolicy,
+    client: &'a mut Client,
+    reader: &'a Reader,
+    sql: Option<Arc<SqlSession>>,
+    stream: &'a mut Stream,
+    stop: &'a mut watch::Receiver<bool>,
+}
+
+impl Deliverer<'_> {
+    /// Read, handle, ack, until stopped. Returns why it ended.
+    async fn run(
+        &mut self,
+        mut cursor: Position,
+        state: &mut WorkerState,
+    ) -> Result<WorkerEnd, WorkerError> {
+        let mut wake = self.shared.wake.clone();
+        let poll = self.shared.settings.poll_interval;
+        let batch_size = self.plugin.manifest.batch_size;
+        loop {
+            if *self.stop.borrow() {
+                return Ok(WorkerEnd::Stopped);
             }
-            state.idle_poll = if shared.settings.notify {
-                poll
+            let woken = wake.has_changed().unwrap_or(false);
+            wake.borrow_and_update();
+            if woken
+                || state
+                    .redelivery_checked
+                    .is_none_or(|at| at.elapsed() >= poll)
+            {
+                state.redelivery_checked = Some(Instant::now());
+                if dead_letters::any_pending(&*self.client, &self.stream.plugin).await?
+                    && self.redeliver().await?
+                {
+                    continue;
+                }
+            }
+            let started = Instant::now();
+            let batch = self
+                .reader
+                .read(
+                    self.client,
+                    self.stream,
+                    cursor,
+                    batch_size,
+                    state.horizon.take(),
+                )
+                .await?;
+            if batch.full {
+                state.horizon = Some(batch.horizon);
+            }
+            let read_at = started.elapsed();
+            let next = if batch.events.is_empty() {
+                if let Some(to) = batch.end {
+                    // Only rows this partition does not want: skip them and read on.
+                    if self.reader.ack(&*self.client, self.stream, to).await? {
+                        cursor = to;
+                    } else if let Some(c) = self.after_refusal().await? {
+                        cursor = c;
+                        state.horizon = None;
+                    } else {
+                        return Ok(WorkerEnd::LeaseLost);
+                    }
+                    continue;
+                }
+                // Nothing new. A replay may have rewound the cursor meanwhile
+                // (an acknowledgement would notice, but there is none to make).
+                if let Some((rewound, rewinds)) =
+                    log::cursor(&*self.client, &self.stream.plugin, self.stream.part).await?
+                    && rewinds != self.stream.rewinds
+                {
+                    tracing::info!(stream = %self.stream, cursor = %rewound, "cursor was rewound (replay); continuing from there");
+                    self.stream.rewinds = rewinds;
+                    cursor = rewound;
+                    state.horizon = None;
+                    continue;
+                }
+                state.idle_poll = if self.shared.settings.notify {
+                    poll
+                } else {
+                    (state.idle_poll * 2).clamp(Duration::from_millis(MIN_POLL_INTERVAL_MS), poll)
+                };
+                if batch.held_back {
+                    self.tell_who_holds_back(batch.horizon, state).await;
+                    Next::Wait(
+                        state
+                            .idle_poll
+                            .min(Duration::from_millis(HORIZON_WAIT_POLL_MS)),
+                    )
+                } else {
+                    state.held_since = None;
+                    Next::Wait(state.idle_poll)
+                }
             } else {
-                (state.idle_poll * 2).clamp(Duration::from_millis(MIN_POLL_INTERVAL_MS), poll)
-            };
-            let wait = if batch.held_back {
-                state
-                    .idle_poll
-                    .min(Duration::from_millis(HORIZON_WAIT_POLL_MS))
-            } else {
-                state.idle_poll
-            };
-            Next::Wait(wait)
-        } else {
-            state.idle_poll = Duration::ZERO;
-            let events: Vec<_> = batch
-                .events
-                .into_iter()
-                .map(|e| {
-                    let attempt = state.attempts.get(&e.position).copied().unwrap_or(0) + 1;
-                    (e, attempt)
-                })
-                .collect();
-            let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
-            let attempts: Vec<u32> = events.iter().map(|(_, a)| *a).collect();
-            let runner = plugin.clone();
-            let outcome = tokio::task::spawn_blocking(move || runner.handle(events))
-                .await
-                .unwrap_or_else(|panic| Outcome::Failed {
-                    index: 0,
-                    retry: Retry::Backoff,
-                    message: format!("host panicked while calling the plugin: {panic}"),
-                });
-            match outcome {
-                Outcome::Handled => {
-                    let to = batch.end.expect("a batch with events has an end");
-                    let handled_at = started.elapsed();
-                    reader.ack(client, name, to).await?;
-                    tracing::debug!(
-                        plugin = name,
-                        events = positions.len(),
-                        read_us = read_at.as_micros() as u64,
-                        handle_us = (handled_at - read_at).as_micros() as u64,
-                        ack_us = (started.elapsed() - handled_at).as_micros() as u64,
-                        "batch handled"
-                    );
+                state.idle_poll = Duration::ZERO;
+                state.held_since = None;
+                let end = batch.end.expect("a batch with events has an end");
+                let events: Vec<(LoggedEvent, u32)> = batch
+                    .events
+                    .into_iter()
+                    .map(|e| {
+                        let attempt = state.failures.get(&e.position).copied().unwrap_or(0) + 1;
+                        (e, attempt)
+                    })
+                    .collect();
+                let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
+                let handled_from = started.elapsed();
+                let result = self.handle(events, end).await?;
+                let (to, failed) = match result {
+                    Handled::Refused => match self.after_refusal().await? {
+                        Some(c) => {
+                            cursor = c;
+                            state.horizon = None;
+                            continue;
+                        }
+                        None => return Ok(WorkerEnd::LeaseLost),
+                    },
+                    Handled::Upto { to, failed } => (to, failed),
+                };
+                if let Some(to) = to {
                     cursor = to;
-                    state.attempts.retain(|p, _| *p > cursor);
-                    shared.observe(HostEvent::BatchHandled {
-                        plugin: name.to_owned(),
-                        events: positions.len(),
-                        cursor,
-                    });
-                    Next::Continue
+                    state.failures.retain(|p, _| *p > cursor);
+                }
+                match failed {
+                    None => {
+                        tracing::debug!(
+                            stream = %self.stream,
+                            events = positions.len(),
+                            read_us = read_at.as_micros() as u64,
+                            handle_and_ack_us = (started.elapsed() - handled_from).as_micros() as u64,
+                            "batch handled"
+                        );
+                        self.shared.observe(HostEvent::BatchHandled {
+                            plugin: self.stream.plugin.clone(),
+                            events: positions.len(),
+                            cursor,
+                        });
+                        Next::Continue
+                    }
+                    Some(failed) => {
+                        let at = positions[failed.index];
+                        let next = self.failed(at, failed, state).await?;
+                        if let Next::Continue = next {
+                            // Dead-lettered: the cursor moved past it.
+                            cursor = at;
+                            state.failures.retain(|p, _| *p > cursor);
+                        }
+                        next
+                    }
+                }
+            };
+            match next {
+                Next::Continue => {}
+                Next::End(end) => return Ok(end),
+                Next::Wait(d) => {
+                    tokio::select! {
+                        _ = wake.changed() => {}
+                        _ = tokio::time::sleep(d) => {}
+                        _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
+                    }
+                }
+                Next::Sleep(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hand `events` (read up to `end`) to the plugin and acknowledge what it
+    /// handled. With the sql capability, the plugin's statements and the
+    /// acknowledgement commit together; after a failure at index i > 0 the
+    /// transaction is rolled back and events before i are handed over again on
+    /// their own, so that exactly their effects commit.
+    async fn handle(
+        &mut self,
+        events: Vec<(LoggedEvent, u32)>,
+        end: Position,
+    ) -> Result<Handled, WorkerError> {
+        let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
+        let Some(sql) = self.sql.clone() else {
+            return Ok(match call(self.plugin, events, None).await {
+                Outcome::Handled => {
+                    if !self.reader.ack(&*self.client, self.stream, end).await? {
+                        return Ok(Handled::Refused);
+                    }
+                    Handled::Upto {
+                        to: Some(end),
+                        failed: None,
+                    }
                 }
                 Outcome::Failed {
                     index,
                     retry,
                     message,
                 } => {
-                    if index > 0 {
-                        cursor = positions[index - 1];
-                        reader.ack(client, name, cursor).await?;
-                        state.attempts.retain(|p, _| *p > cursor);
+                    let to = index.checked_sub(1).map(|i| positions[i]);
+                    if let Some(to) = to
+                        && !self.reader.ack(&*self.client, self.stream, to).await?
+                    {
+                        return Ok(Handled::Refused);
                     }
-                    for (p, a) in positions[index..].iter().zip(&attempts[index..]) {
-                        state.attempts.insert(*p, *a);
-                    }
-                    let attempt = attempts[index];
-                    let delay = match retry {
-                        Retry::Never => None,
-                        Retry::After(d) => Some(d.min(shared.settings.retry_max)),
-                        Retry::Backoff => Some(config::jitter(config::backoff(
-                            attempt,
-                            shared.settings.retry_base,
-                            shared.settings.retry_max,
-                        ))),
-                    };
-                    let failing = positions[index];
-                    record_error(client, name, &message, delay.is_none()).await?;
-                    shared.observe(HostEvent::BatchFailed {
-                        plugin: name.to_owned(),
-                        index,
-                        message: message.clone(),
-                        retry_in: delay,
-                    });
-                    match delay {
-                        Some(delay) => {
-                            tracing::warn!(
-                                plugin = name, event = %failing, attempt,
-                                "batch failed at event {index}: {message}; retrying in {delay:?}"
-                            );
-                            Next::Sleep(delay)
-                        }
-                        None => {
-                            tracing::error!(
-                                plugin = name, event = %failing,
-                                "permanent failure: {message}; plugin halted at {cursor} (it resumes there when restarted or replaced)"
-                            );
-                            shared.observe(HostEvent::PluginHalted {
-                                plugin: name.to_owned(),
-                                message,
-                            });
-                            Next::Halt
-                        }
+                    Handled::Upto {
+                        to,
+                        failed: Some(Failed {
+                            index,
+                            retry,
+                            message,
+                        }),
                     }
                 }
-            }
+            });
         };
-        match next {
-            Next::Continue => {}
-            Next::Halt => return Ok(()),
-            Next::Wait(d) => {
-                tokio::select! {
-                    _ = wake.changed() => {}
-                    _ = tokio::time::sleep(d) => {}
-                    _ = stopped(&mut shutdown) => return Ok(()),
+        let mut take = events.len();
+        let mut failed: Option<Failed> = None;
+        loop {
+            sql.begin().await?;
+            let access: Arc<dyn SqlAccess> = sql.clone();
+            match call(self.plugin, events[..take].to_vec(), Some(access)).await {
+                Outcome::Handled => {
+                    let to = if take == events.len() {
+                        end
+                    } else {
+                        positions[take - 1]
+                    };
+                    if !log::ack_with(sql.client(), None, self.stream, to).await? {
+                        sql.rollback().await?;
+                        return Ok(Handled::Refused);
+                    }
+                    sql.commit().await?;
+                    return Ok(Handled::Upto {
+                        to: Some(to),
+                        failed,
+                    });
                 }
-            }
-            Next::Sleep(d) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    _ = stopped(&mut shutdown) => return Ok(()),
+                Outcome::Failed {
+                    index,
+                    retry,
+                    message,
+                } => {
+                    sql.rollback().await?;
+                    failed = Some(Failed {
+                        index,
+                        retry,
+                        message,
+                    });
+                    if index == 0 {
+                        return Ok(Handled::Upto { to: None, failed });
+                    }
+                    take = index;
                 }
             }
         }
     }
+
+    /// The event at `at` failed: count the attempt, then retry later, or give
+    /// up on it (dead letter, or halt the plugin).
+    async fn failed(
+        &mut self,
+        at: Position,
+        failed: Failed,
+        state: &mut WorkerState,
+    ) -> Result<Next, WorkerError> {
+        let Failed {
+            index,
+            retry,
+            message,
+        } = failed;
+        let attempts =
+            dead_letters::record_failure(&*self.client, self.stream, at, &message).await?;
+        state.failures.insert(at, attempts);
+        let settings = &self.shared.settings;
+        let plugin = self.stream.plugin.clone();
+        let give_up = retry == Retry::Never || attempts >= self.policy.max_attempts;
+        if !give_up {
+            let delay = match retry {
+                Retry::After(d) => d.min(settings.retry_max),
+                _ => config::jitter(config::backoff(
+                    attempts,
+                    settings.retry_base,
+                    settings.retry_max,
+                )),
+            };
+            record_error(&*self.client, &plugin, &message, false).await?;
+            tracing::warn!(
+                stream = %self.stream, event = %at, attempt = attempts,
+                "batch failed at event {index}: {message}; retrying in {delay:?}"
+            );
+            self.shared.observe(HostEvent::BatchFailed {
+                plugin,
+                index,
+                message,
+                retry_in: Some(delay),
+            });
+            return Ok(Next::Sleep(delay));
+        }
+        self.shared.observe(HostEvent::BatchFailed {
+            plugin: plugin.clone(),
+            index,
+            message: message.clone(),
+            retry_in: None,
+        });
+        let why = if retry == Retry::Never {
+            "permanent failure".to_owned()
+        } else {
+            format!("failed {attempts} times")
+        };
+        match self.policy.on_failure {
+            OnFailure::DeadLetter => {
+                if !dead_letters::bury(self.client, self.stream, at, &message, attempts).await? {
+                    return Ok(match self.after_refusal().await? {
+                        Some(_) => Next::Continue,
+                        None => Next::End(WorkerEnd::LeaseLost),
+                    });
+                }
+                record_error(&*self.client, &plugin, &message, false).await?;
+                tracing::error!(
+                    stream = %self.stream, event = %at,
+                    "{why}: {message}; moved to the dead letters (see `pgevents-host dead-letters list`)"
+                );
+                self.shared.observe(HostEvent::DeadLettered {
+                    plugin,
+                    event: at,
+                    attempts,
+                    message,
+                });
+                Ok(Next::Continue)
+            }
+            OnFailure::Halt => {
+                record_error(&*self.client, &plugin, &message, true).await?;
+                tracing::error!(
+                    stream = %self.stream, event = %at,
+                    "{why}: {message}; plugin halted there (it resumes when restarted or replaced)"
+                );
+                self.shared
+                    .observe(HostEvent::PluginHalted { plugin, message });
+                Ok(Next::End(WorkerEnd::Halted))
+            }
+        }
+    }
+
+    /// Deliver dead letters the operator asked to redeliver (one batch).
+    /// Returns whether there were any. A redelivered event that fails again
+    /// stays a dead letter, with the new error.
+    async fn redeliver(&mut self) -> Result<bool, WorkerError> {
+        let pending =
+            dead_letters::pending(&*self.client, self.stream, self.plugin.manifest.batch_size)
+                .await?;
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+        let events: Vec<(LoggedEvent, u32)> = pending
+            .iter()
+            .map(|r| (r.event.clone(), r.attempts + 1))
+            .collect();
+        let outcome = match &self.sql {
+            Some(sql) => {
+                sql.begin().await?;
+                let access: Arc<dyn SqlAccess> = sql.clone();
+                let outcome = call(self.plugin, events, Some(access)).await;
+                if outcome == Outcome::Handled
+                    && dead_letters::settle(sql.client(), self.stream, &ids).await?
+                {
+                    sql.commit().await?;
+                } else {
+                    sql.rollback().await?;
+                }
+                outcome
+            }
+            None => {
+                let outcome = call(self.plugin, events, None).await;
+                let done = match &outcome {
+                    Outcome::Handled => ids.len(),
+                    Outcome::Failed { index, .. } => *index,
+                };
+                dead_letters::settle(&*self.client, self.stream, &ids[..done]).await?;
+                outcome
+            }
+        };
+        let plugin = self.stream.plugin.clone();
+        match outcome {
+            Outcome::Handled => {
+                tracing::info!(stream = %self.stream, events = ids.len(), "dead letters redelivered");
+                self.shared.observe(HostEvent::Redelivered {
+                    plugin,
+                    events: ids.len(),
+                });
+            }
+            Outcome::Failed { index, message, .. } => {
+                dead_letters::failed_again(&*self.client, ids[index], &message).await?;
+                tracing::warn!(stream = %self.stream, "redelivered dead letter {} failed again: {message}", ids[index]);
+                self.shared.observe(HostEvent::Redelivered {
+                    plugin,
+                    events: index,
+                });
+            }
+        }
+        Ok(true)
+    }
+
+    /// An acknowledgement was refused. If the lease still holds, a replay
+    /// rewound the cursor: returns the new cursor (and takes its rewind
+    /// count). Otherwise the partition is another host's now: `None`.
+    async fn after_refusal(&mut self) -> Result<Option<Position>, WorkerError> {
+        if !leases::holds(&*self.client, self.stream.token).await? {
+            tracing::warn!(stream = %self.stream, "lease lost; another host delivers this partition now");
+            return Ok(None);
+        }
+        let Some((cursor, rewinds)) =
+            log::cursor(&*self.client, &self.stream.plugin, self.stream.part).await?
+        else {
+            return Ok(None);
+        };
+        tracing::info!(stream = %self.stream, cursor = %cursor, "cursor was rewound (replay); continuing from there");
+        self.stream.rewinds = rewinds;
+        Ok(Some(cursor))
+    }
+
+    /// Say in the log which transaction holds delivery back, once it has for a while.
+    async fn tell_who_holds_back(&mut self, horizon: u64, state: &mut WorkerState) {
+        let since = *state.held_since.get_or_insert_with(Instant::now);
+        let every = Duration::from_millis(HORIZON_WARN_AFTER_MS);
+        if self.stream.part != 0
+            || since.elapsed() < every
+            || state.warned_at.is_some_and(|at| at.elapsed() < every)
+        {
+            return;
+        }
+        state.warned_at = Some(Instant::now());
+        match crate::status::blockers(&*self.client, horizon).await {
+            Ok(blockers) => {
+                for b in blockers {
+                    tracing::warn!(
+                        plugin = %self.stream.plugin,
+                        pid = b.pid,
+                        database = b.database.as_deref().unwrap_or("?"),
+                        user = b.user.as_deref().unwrap_or("?"),
+                        application = b.application_name.as_deref().unwrap_or(""),
+                        age_s = b.age_seconds.round() as u64,
+                        query = b.query.as_deref().unwrap_or(""),
+                        "an open transaction holds delivery back: events committed after it began wait until it ends"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!("could not look up what holds delivery back: {e}"),
+        }
+    }
 }
 
-/// Remember a plugin's last error (and halt it, for a permanent failure) for `status`.
+/// Call the plugin on a blocking thread (it may run for its whole CPU budget).
+async fn call(
+    plugin: &Arc<LoadedPlugin>,
+    events: Vec<(LoggedEvent, u32)>,
+    sql: Option<Arc<dyn SqlAccess>>,
+) -> Outcome {
+    let runner = plugin.clone();
+    tokio::task::spawn_blocking(move || runner.handle(events, sql))
+        .await
+        .unwrap_or_else(|panic| Outcome::Failed {
+            index: 0,
+            retry: Retry::Backoff,
+            message: format!("host panicked while calling the plugin: {panic}"),
+        })
+}
+
+/// Remember a plugin's last error (and halt it) for `status`.
 async fn record_error(
-    client: &Client,
+    client: &impl GenericClient,
     plugin: &str,
     message: &str,
     halt: bool,

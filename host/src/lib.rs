@@ -3,10 +3,13 @@
 
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod demo;
 pub mod dispatch;
+pub mod leases;
 pub mod log;
 pub mod registry;
 pub mod runtime;
 pub mod schema;
+pub mod sql;
 pub mod status;

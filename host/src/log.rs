@@ -80,7 +80,7 @@ impl LoggedEvent {
         uuid::Uuid::new_v5(&NAMESPACE, &name)
     }
 
-    fn from_row(row: &Row) -> LoggedEvent {
+    pub(crate) fn from_row(row: &Row) -> LoggedEvent {
         LoggedEvent {
             position: Position {
                 txid: parse_txid(row.get(0)),
@@ -159,7 +159,9 @@ impl Reader {
                     to_char(w.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
                     w.db_user, w.app_name, w.tag, w.wanted
              FROM (SELECT e.txid, e.seq, e.op, e.schema_name, e.table_name, e.captured_at,
-                          e.db_user, e.app_name, e.tag, {} AS wanted,
+                          e.db_user, e.app_name, e.tag,
+                          {} AND ($6 = 1 OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $6) = $7)
+                              AS wanted,
                           e.pk, e.new_row, e.old_row
                    FROM {SCHEMA}.events e
                    WHERE (e.txid, e.seq) > ($1::text::xid8, $2) AND e.txid < $3::text::xid8
@@ -174,15 +176,12 @@ impl Reader {
         let held_back_sql =
             format!("SELECT coalesce(max(e.txid) >= $1::text::xid8, false) FROM {SCHEMA}.events e");
 
-        let ack_sql = format!(
-            "UPDATE {SCHEMA}.cursors SET txid = $2::text::xid8, seq = $3, updated_at = now()
-             WHERE plugin = $1 AND (txid, seq) < ($2::text::xid8, $3)"
-        );
+        let ack_sql = ACK_SQL;
         let (horizon, batch, held_back, ack) = tokio::try_join!(
             client.prepare(HORIZON_SQL),
             client.prepare(&batch_sql),
             client.prepare(&held_back_sql),
-            client.prepare(&ack_sql),
+            client.prepare(ack_sql),
         )?;
         Ok(Reader {
             horizon,
@@ -201,7 +200,7 @@ impl Reader {
     pub async fn read(
         &self,
         client: &Client,
-        plugin: &str,
+        stream: &Stream,
         cursor: Position,
         window: u32,
         known_horizon: Option<u64>,
@@ -212,8 +211,17 @@ impl Reader {
         };
         let txid = cursor.txid.to_string();
         let window = i64::from(window);
-        let batch_params: [&(dyn ToSql + Sync); 5] =
-            [&txid, &cursor.seq, &horizon, &plugin, &window];
+        let parts = stream.parts as i32;
+        let part = stream.part as i32;
+        let batch_params: [&(dyn ToSql + Sync); 7] = [
+            &txid,
+            &cursor.seq,
+            &horizon,
+            &stream.plugin,
+            &window,
+            &parts,
+            &part,
+        ];
         let held_back_params: [&(dyn ToSql + Sync); 1] = [&horizon];
         let (rows, held_back) = tokio::try_join!(
             client.query(&self.batch, &batch_params),
@@ -238,17 +246,65 @@ impl Reader {
         })
     }
 
-    /// Move `plugin`'s cursor forward to `to` (its own transaction); never backwards.
+    /// Move the stream's cursor to `to` if this host still holds its lease and
+    /// no replay intervened (see `pgevents.ack`). Returns whether it moved.
     pub async fn ack(
         &self,
         client: &impl GenericClient,
-        plugin: &str,
+        stream: &Stream,
         to: Position,
-    ) -> Result<(), tokio_postgres::Error> {
-        client
-            .execute(&self.ack, &[&plugin, &to.txid.to_string(), &to.seq])
-            .await?;
-        Ok(())
+    ) -> Result<bool, tokio_postgres::Error> {
+        ack_with(client, Some(&self.ack), stream, to).await
+    }
+}
+
+/// `pgevents.ack`: guarded by the lease token and the rewind count.
+const ACK_SQL: &str = "SELECT pgevents.ack($1, $2, $3, $4, $5::text::xid8, $6)";
+
+/// [`Reader::ack`] on any client (a plugin's SQL session acks in its own
+/// transaction), with a prepared statement if the caller has one.
+pub async fn ack_with(
+    client: &impl GenericClient,
+    prepared: Option<&Statement>,
+    stream: &Stream,
+    to: Position,
+) -> Result<bool, tokio_postgres::Error> {
+    let part = stream.part as i32;
+    let txid = to.txid.to_string();
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &stream.plugin,
+        &part,
+        &stream.token,
+        &stream.rewinds,
+        &txid,
+        &to.seq,
+    ];
+    let row = match prepared {
+        Some(statement) => client.query_one(statement, &params).await?,
+        None => client.query_one(ACK_SQL, &params).await?,
+    };
+    Ok(row.get(0))
+}
+
+/// One partition of one plugin's stream, as a deliverer holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub plugin: String,
+    pub part: u32,
+    pub parts: u32,
+    /// The lease token (see `leases.rs`).
+    pub token: uuid::Uuid,
+    /// The cursor's rewind count when it was read.
+    pub rewinds: i64,
+}
+
+impl std::fmt::Display for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.parts == 1 {
+            write!(f, "{}", self.plugin)
+        } else {
+            write!(f, "{}[{}/{}]", self.plugin, self.part, self.parts)
+        }
     }
 }
 
@@ -267,30 +323,269 @@ pub struct Batch {
     pub horizon: u64,
 }
 
-/// `plugin`'s cursor; a plugin seen for the first time starts at the current
-/// horizon, so it gets every event captured from now on (not the history).
-pub async fn cursor_or_start(
+/// Make sure `plugin` has one cursor per partition. A plugin seen for the
+/// first time starts at the current horizon, so it gets every event captured
+/// from now on (not the history). When the partition count changed, every new
+/// partition starts at the oldest old cursor: nothing is skipped, and events
+/// between the old cursors are delivered again (at least once).
+pub async fn ensure_cursors(
     client: &impl GenericClient,
     plugin: &str,
-) -> Result<Position, tokio_postgres::Error> {
-    let row = client
-        .query_one(
+    parts: u32,
+) -> Result<(), tokio_postgres::Error> {
+    let parts = parts as i32;
+    let existing = client
+        .query(
             &format!(
-                "WITH h AS ({HORIZON_SQL}),
-                 ins AS (INSERT INTO {SCHEMA}.cursors (plugin, txid, seq)
-                         SELECT $1, (SELECT * FROM h)::xid8, 0
-                         ON CONFLICT (plugin) DO NOTHING RETURNING txid, seq)
-                 SELECT txid::text, seq FROM ins
-                 UNION ALL
-                 SELECT txid::text, seq FROM {SCHEMA}.cursors WHERE plugin = $1"
+                "SELECT parts, count(*) FROM {SCHEMA}.cursors WHERE plugin = $1 GROUP BY parts"
             ),
             &[&plugin],
         )
         .await?;
-    Ok(Position {
-        txid: parse_txid(row.get(0)),
-        seq: row.get(1),
-    })
+    if let [row] = existing.as_slice()
+        && row.get::<_, i32>(0) == parts
+        && row.get::<_, i64>(1) == i64::from(parts)
+    {
+        return Ok(());
+    }
+    let start: Option<(String, i64)> = if existing.is_empty() {
+        None
+    } else {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT txid::text, seq FROM {SCHEMA}.cursors WHERE plugin = $1
+                     ORDER BY txid, seq LIMIT 1"
+                ),
+                &[&plugin],
+            )
+            .await?;
+        Some((row.get(0), row.get(1)))
+    };
+    client
+        .execute(
+            &format!("DELETE FROM {SCHEMA}.cursors WHERE plugin = $1"),
+            &[&plugin],
+        )
+        .await?;
+    client
+        .execute(
+            &format!("DELETE FROM {SCHEMA}.leases WHERE plugin = $1"),
+            &[&plugin],
+        )
+        .await?;
+    let (txid, seq) = match start {
+        Some(start) => {
+            tracing::warn!(
+                plugin,
+                parts,
+                "partition count changed: every partition restarts at the oldest cursor ({}/{}); some events will be delivered again",
+                start.0,
+                start.1
+            );
+            start
+        }
+        None => (horizon(client).await?.to_string(), 0),
+    };
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {SCHEMA}.cursors (plugin, part, parts, txid, seq)
+                 SELECT $1, p, $2, $3::text::xid8, $4 FROM generate_series(0, $2 - 1) AS p"
+            ),
+            &[&plugin, &parts, &txid, &seq],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A partition's cursor and its rewind count.
+pub async fn cursor(
+    client: &impl GenericClient,
+    plugin: &str,
+    part: u32,
+) -> Result<Option<(Position, i64)>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT txid::text, seq, rewinds FROM {SCHEMA}.cursors WHERE plugin = $1 AND part = $2"
+            ),
+            &[&plugin, &(part as i32)],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        (
+            Position {
+                txid: parse_txid(r.get(0)),
+                seq: r.get(1),
+            },
+            r.get(2),
+        )
+    }))
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// Every event captured at or after this time (and, since the log is in
+    /// transaction order, possibly some captured shortly before).
+    Time(std::time::SystemTime),
+    /// Every event after this position.
+    After(Position),
+    /// Everything the log still holds.
+    Start,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replayed {
+    pub cursor: Position,
+    /// Events after the new cursor that the plugin subscribes to.
+    pub events: i64,
+    /// The oldest log row still held, if any: events before it were pruned.
+    pub oldest_retained: Option<Position>,
+}
+
+/// Rewind every partition of `plugin` to `from`. Running deliverers notice at
+/// their next acknowledgement (which then fails), and continue from the new
+/// cursor. Returns `None` if the plugin has no cursor.
+pub async fn replay(
+    client: &mut Client,
+    plugin: &str,
+    from: ReplayFrom,
+) -> Result<Option<Replayed>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let oldest = tx
+        .query_opt(
+            &format!("SELECT txid::text, seq FROM {SCHEMA}.events ORDER BY txid, seq LIMIT 1"),
+            &[],
+        )
+        .await?
+        .map(|r| Position {
+            txid: parse_txid(r.get(0)),
+            seq: r.get(1),
+        });
+    let cursor = match from {
+        ReplayFrom::After(p) => p,
+        ReplayFrom::Start => Position::default(),
+        ReplayFrom::Time(at) => {
+            let first = tx
+                .query_opt(
+                    &format!(
+                        "SELECT txid::text, seq FROM {SCHEMA}.events WHERE captured_at >= $1
+                         ORDER BY txid, seq LIMIT 1"
+                    ),
+                    &[&at],
+                )
+                .await?;
+            match first {
+                Some(r) => Position {
+                    txid: parse_txid(r.get(0)),
+                    seq: r.get::<_, i64>(1) - 1,
+                },
+                // Nothing captured since: replay nothing, from the current end.
+                None => Position {
+                    txid: horizon(&tx).await?,
+                    seq: 0,
+                },
+            }
+        }
+    };
+    let moved = tx
+        .execute(
+            &format!(
+                "UPDATE {SCHEMA}.cursors SET txid = $2::text::xid8, seq = $3, rewinds = rewinds + 1,
+                        updated_at = now()
+                 WHERE plugin = $1"
+            ),
+            &[&plugin, &cursor.txid.to_string(), &cursor.seq],
+        )
+        .await?;
+    if moved == 0 {
+        return Ok(None);
+    }
+    tx.execute(
+        &format!("DELETE FROM {SCHEMA}.attempts WHERE plugin = $1"),
+        &[&plugin],
+    )
+    .await?;
+    let events: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {SCHEMA}.events e
+                 WHERE (e.txid, e.seq) > ($2::text::xid8, $3) AND {}",
+                subscribed("e", "$1")
+            ),
+            &[&plugin, &cursor.txid.to_string(), &cursor.seq],
+        )
+        .await?
+        .get(0);
+    // Wake idle deliverers: they look for a rewind when they find nothing new.
+    tx.batch_execute(&format!("NOTIFY {}", crate::config::NOTIFY_CHANNEL))
+        .await?;
+    tx.commit().await?;
+    Ok(Some(Replayed {
+        cursor,
+        events,
+        oldest_retained: oldest,
+    }))
+}
+
+/// Delete the log rows, among the oldest `RETENTION_BATCH_ROWS`, that every
+/// cursor has passed and that are older than `min_age`. Returns how many went
+/// (call again while it returns a full batch). Only one host
+/// prunes at a time; the others return 0 at once.
+pub async fn prune(
+    client: &mut Client,
+    min_age: std::time::Duration,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mine: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('pgevents retention', 0))",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !mine {
+        return Ok(0);
+    }
+    // The oldest cursor, including those of paused plugins: their events must
+    // wait. Without any cursor, nothing will read below the horizon.
+    let floor = tx
+        .query_opt(
+            &format!("SELECT txid::text, seq FROM {SCHEMA}.cursors ORDER BY txid, seq LIMIT 1"),
+            &[],
+        )
+        .await?;
+    let (txid, seq): (String, i64) = match floor {
+        Some(row) => (row.get(0), row.get(1)),
+        None => (horizon(&tx).await?.to_string(), 0),
+    };
+    // The oldest window of the log, of which the rows old enough go: the scan
+    // is bounded by the window whatever the age of the rows.
+    let deleted = tx
+        .execute(
+            &format!(
+                "WITH doomed AS (
+                     SELECT e.txid, e.seq, e.captured_at FROM {SCHEMA}.events e
+                     WHERE (e.txid, e.seq) <= ($1::text::xid8, $2)
+                     ORDER BY e.txid, e.seq
+                     LIMIT $3)
+                 DELETE FROM {SCHEMA}.events e USING doomed d
+                 WHERE e.txid = d.txid AND e.seq = d.seq
+                   AND d.captured_at < now() - make_interval(secs => $4)"
+            ),
+            &[
+                &txid,
+                &seq,
+                &crate::config::RETENTION_BATCH_ROWS,
+                &min_age.as_secs_f64(),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// Current horizon (see `HORIZON_SQL`).

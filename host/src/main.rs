@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pgevents_host::config::{self, Settings};
+use pgevents_host::config::{self, ConfigFile, Settings};
 use pgevents_host::dispatch::{self, RunOptions};
+use pgevents_host::log::{self, Position, ReplayFrom};
 use pgevents_host::runtime::{Limits, Runtime};
-use pgevents_host::{db, demo, registry, schema, status};
+use pgevents_host::{db, dead_letters, demo, registry, schema, status};
 use tokio::sync::watch;
 
 /// Run sandboxed WebAssembly plugins on every row change in PostgreSQL.
@@ -33,6 +34,9 @@ enum Command {
         plugins: Option<PathBuf>,
         #[arg(long, env = "PGEVENTS_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
         notify: bool,
+        /// Operator config file (partitions per plugin matter here).
+        #[arg(long, env = "PGEVENTS_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Drop every capture trigger and the `pgevents` schema (log, cursors).
     /// Your tables and their data are not touched.
@@ -66,6 +70,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List, redeliver or purge events that plugins gave up on.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// Rewind a plugin's cursor, to deliver past events again (e.g. to rebuild
+    /// a read model). Every partition is rewound; running hosts follow at once.
+    Replay {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The plugin's manifest name.
+        plugin: String,
+        /// Replay events captured since this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak, conflicts_with_all = ["ago", "after", "from_start"])]
+        since: Option<std::time::SystemTime>,
+        /// Replay events captured within this long (e.g. 15m).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["after", "from_start"])]
+        ago: Option<Duration>,
+        /// Replay events after this log position (TXID/SEQ, as `status` shows cursors).
+        #[arg(long, value_parser = parse_position, conflicts_with = "from_start")]
+        after: Option<Position>,
+        /// Replay everything the log still holds.
+        #[arg(long)]
+        from_start: bool,
+    },
     /// Demo: create tables in a demo database, run the example plugins, write rows, show the events.
     Demo {
         #[arg(
@@ -77,6 +104,77 @@ enum Command {
         #[arg(long, default_value = "plugins")]
         plugins: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// Show dead letters: plugin, event, error, attempts, times.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        which: Which,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand dead letters to their plugin again (that plugin only). One that
+    /// fails again stays, with the new error.
+    Redeliver {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        which: Which,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Which {
+    /// Only this plugin's dead letters.
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Only the dead letter with this id (see `list`).
+    #[arg(long)]
+    id: Option<i64>,
+    /// All dead letters (of --plugin, if given); required to redeliver or purge without --id.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Which {
+    fn selection(&self, verb: &str) -> anyhow::Result<dead_letters::Selection> {
+        if verb != "list" && self.id.is_none() && !self.all {
+            anyhow::bail!(
+                "say which dead letters to {verb}: --id N, or --all (optionally with --plugin NAME)"
+            );
+        }
+        Ok(dead_letters::Selection {
+            plugin: self.plugin.clone(),
+            id: self.id,
+        })
+    }
+}
+
+fn parse_position(text: &str) -> Result<Position, String> {
+    let (txid, seq) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not a log position; write TXID/SEQ, e.g. 7741/1200"))?;
+    Ok(Position {
+        txid: txid
+            .trim()
+            .parse()
+            .map_err(|e| format!("transaction id `{txid}`: {e}"))?,
+        seq: seq
+            .trim()
+            .parse()
+            .map_err(|e| format!("sequence `{seq}`: {e}"))?,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +230,56 @@ struct RunArgs {
     /// Give up if the database cannot be reached this long at start (default: retry forever).
     #[arg(long, env = "PGEVENTS_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
+    /// Operator config file (TOML): per-plugin partitions, failure policy and
+    /// sql grants, and defaults. Flags and environment variables override it.
+    #[arg(long, env = "PGEVENTS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Deliveries of a failing event before it is dead-lettered (or the plugin halts).
+    #[arg(long, env = "PGEVENTS_MAX_ATTEMPTS")]
+    max_attempts: Option<u32>,
+    /// How long a partition lease lasts without renewal (failover time when a
+    /// host is cut off; a host that dies is replaced within about 0.5 s).
+    #[arg(long, env = "PGEVENTS_LEASE_TTL", value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// Log rows every cursor has passed are pruned once older than this (the replay window).
+    #[arg(long, env = "PGEVENTS_RETENTION_MIN_AGE", value_parser = humantime::parse_duration)]
+    retention_min_age: Option<Duration>,
+    /// How often to prune the log.
+    #[arg(long, env = "PGEVENTS_RETENTION_INTERVAL", value_parser = humantime::parse_duration)]
+    retention_interval: Option<Duration>,
+}
+
+impl RunArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut settings = Settings {
+            poll_interval: self.poll_interval,
+            notify: self.notify,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            handle_timeout: self.handle_timeout,
+            memory_limit_bytes: self.memory_limit_mib << 20,
+            connect_timeout: self.connect_timeout,
+            reconcile_interval: self.reconcile_interval,
+            ..Settings::default()
+        };
+        if let Some(path) = &self.config {
+            ConfigFile::load(path)?.apply(&mut settings);
+        }
+        if let Some(v) = self.max_attempts {
+            anyhow::ensure!(v >= 1, "--max-attempts must be at least 1");
+            settings.max_attempts = v;
+        }
+        if let Some(v) = self.lease_ttl {
+            settings.lease_ttl = v;
+        }
+        if let Some(v) = self.retention_min_age {
+            settings.retention_min_age = v;
+        }
+        if let Some(v) = self.retention_interval {
+            settings.retention_interval = v;
+        }
+        Ok(settings)
+    }
 }
 
 fn main() -> ExitCode {
@@ -160,19 +308,11 @@ fn main() -> ExitCode {
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
+            let settings = args.settings()?;
             let options = RunOptions {
                 database_url: args.database_url,
                 plugins_dir: args.plugins,
-                settings: Settings {
-                    poll_interval: args.poll_interval,
-                    notify: args.notify,
-                    retry_base: args.retry_base,
-                    retry_max: args.retry_max,
-                    handle_timeout: args.handle_timeout,
-                    memory_limit_bytes: args.memory_limit_mib << 20,
-                    connect_timeout: args.connect_timeout,
-                    reconcile_interval: args.reconcile_interval,
-                },
+                settings,
                 observer: None,
             };
             dispatch::run(options, shutdown_on_signal()).await?;
@@ -181,15 +321,21 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             db,
             plugins,
             notify,
+            config,
         } => {
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let version = schema::install(&mut client).await?;
             println!("schema `{}` installed (version {version})", config::SCHEMA);
             if let Some(dir) = plugins {
                 let runtime = Runtime::new(None)?;
-                let loaded =
-                    registry::load_folder(&runtime, &mut client, &dir, default_limits(), notify)
-                        .await?;
+                let mut settings = Settings {
+                    notify,
+                    ..Settings::default()
+                };
+                if let Some(path) = &config {
+                    ConfigFile::load(path)?.apply(&mut settings);
+                }
+                let loaded = registry::load_folder(&runtime, &mut client, &dir, &settings).await?;
                 for p in &loaded.plugins {
                     println!(
                         "registered plugin {} {}",
@@ -270,11 +416,102 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{report}");
             }
         }
+        Command::DeadLetters(command) => return dead_letter_command(command).await,
+        Command::Replay {
+            db,
+            plugin,
+            since,
+            ago,
+            after,
+            from_start,
+        } => {
+            let from = match (since, ago, after, from_start) {
+                (Some(t), ..) => ReplayFrom::Time(t),
+                (_, Some(d), ..) => ReplayFrom::Time(std::time::SystemTime::now() - d),
+                (_, _, Some(p), _) => ReplayFrom::After(p),
+                (_, _, _, true) => ReplayFrom::Start,
+                _ => anyhow::bail!(
+                    "say where to replay from: --since TIME, --ago DURATION, --after TXID/SEQ or --from-start"
+                ),
+            };
+            let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            let Some(done) = log::replay(&mut client, &plugin, from).await? else {
+                eprintln!(
+                    "error: no plugin named `{plugin}` has a cursor (see `pgevents-host status`)"
+                );
+                return Ok(ExitCode::FAILURE);
+            };
+            println!(
+                "plugin `{plugin}` rewound to {}: {} event(s) will be delivered again",
+                done.cursor, done.events
+            );
+            if let Some(oldest) = done.oldest_retained
+                && oldest > done.cursor
+                && from != ReplayFrom::Start
+            {
+                println!(
+                    "note: the log was pruned up to {oldest}; older events are gone (see --retention-min-age)"
+                );
+            }
+        }
         Command::Demo {
             database_url,
             plugins,
         } => {
             demo::run(&database_url, &plugins).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeadLetterCommand::List { db, which, json } => {
+            let selection = which.selection("list")?;
+            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            let letters = dead_letters::list(&client, &selection).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters");
+            } else {
+                for d in &letters {
+                    println!(
+                        "#{} {} {} {} key {} at {} (event {}): {} attempt(s), first failed {}, dead since {}{}\n    {}",
+                        d.id,
+                        d.plugin,
+                        d.operation,
+                        d.table,
+                        d.key.as_deref().unwrap_or("-"),
+                        d.position,
+                        d.event_id,
+                        d.attempts,
+                        d.first_failed_at,
+                        d.dead_at,
+                        if d.redeliver {
+                            " [redelivery requested]"
+                        } else {
+                            ""
+                        },
+                        d.error
+                    );
+                }
+            }
+        }
+        DeadLetterCommand::Redeliver { db, which } => {
+            let selection = which.selection("redeliver")?;
+            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            let n = dead_letters::redeliver(&client, &selection).await?;
+            println!("{n} dead letter(s) will be delivered again by the running host(s)");
+            if n == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DeadLetterCommand::Purge { db, which } => {
+            let selection = which.selection("purge")?;
+            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            let n = dead_letters::purge(&client, &selection).await?;
+            println!("purged {n} dead letter(s)");
         }
     }
     Ok(ExitCode::SUCCESS)

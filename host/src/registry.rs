@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use crate::config::SCHEMA;
+use crate::config::{SCHEMA, Settings};
 use crate::runtime::{Limits, LoadedPlugin, Manifest, Runtime};
 use crate::schema::{self, SchemaError, TableProblem};
 
@@ -67,9 +67,9 @@ pub async fn load_folder(
     runtime: &Runtime,
     client: &mut Client,
     dir: &Path,
-    limits: Limits,
-    notify: bool,
+    settings: &Settings,
 ) -> Result<Loaded, RegistryError> {
+    let limits = Limits::from(settings);
     let mut plugins: Vec<(PathBuf, LoadedPlugin)> = Vec::new();
     let mut rejected = Vec::new();
     for file in plugin_files(dir)? {
@@ -119,8 +119,8 @@ pub async fn load_folder(
         }
     }
 
-    register(client, &accepted, &rejected).await?;
-    schema::reconcile_triggers(client, Some(notify)).await?;
+    register(client, &accepted, &rejected, settings).await?;
+    schema::reconcile_triggers(client, Some(settings.notify)).await?;
     for r in &rejected {
         tracing::error!("plugin not started: {}", r.error);
     }
@@ -184,6 +184,7 @@ async fn register(
     client: &mut Client,
     accepted: &[(PathBuf, LoadedPlugin)],
     rejected: &[Rejected],
+    settings: &Settings,
 ) -> Result<(), RegistryError> {
     let tx = client.transaction().await?;
     schema::lock_install(&tx).await?;
@@ -230,7 +231,7 @@ async fn register(
             )
             .await?;
         }
-        crate::log::cursor_or_start(&tx, &m.name).await?;
+        crate::log::ensure_cursors(&tx, &m.name, settings.policy(&m.name).partitions).await?;
     }
     let errors: HashMap<&str, &str> = rejected
         .iter()
@@ -249,7 +250,8 @@ async fn register(
     Ok(())
 }
 
-/// Remove a plugin for good: its registration, subscriptions and cursor; then
+/// Remove a plugin for good: its registration, subscriptions, cursors, leases
+/// and attempt counts (its dead letters stay until purged); then
 /// drop the triggers no other plugin needs. Returns whether it was known.
 pub async fn forget(client: &mut Client, name: &str) -> Result<bool, RegistryError> {
     let tx = client.transaction().await?;
@@ -266,6 +268,13 @@ pub async fn forget(client: &mut Client, name: &str) -> Result<bool, RegistryErr
             &[&name],
         )
         .await?;
+    for table in ["leases", "attempts"] {
+        tx.execute(
+            &format!("DELETE FROM {SCHEMA}.{table} WHERE plugin = $1"),
+            &[&name],
+        )
+        .await?;
+    }
     tx.commit().await?;
     schema::reconcile_triggers(client, None).await?;
     Ok(plugins + cursors > 0)

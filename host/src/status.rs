@@ -50,6 +50,19 @@ pub struct PluginStatus {
     pub waiting: i64,
     pub halted: Option<String>,
     pub last_error: Option<String>,
+    /// Events in the dead-letter table (see `pgevents-host dead-letters list`).
+    pub dead_letters: i64,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition of a plugin's stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub part: u32,
+    pub cursor: Position,
+    /// The host delivering it (none: no live lease).
+    pub host: Option<String>,
+    pub lease_expires_in_seconds: Option<f64>,
 }
 
 pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> {
@@ -65,33 +78,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
     }
     let horizon = log::horizon(client).await?;
     let horizon_text = horizon.to_string();
-    let blockers = client
-        .query(
-            "SELECT pid, datname::text, usename::text, application_name, state,
-                    extract(epoch FROM now() - xact_start)::float8, query
-             FROM pg_stat_activity
-             WHERE backend_xid IS NOT NULL
-               AND backend_xid::text::bigint = $1::text::bigint % 4294967296
-             UNION ALL
-             SELECT 0, database::text, owner::text, 'prepared transaction ' || gid, 'prepared',
-                    extract(epoch FROM now() - prepared)::float8, NULL
-             FROM pg_prepared_xacts
-             WHERE transaction::text::bigint = $1::text::bigint % 4294967296
-             ORDER BY 6 DESC",
-            &[&horizon_text],
-        )
-        .await?
-        .iter()
-        .map(|r| Blocker {
-            pid: r.get(0),
-            database: r.get(1),
-            user: r.get(2),
-            application_name: r.get(3),
-            state: r.get(4),
-            age_seconds: r.get::<_, Option<f64>>(5).unwrap_or(0.0),
-            query: r.get(6),
-        })
-        .collect();
+    let blockers = blockers(client, horizon).await?;
     let held_back: i64 = client
         .query_one(
             &format!("SELECT count(*) FROM {SCHEMA}.events WHERE txid >= $1::text::xid8"),
@@ -105,10 +92,14 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                 "SELECT p.name, p.version, p.file, p.sha256, p.active,
                         to_char(p.loaded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                         c.txid::text, c.seq, p.halted, p.last_error,
-                        (SELECT count(*) FROM {SCHEMA}.events e
-                         WHERE c.plugin IS NOT NULL AND (e.txid, e.seq) > (c.txid, c.seq)
-                           AND {})
-                 FROM {SCHEMA}.plugins p LEFT JOIN {SCHEMA}.cursors c ON c.plugin = p.name
+                        (SELECT count(*) FROM {SCHEMA}.cursors pc JOIN {SCHEMA}.events e
+                             ON (e.txid, e.seq) > (pc.txid, pc.seq)
+                         WHERE pc.plugin = p.name AND {}
+                           AND (pc.parts = 1 OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, pc.parts) = pc.part)),
+                        (SELECT count(*) FROM {SCHEMA}.dead_letters d WHERE d.plugin = p.name)
+                 FROM {SCHEMA}.plugins p
+                 LEFT JOIN LATERAL (SELECT txid, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
+                                    ORDER BY txid, seq LIMIT 1) c ON true
                  ORDER BY p.name",
                 log::subscribed("e", "p.name")
             ),
@@ -130,8 +121,38 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
             halted: r.get(8),
             last_error: r.get(9),
             waiting: r.get(10),
+            dead_letters: r.get(11),
+            partitions: Vec::new(),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut plugins = plugins;
+    for r in client
+        .query(
+            &format!(
+                "SELECT c.plugin, c.part, c.txid::text, c.seq, l.owner,
+                        extract(epoch FROM l.expires_at - clock_timestamp())::float8
+                 FROM {SCHEMA}.cursors c
+                 LEFT JOIN {SCHEMA}.leases l ON l.plugin = c.plugin AND l.part = c.part
+                      AND l.expires_at > clock_timestamp()
+                 ORDER BY c.plugin, c.part"
+            ),
+            &[],
+        )
+        .await?
+    {
+        let name: String = r.get(0);
+        if let Some(p) = plugins.iter_mut().find(|p| p.name == name) {
+            p.partitions.push(PartitionStatus {
+                part: r.get::<_, i32>(1) as u32,
+                cursor: Position {
+                    txid: r.get::<_, &str>(2).parse().unwrap_or(0),
+                    seq: r.get(3),
+                },
+                host: r.get(4),
+                lease_expires_in_seconds: r.get(5),
+            });
+        }
+    }
     let installed_triggers = schema::installed_triggers(client).await?;
     Ok(Status {
         installed: true,
@@ -141,6 +162,42 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
         plugins,
         triggers: schema::by_table(&installed_triggers),
     })
+}
+
+/// The open transactions at `horizon` (what holds delivery back), oldest first.
+pub async fn blockers(
+    client: &impl GenericClient,
+    horizon: u64,
+) -> Result<Vec<Blocker>, tokio_postgres::Error> {
+    let horizon_text = horizon.to_string();
+    let rows = client
+        .query(
+            "SELECT pid, datname::text, usename::text, application_name, state,
+                    extract(epoch FROM now() - xact_start)::float8, query
+             FROM pg_stat_activity
+             WHERE backend_xid IS NOT NULL
+               AND backend_xid::text::bigint = $1::text::bigint % 4294967296
+             UNION ALL
+             SELECT 0, database::text, owner::text, 'prepared transaction ' || gid, 'prepared',
+                    extract(epoch FROM now() - prepared)::float8, NULL
+             FROM pg_prepared_xacts
+             WHERE transaction::text::bigint = $1::text::bigint % 4294967296
+             ORDER BY 6 DESC",
+            &[&horizon_text],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Blocker {
+            pid: r.get(0),
+            database: r.get(1),
+            user: r.get(2),
+            application_name: r.get(3),
+            state: r.get(4),
+            age_seconds: r.get::<_, Option<f64>>(5).unwrap_or(0.0),
+            query: r.get(6),
+        })
+        .collect())
 }
 
 impl fmt::Display for Status {
@@ -187,14 +244,25 @@ impl fmt::Display for Status {
                 .unwrap_or_else(|| "-".into());
             writeln!(
                 f,
-                "plugin {} {} [{state}] cursor {cursor}, {} event(s) waiting; file {} (sha256 {}), loaded {}",
+                "plugin {} {} [{state}] cursor {cursor}, {} event(s) waiting, {} dead letter(s); file {} (sha256 {}), loaded {}",
                 p.name,
                 p.version,
                 p.waiting,
+                p.dead_letters,
                 p.file,
                 &p.sha256[..p.sha256.len().min(12)],
                 p.loaded_at
             )?;
+            for part in &p.partitions {
+                writeln!(
+                    f,
+                    "  partition {}/{}: cursor {}, delivered by {}",
+                    part.part,
+                    p.partitions.len(),
+                    part.cursor,
+                    part.host.as_deref().unwrap_or("no host")
+                )?;
+            }
             if let Some(e) = &p.last_error {
                 writeln!(f, "  last error: {e}")?;
             }

@@ -43,8 +43,13 @@
 //! Build it as a `cdylib` for `wasm32-wasip2` and drop the `.wasm` into the
 //! host's plugin folder.
 //!
+//! Besides [`log`], a plugin the operator grants database access to can run
+//! SQL with the [`sql`] module. Its statements commit in the same transaction
+//! as the batch's acknowledgement, so their effects happen exactly once.
+//!
 //! Compiled for any other target (for a plugin's own unit tests) the crate
-//! still works: [`log`] then writes to standard error instead of calling the host.
+//! still works: [`log`] then writes to standard error instead of calling the
+//! host, and [`sql`] statements fail with SQLSTATE `58000`.
 
 // Lets the paths baked into the generated bindings (`pgevents_plugin_sdk::...`)
 // resolve both here and in the plugin crates that expand `export_plugin!`.
@@ -54,6 +59,7 @@ mod event;
 mod failure;
 pub mod log;
 mod manifest;
+pub mod sql;
 
 /// Raw bindings generated from `wit/plugin.wit`; use the re-exports at the crate root.
 #[doc(hidden)]

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgevents-host"));
-    cmd.env_remove("DATABASE_URL").env("PGEVENTS_LOG", "info");
-    cmd
+    host_bin()
 }
 
 fn output(cmd: &mut Command) -> (bool, String, String) {

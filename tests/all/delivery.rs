@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgevents_host::config::Settings;
+use pgevents_host::config::{OnFailure, PluginPolicy, Settings};
 use pgevents_host::dispatch::HostEvent;
 use pgevents_host::status;
 
@@ -281,9 +281,17 @@ async fn a_failing_handler_is_retried_and_does_not_block_other_plugins() {
 }
 
 #[tokio::test]
-async fn a_permanent_failure_halts_only_that_plugin() {
+async fn a_permanent_failure_halts_only_that_plugin_when_configured_to() {
     let db = TestDb::new().await;
-    let mut host = Host::start(&db, &["faulty", "recorder"]).await;
+    let mut settings = test_settings();
+    settings.plugins.insert(
+        "faulty".into(),
+        PluginPolicy {
+            on_failure: Some(OnFailure::Halt),
+            ..PluginPolicy::default()
+        },
+    );
+    let mut host = Host::start_with(&db, plugins_dir(&["faulty", "recorder"]), settings).await;
     let c = db.client().await;
     c.batch_execute(
         "INSERT INTO items (name, note) VALUES ('ok', NULL), ('bad', 'permanent'), ('later', NULL)",
@@ -306,6 +314,7 @@ async fn a_permanent_failure_halts_only_that_plugin() {
         faulty.waiting, 2,
         "the failed event and the one after it wait: {report}"
     );
+    assert_eq!(faulty.dead_letters, 0, "{report}");
     assert_eq!(host.seen("faulty").len(), 1);
     host.stop().await;
 }

@@ -5,4 +5,6 @@ mod capture;
 mod cli;
 mod delivery;
 mod errors;
+mod faults;
+mod guarantees;
 mod support;

@@ -34,10 +34,12 @@ const FIXTURE: &str = r#"
     CREATE TABLE "Odd Schema"."Mixed ""Case""; Table" ("Weird Col" int PRIMARY KEY, "select" text);
 "#;
 
-/// A database of its own, dropped (with its connections) when the test ends.
+/// A database of its own, dropped (with its connections and the roles made
+/// for it) when the test ends.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    roles: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestDb {
@@ -61,7 +63,40 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = url_for(&server_url(), &name);
-        TestDb { name, url }
+        TestDb {
+            name,
+            url,
+            roles: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A login role of this test's own (roles are cluster-wide), dropped with the database.
+    pub async fn role(&self, suffix: &str) -> String {
+        let role = format!("{}_{suffix}", self.name);
+        self.client()
+            .await
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+            .await
+            .expect("create role");
+        self.roles.lock().unwrap().push(role.clone());
+        role
+    }
+
+    /// The `ledger` plugin's tables, and a role that may write `ledger` only.
+    /// Returns the config file granting `ledger` the sql capability as that role.
+    pub async fn ledger(&self, partitions: u32) -> String {
+        let role = self.role("ledger_writer").await;
+        self.client()
+            .await
+            .batch_execute(&format!(
+                "CREATE TABLE public.ledger (event_id uuid NOT NULL, txid bigint, seq bigint,
+                                             op text, item_id int, attempt int);
+                 CREATE TABLE public.forbidden (id int);
+                 GRANT INSERT, SELECT ON public.ledger TO {role};"
+            ))
+            .await
+            .expect("ledger tables");
+        format!("[plugins.ledger]\npartitions = {partitions}\nsql = {{ role = \"{role}\" }}\n")
     }
 
     pub async fn client(&self) -> Client {
@@ -82,6 +117,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let roles = std::mem::take(&mut *self.roles.lock().unwrap());
         // Drop runs outside async context rules: use a private runtime on a thread.
         let _ = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
@@ -96,6 +132,11 @@ impl Drop for TestDb {
                         let _ = client
                             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                             .await;
+                        for role in roles {
+                            let _ = client
+                                .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                                .await;
+                        }
                     }
                 })
         })
@@ -141,6 +182,105 @@ pub async fn connect(url: &str) -> Client {
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
     tokio::spawn(connection);
     client
+}
+
+/// The `pgevents-host` binary, with a clean environment for the settings tests pass.
+pub fn host_bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgevents-host"));
+    cmd.env_remove("DATABASE_URL").env("PGEVENTS_LOG", "info");
+    cmd
+}
+
+/// A `pgevents-host run` process whose log goes to a file.
+pub struct HostProcess {
+    child: std::process::Child,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl HostProcess {
+    /// Run the binary on `db` with the plugins in `plugins` and `args`.
+    pub fn spawn(db: &TestDb, plugins: &Path, args: &[&str]) -> HostProcess {
+        let log_dir = tempfile::tempdir().expect("temp dir");
+        let log = log_dir.path().join("host.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = host_bin()
+            .args(["run", "--database-url", &db.url, "--plugins"])
+            .arg(plugins)
+            .args(["--retry-base", "50ms", "--retry-max", "400ms"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn pgevents-host");
+        HostProcess {
+            child,
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, no lease hand-back.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                assert!(exit.success(), "host exited with {exit:?}:\n{}", self.log());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ids of the events `plugin` logged (the test plugins log "event id=...").
+    pub fn logged_ids(&self, plugin: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("plugin=\"{plugin}\""))
+                    || l.contains(&format!("plugin={plugin}"))
+            })
+            .filter_map(|l| l.split(" event id=").nth(1))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A plugin component built from this repository by `./dev build-plugins`.

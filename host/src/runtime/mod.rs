@@ -19,7 +19,10 @@ use std::time::Duration;
 use bindings::pgevents::plugin::types::{
     Context, Disposition, Event, Failure, Operation, Position,
 };
-use bindings::{PluginPre, pgevents::plugin::host};
+use bindings::{
+    PluginPre,
+    pgevents::plugin::{host, sql},
+};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -57,6 +60,39 @@ pub enum LoadError {
     Describe { path: String, message: String },
     #[error("{path}: {source}")]
     Manifest { path: String, source: ManifestError },
+}
+
+/// A value passed to or returned from the `sql` capability.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Boolean(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Json(String),
+    Bytes(Vec<u8>),
+}
+
+/// A query's result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SqlRows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
+/// A statement that failed, with its SQLSTATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlFailure {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+/// Where a plugin's `sql` calls go (a session as the plugin's role, inside
+/// the batch transaction). Called from the plugin's thread: it may block.
+pub trait SqlAccess: Send + Sync {
+    fn query(&self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlFailure>;
+    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlFailure>;
 }
 
 /// A log line a plugin wrote through the `host.log` import, or its stdout.
@@ -186,6 +222,7 @@ impl Runtime {
             .call(
                 "(loading)",
                 Duration::from_millis(DESCRIBE_TIMEOUT_MS),
+                None,
                 |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
             )
             .map_err(|message| LoadError::Describe {
@@ -247,11 +284,17 @@ impl LoadedPlugin {
     /// Deliver `events` (with delivery attempt numbers) to `handle` in a fresh
     /// instance. A trap, a timeout or a broken contract is a retryable failure
     /// at index 0.
-    pub fn handle(&self, events: Vec<(LoggedEvent, u32)>) -> Outcome {
+    ///
+    /// `sql` is where the plugin's `sql` calls go; `None` if not granted.
+    pub fn handle(
+        &self,
+        events: Vec<(LoggedEvent, u32)>,
+        sql: Option<Arc<dyn SqlAccess>>,
+    ) -> Outcome {
         let count = events.len();
         let wit_events: Vec<Event> = events.into_iter().map(|(e, a)| to_wit(e, a)).collect();
         let name = self.manifest.name.clone();
-        let result = self.call(&name, self.limits.handle_timeout, |plugin, store| {
+        let result = self.call(&name, self.limits.handle_timeout, sql, |plugin, store| {
             plugin
                 .pgevents_plugin_handler()
                 .call_handle(store, &wit_events)
@@ -299,6 +342,7 @@ impl LoadedPlugin {
         &self,
         plugin_name: &str,
         timeout: Duration,
+        sql: Option<Arc<dyn SqlAccess>>,
         f: impl FnOnce(&bindings::Plugin, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
         let output = MemoryOutputPipe::new(OUTPUT_CAPACITY_BYTES);
@@ -313,6 +357,7 @@ impl LoadedPlugin {
             sink: self.runtime.sink.clone(),
             memory_limit: self.limits.memory_bytes,
             memory_exceeded: false,
+            sql,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
@@ -434,6 +479,7 @@ struct State {
     sink: Option<LogSink>,
     memory_limit: usize,
     memory_exceeded: bool,
+    sql: Option<Arc<dyn SqlAccess>>,
 }
 
 impl State {
@@ -492,6 +538,83 @@ impl ResourceLimiter for State {
 }
 
 impl bindings::pgevents::plugin::types::Host for State {}
+
+impl State {
+    fn sql(&self) -> Result<&Arc<dyn SqlAccess>, sql::SqlError> {
+        self.sql.as_ref().ok_or_else(|| sql::SqlError {
+            sqlstate: "42501".into(),
+            message: format!(
+                "plugin `{}` has no sql capability; the operator grants it in the host's config file: \
+                 [plugins.{}] sql = {{ role = \"...\" }}",
+                self.plugin, self.plugin
+            ),
+        })
+    }
+}
+
+impl sql::Host for State {
+    fn query(
+        &mut self,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> Result<sql::Rows, sql::SqlError> {
+        let params: Vec<SqlValue> = params.into_iter().map(from_wit_value).collect();
+        let rows = self
+            .sql()?
+            .query(&statement, &params)
+            .map_err(to_wit_error)?;
+        Ok(sql::Rows {
+            columns: rows.columns,
+            rows: rows
+                .rows
+                .into_iter()
+                .map(|row| row.into_iter().map(to_wit_value).collect())
+                .collect(),
+        })
+    }
+
+    fn execute(
+        &mut self,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> Result<u64, sql::SqlError> {
+        let params: Vec<SqlValue> = params.into_iter().map(from_wit_value).collect();
+        self.sql()?
+            .execute(&statement, &params)
+            .map_err(to_wit_error)
+    }
+}
+
+fn from_wit_value(v: sql::Value) -> SqlValue {
+    match v {
+        sql::Value::Null => SqlValue::Null,
+        sql::Value::Boolean(b) => SqlValue::Boolean(b),
+        sql::Value::Int(i) => SqlValue::Int(i),
+        sql::Value::Float(f) => SqlValue::Float(f),
+        sql::Value::Text(s) => SqlValue::Text(s),
+        sql::Value::Json(s) => SqlValue::Json(s),
+        sql::Value::Bytes(b) => SqlValue::Bytes(b),
+    }
+}
+
+fn to_wit_value(v: SqlValue) -> sql::Value {
+    match v {
+        SqlValue::Null => sql::Value::Null,
+        SqlValue::Boolean(b) => sql::Value::Boolean(b),
+        SqlValue::Int(i) => sql::Value::Int(i),
+        SqlValue::Float(f) => sql::Value::Float(f),
+        SqlValue::Text(s) => sql::Value::Text(s),
+        SqlValue::Json(s) => sql::Value::Json(s),
+        SqlValue::Bytes(b) => sql::Value::Bytes(b),
+    }
+}
+
+fn to_wit_error(e: SqlFailure) -> sql::SqlError {
+    sql::SqlError {
+        sqlstate: e.sqlstate,
+        message: e.message,
+    }
+}
 
 impl host::Host for State {
     fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {

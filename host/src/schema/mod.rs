@@ -13,7 +13,10 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 use crate::config::SCHEMA;
 
 /// Migrations in order; the index + 1 is the version recorded in `pgevents.migrations`.
-const MIGRATIONS: &[&str] = &[include_str!("0001_log.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("0001_log.sql"),
+    include_str!("0002_delivery.sql"),
+];
 
 /// Serializes installs and trigger changes across hosts sharing a database.
 const INSTALL_LOCK_KEY: i64 = 0x7067_6576_656e_7473; // "pgevents"

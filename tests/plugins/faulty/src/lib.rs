@@ -8,6 +8,7 @@
 //! | `retry-once`  | `Failure::retry` on attempt 1, then behave normally    |
 //! | `retry-after` | `Failure::retry_after` 200 ms on attempt 1, then normal|
 //! | `permanent`   | `Failure::permanent` on every attempt                  |
+//! | `fail-3`      | `Failure::retry` on attempts 1 to 3, then normal       |
 //! | `loop`        | spin forever (the host must interrupt it)              |
 //! | `oom`         | allocate 1 MiB chunks until memory runs out            |
 //! | `slow`        | log "event", then keep busy for 800 ms                 |
@@ -65,6 +66,15 @@ impl Plugin for Faulty {
                         i,
                         RETRY_AFTER_MS,
                         format!("event {}: note says retry-after", event.id),
+                    ));
+                }
+                "fail-3" if event.attempt <= 3 => {
+                    return Err(Failure::retry(
+                        i,
+                        format!(
+                            "event {}: note says fail-3 (attempt {})",
+                            event.id, event.attempt
+                        ),
                     ));
                 }
                 "permanent" => {

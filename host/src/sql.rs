@@ -1,0 +1,524 @@
+//! The `sql` capability: a plugin's statements run on a session logged in as
+//! the role the operator named, inside the transaction that also moves the
+//! plugin's cursor (see `dispatch.rs`). Ordinary PostgreSQL privileges bound
+//! what a plugin can read and write: the session user *is* that role, so no
+//! `RESET ROLE` or `set_config` can widen them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use postgres_types::{Format, FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::config::{SCHEMA, SqlGrant};
+use crate::db;
+use crate::runtime::{SqlAccess, SqlFailure, SqlRows, SqlValue};
+use crate::schema::quote_ident;
+
+/// SQLSTATE for problems on the host's side (connection lost, timeout).
+const HOST_ERROR: &str = "58000";
+/// SQLSTATE for refused statements (transaction control).
+const REFUSED: &str = "0A000";
+/// Prepared statements kept per session.
+const STATEMENT_CACHE_SIZE: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlSessionError {
+    #[error(
+        "plugin `{plugin}`: cannot log in as role `{role}` for its sql capability: {message} \
+         (create the role with LOGIN, or give its URL as `url` in the plugin's `sql` config)"
+    )]
+    Login {
+        plugin: String,
+        role: String,
+        message: String,
+    },
+    #[error("plugin `{plugin}`: {message}")]
+    Db { plugin: String, message: String },
+}
+
+/// One deliverer's session as the plugin's role.
+pub struct SqlSession {
+    client: Arc<Client>,
+    handle: tokio::runtime::Handle,
+    statements: Mutex<HashMap<String, Statement>>,
+    timeout: Duration,
+    plugin: String,
+}
+
+impl std::fmt::Debug for SqlSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlSession")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlSession {
+    /// Log in as the grant's role and let it call `pgevents.ack` (granted by
+    /// `host`, the host's own session). Statements time out after `timeout`.
+    pub async fn open(
+        host: &Client,
+        host_url: &str,
+        plugin: &str,
+        grant: &SqlGrant,
+        timeout: Duration,
+    ) -> Result<SqlSession, SqlSessionError> {
+        let role = quote_ident(&grant.role);
+        host.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, uuid, bigint, xid8, bigint) TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};"
+        ))
+        .await
+        .map_err(|e| SqlSessionError::Db {
+            plugin: plugin.to_owned(),
+            message: format!(
+                "cannot let role `{}` acknowledge: {}",
+                grant.role,
+                db::error_text(&e)
+            ),
+        })?;
+        let login = |message: String| SqlSessionError::Login {
+            plugin: plugin.to_owned(),
+            role: grant.role.clone(),
+            message,
+        };
+        let url = grant.url.as_deref().unwrap_or(host_url);
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| login(db::error_text(&e)))?;
+        if grant.url.is_none() {
+            config.user(&grant.role);
+        }
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| login(db::error_text(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("sql session ended: {}", db::error_text(&e));
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "SET application_name = {}; SET statement_timeout = {}",
+                crate::schema::quote_literal(&format!("pgevents-host sql {plugin}")),
+                timeout.as_millis().max(1)
+            ))
+            .await
+            .map_err(|e| login(db::error_text(&e)))?;
+        Ok(SqlSession {
+            client: Arc::new(client),
+            handle: tokio::runtime::Handle::current(),
+            statements: Mutex::new(HashMap::new()),
+            timeout,
+            plugin: plugin.to_owned(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn begin(&self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("BEGIN").await
+    }
+
+    pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("COMMIT").await
+    }
+
+    pub async fn rollback(&self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("ROLLBACK").await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Run one statement under a savepoint, from the plugin's (blocking) thread.
+    fn run<R>(
+        &self,
+        statement: &str,
+        params: &[SqlValue],
+        go: impl AsyncFnOnce(
+            &Client,
+            &Statement,
+            &[&(dyn ToSql + Sync)],
+        ) -> Result<R, tokio_postgres::Error>,
+    ) -> Result<R, SqlFailure> {
+        if let Some(word) = transaction_control(statement) {
+            return Err(SqlFailure {
+                sqlstate: REFUSED.into(),
+                message: format!(
+                    "`{word}` is refused: the host owns the batch transaction (each statement already runs under its own savepoint)"
+                ),
+            });
+        }
+        let params: Vec<TextParam> = params.iter().map(TextParam::from).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let client = self.client.clone();
+        let cached = self
+            .statements
+            .lock()
+            .expect("cache")
+            .get(statement)
+            .cloned();
+        let work = async {
+            let prepared = match cached {
+                Some(s) => s,
+                None => {
+                    let s = client.prepare(statement).await?;
+                    let mut cache = self.statements.lock().expect("cache");
+                    if cache.len() >= STATEMENT_CACHE_SIZE {
+                        cache.clear();
+                    }
+                    cache.insert(statement.to_owned(), s.clone());
+                    s
+                }
+            };
+            client.batch_execute("SAVEPOINT pgevents_statement").await?;
+            match go(&client, &prepared, &refs).await {
+                Ok(r) => {
+                    client
+                        .batch_execute("RELEASE SAVEPOINT pgevents_statement")
+                        .await?;
+                    Ok(r)
+                }
+                Err(e) => {
+                    client
+                        .batch_execute("ROLLBACK TO SAVEPOINT pgevents_statement")
+                        .await?;
+                    Err(e)
+                }
+            }
+        };
+        let cancel = self.client.cancel_token();
+        self.handle.block_on(async {
+            match tokio::time::timeout(self.timeout, work).await {
+                Ok(result) => result.map_err(|e| failure(&e)),
+                Err(_) => {
+                    let _ = cancel.cancel_query(NoTls).await;
+                    Err(SqlFailure {
+                        sqlstate: HOST_ERROR.into(),
+                        message: format!("statement exceeded the time limit of {:?}", self.timeout),
+                    })
+                }
+            }
+        })
+    }
+}
+
+impl SqlAccess for SqlSession {
+    fn query(&self, statement: &str, params: &[SqlValue]) -> Result<SqlRows, SqlFailure> {
+        let rows = self.run(statement, params, async |client, s, p| {
+            client.query(s, p).await
+        })?;
+        let columns: Vec<String> = match rows.first() {
+            Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
+            None => Vec::new(),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut values = Vec::with_capacity(row.len());
+            for (i, column) in row.columns().iter().enumerate() {
+                let raw: Option<Raw> = row.get(i);
+                values.push(decode(column.name(), column.type_(), raw)?);
+            }
+            out.push(values);
+        }
+        Ok(SqlRows { columns, rows: out })
+    }
+
+    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<u64, SqlFailure> {
+        self.run(statement, params, async |client, s, p| {
+            client.execute(s, p).await
+        })
+    }
+}
+
+/// The first word of `statement` if it controls the transaction.
+fn transaction_control(statement: &str) -> Option<String> {
+    let mut text = statement.trim_start();
+    // Skip leading comments.
+    loop {
+        if let Some(rest) = text.strip_prefix("--") {
+            text = rest
+                .split_once('\n')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else if let Some(rest) = text.strip_prefix("/*") {
+            text = rest
+                .split_once("*/")
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    const CONTROL: &[&str] = &[
+        "BEGIN",
+        "START",
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "ABORT",
+        "SAVEPOINT",
+        "RELEASE",
+        "PREPARE",
+    ];
+    CONTROL.contains(&word.as_str()).then_some(word)
+}
+
+fn failure(e: &tokio_postgres::Error) -> SqlFailure {
+    match e.as_db_error() {
+        Some(db) => SqlFailure {
+            sqlstate: db.code().code().to_owned(),
+            message: match db.detail() {
+                Some(detail) => format!("{} ({detail})", db.message()),
+                None => db.message().to_owned(),
+            },
+        },
+        None => SqlFailure {
+            sqlstate: HOST_ERROR.into(),
+            message: db::error_text(e),
+        },
+    }
+}
+
+/// A parameter in PostgreSQL's text form, so that the server parses it as
+/// whatever type the statement needs (uuid, numeric, timestamptz, ...).
+#[derive(Debug)]
+struct TextParam(Option<String>);
+
+impl From<&SqlValue> for TextParam {
+    fn from(v: &SqlValue) -> TextParam {
+        TextParam(match v {
+            SqlValue::Null => None,
+            SqlValue::Boolean(b) => Some(if *b { "true" } else { "false" }.into()),
+            SqlValue::Int(i) => Some(i.to_string()),
+            SqlValue::Float(f) if f.is_nan() => Some("NaN".into()),
+            SqlValue::Float(f) if f.is_infinite() => {
+                Some(if *f > 0.0 { "Infinity" } else { "-Infinity" }.into())
+            }
+            SqlValue::Float(f) => Some(f.to_string()),
+            SqlValue::Text(s) | SqlValue::Json(s) => Some(s.clone()),
+            SqlValue::Bytes(b) => {
+                let mut s = String::with_capacity(2 + b.len() * 2);
+                s.push_str("\\x");
+                for byte in b {
+                    s.push_str(&format!("{byte:02x}"));
+                }
+                Some(s)
+            }
+        })
+    }
+}
+
+impl ToSql for TextParam {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            None => Ok(IsNull::Yes),
+            Some(text) => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+/// A result column's binary value, decoded by `decode`.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(
+        _ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+}
+
+fn decode(column: &str, ty: &Type, raw: Option<Raw>) -> Result<SqlValue, SqlFailure> {
+    let Some(Raw(b)) = raw else {
+        return Ok(SqlValue::Null);
+    };
+    let bad = || SqlFailure {
+        sqlstate: HOST_ERROR.into(),
+        message: format!("column `{column}`: malformed {ty} value"),
+    };
+    let be = |n: usize| -> Result<&[u8], SqlFailure> { b.get(..n).ok_or_else(bad) };
+    Ok(match *ty {
+        Type::BOOL => SqlValue::Boolean(be(1)?[0] != 0),
+        Type::INT2 => SqlValue::Int(i16::from_be_bytes(be(2)?.try_into().unwrap()).into()),
+        Type::INT4 => SqlValue::Int(i32::from_be_bytes(be(4)?.try_into().unwrap()).into()),
+        Type::OID => SqlValue::Int(u32::from_be_bytes(be(4)?.try_into().unwrap()).into()),
+        Type::INT8 => SqlValue::Int(i64::from_be_bytes(be(8)?.try_into().unwrap())),
+        Type::FLOAT4 => SqlValue::Float(f32::from_be_bytes(be(4)?.try_into().unwrap()).into()),
+        Type::FLOAT8 => SqlValue::Float(f64::from_be_bytes(be(8)?.try_into().unwrap())),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+            SqlValue::Text(String::from_utf8(b.to_vec()).map_err(|_| bad())?)
+        }
+        Type::JSON => SqlValue::Json(String::from_utf8(b.to_vec()).map_err(|_| bad())?),
+        // jsonb's binary form is a version byte, then the text.
+        Type::JSONB => SqlValue::Json(
+            String::from_utf8(b.get(1..).ok_or_else(bad)?.to_vec()).map_err(|_| bad())?,
+        ),
+        Type::BYTEA => SqlValue::Bytes(b.to_vec()),
+        Type::UUID => SqlValue::Text(
+            uuid::Uuid::from_slice(be(16)?)
+                .map_err(|_| bad())?
+                .to_string(),
+        ),
+        Type::NUMERIC => SqlValue::Text(numeric_text(b).ok_or_else(bad)?),
+        Type::TIMESTAMPTZ | Type::TIMESTAMP => {
+            let micros = i64::from_be_bytes(be(8)?.try_into().unwrap());
+            let text = timestamp_text(micros).ok_or_else(|| unsupported(column, ty))?;
+            SqlValue::Text(if *ty == Type::TIMESTAMP {
+                text.trim_end_matches('Z').to_owned()
+            } else {
+                text
+            })
+        }
+        _ => return Err(unsupported(column, ty)),
+    })
+}
+
+fn unsupported(column: &str, ty: &Type) -> SqlFailure {
+    SqlFailure {
+        sqlstate: "0A000".into(),
+        message: format!(
+            "column `{column}` has type {ty}, which the sql capability does not return; cast it to text in the query (`{column}::text`)"
+        ),
+    }
+}
+
+/// PostgreSQL's binary numeric as decimal text (exact).
+fn numeric_text(b: &[u8]) -> Option<String> {
+    let word =
+        |i: usize| -> Option<u16> { Some(u16::from_be_bytes(b.get(i..i + 2)?.try_into().ok()?)) };
+    let ndigits = word(0)? as usize;
+    let weight = word(2)? as i16 as i32;
+    let sign = word(4)?;
+    let dscale = word(6)? as usize;
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        _ => {}
+    }
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|i| word(8 + 2 * i))
+        .collect::<Option<_>>()?;
+    let digit = |i: i32| -> u16 {
+        if i < 0 {
+            0
+        } else {
+            digits.get(i as usize).copied().unwrap_or(0)
+        }
+    };
+    let mut text = String::new();
+    if sign == 0x4000 {
+        text.push('-');
+    }
+    if weight < 0 {
+        text.push('0');
+    } else {
+        for i in 0..=weight {
+            if i == 0 {
+                text.push_str(&digit(i).to_string());
+            } else {
+                text.push_str(&format!("{:04}", digit(i)));
+            }
+        }
+    }
+    if dscale > 0 {
+        let mut fraction = String::new();
+        let mut i = weight + 1;
+        while fraction.len() < dscale {
+            fraction.push_str(&format!("{:04}", digit(i)));
+            i += 1;
+        }
+        fraction.truncate(dscale);
+        text.push('.');
+        text.push_str(&fraction);
+    }
+    Some(text)
+}
+
+/// Microseconds since 2000-01-01 UTC as RFC 3339; `None` before 1970.
+fn timestamp_text(micros: i64) -> Option<String> {
+    match micros {
+        i64::MAX => return Some("infinity".into()),
+        i64::MIN => return Some("-infinity".into()),
+        _ => {}
+    }
+    const Y2K_UNIX_MICROS: i64 = 946_684_800_000_000;
+    let unix = micros.checked_add(Y2K_UNIX_MICROS)?;
+    if unix < 0 {
+        return None;
+    }
+    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(unix as u64);
+    Some(humantime::format_rfc3339_micros(at).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_decodes_exactly() {
+        // 12345.678: weight 1, digits [1, 2345, 6780], dscale 3
+        let mut b = Vec::new();
+        for w in [3u16, 1, 0, 3, 1, 2345, 6780] {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(numeric_text(&b).unwrap(), "12345.678");
+        // -0.00001: weight -2, digits [1000], dscale 5
+        let mut b = Vec::new();
+        for w in [1u16, (-2i16) as u16, 0x4000, 5, 1000] {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(numeric_text(&b).unwrap(), "-0.00001");
+    }
+
+    #[test]
+    fn transaction_control_is_recognised() {
+        assert_eq!(transaction_control(" commit").as_deref(), Some("COMMIT"));
+        assert_eq!(
+            transaction_control("/* x */ -- y\n Rollback to s").as_deref(),
+            Some("ROLLBACK")
+        );
+        assert_eq!(transaction_control("INSERT INTO t VALUES (1)"), None);
+        assert_eq!(transaction_control("select 'commit'"), None);
+    }
+}
