@@ -42,14 +42,16 @@ pub const DEFAULT_RECONCILE_INTERVAL_MS: u64 = 30_000;
 /// schedule the tenth attempt comes about 2 minutes after the first.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 
-/// A partition lease lasts this long unless renewed; a host renews its leases
-/// every third of it. When a host dies without a trace (network cut), its
-/// partitions are taken over within one TTL plus `LEASE_CHECK_MS`; when its
-/// process dies its database sessions end and takeover is immediate.
+/// A partition lease lasts this long unless renewed. When a host dies or is
+/// cut off, its partitions are taken over within one TTL plus `LEASE_CHECK_MS`
+/// (a clean shutdown hands them over at once). Must exceed the handle timeout
+/// by more than `LEASE_MARGIN_MS + LEASE_CHECK_MS` (see `leases.rs`).
 pub const DEFAULT_LEASE_TTL_MS: u64 = 15_000;
-/// How often a host looks for partitions to take (its share changes when
-/// hosts come and go).
+/// How often a host renews its leases and looks for partitions to take.
 pub const LEASE_CHECK_MS: u64 = 500;
+/// A plugin call starts only while the lease is certain to last the handle
+/// timeout plus this long.
+pub const LEASE_MARGIN_MS: u64 = 1_000;
 
 /// Log rows every cursor has passed are pruned once older than this (so that
 /// a plugin can be replayed over the recent past).
@@ -63,7 +65,7 @@ pub const MAX_PARTITIONS: u32 = 64;
 
 /// While a transaction holds delivery back longer than this, say which one in
 /// the log (and again every time this much more has passed).
-pub const HORIZON_WARN_AFTER_MS: u64 = 10_000;
+pub const DEFAULT_HORIZON_WARN_AFTER_MS: u64 = 10_000;
 
 /// Reconnect schedule after a lost or refused database connection: doubling
 /// from 250 ms to 10 s.
@@ -100,6 +102,7 @@ pub struct Settings {
     pub lease_ttl: Duration,
     pub retention_min_age: Duration,
     pub retention_interval: Duration,
+    pub horizon_warn_after: Duration,
     /// Per plugin (by manifest name): overrides and grants.
     pub plugins: BTreeMap<String, PluginPolicy>,
 }
@@ -140,6 +143,21 @@ pub struct SqlGrant {
 }
 
 impl Settings {
+    /// Reject combinations that cannot work.
+    pub fn check(&self) -> Result<(), String> {
+        let floor = self.handle_timeout + Duration::from_millis(LEASE_MARGIN_MS + LEASE_CHECK_MS);
+        if self.lease_ttl <= floor {
+            return Err(format!(
+                "the lease TTL ({:?}) must exceed the handle timeout ({:?}) by more than {} ms, \
+                 so that a plugin call always ends while the lease holds; raise --lease-ttl or lower --handle-timeout",
+                self.lease_ttl,
+                self.handle_timeout,
+                LEASE_MARGIN_MS + LEASE_CHECK_MS
+            ));
+        }
+        Ok(())
+    }
+
     /// The effective policy for `plugin`: its section, defaults filled in.
     pub fn policy(&self, plugin: &str) -> EffectivePolicy {
         let p = self.plugins.get(plugin).cloned().unwrap_or_default();
@@ -279,6 +297,7 @@ impl Default for Settings {
             lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
             retention_min_age: Duration::from_millis(DEFAULT_RETENTION_MIN_AGE_MS),
             retention_interval: Duration::from_millis(DEFAULT_RETENTION_INTERVAL_MS),
+            horizon_warn_after: Duration::from_millis(DEFAULT_HORIZON_WARN_AFTER_MS),
             plugins: BTreeMap::new(),
         }
     }
@@ -337,6 +356,17 @@ mod tests {
         assert!(zero.contains("between 1 and 64"), "{zero}");
         let bad = ConfigFile::parse("lease_ttl = \"soon\"\n").unwrap_err();
         assert!(bad.contains("not a duration"), "{bad}");
+    }
+
+    #[test]
+    fn the_lease_must_outlast_a_plugin_call() {
+        assert!(Settings::default().check().is_ok());
+        let short = Settings {
+            lease_ttl: Duration::from_secs(11),
+            ..Settings::default()
+        };
+        let err = short.check().unwrap_err();
+        assert!(err.contains("must exceed the handle timeout"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls};
 use uuid::Uuid;
 
 use crate::config::{
-    self, EffectivePolicy, HORIZON_WAIT_POLL_MS, HORIZON_WARN_AFTER_MS, LEASE_CHECK_MS,
+    self, EffectivePolicy, HORIZON_WAIT_POLL_MS, LEASE_CHECK_MS, LEASE_MARGIN_MS,
     MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, OnFailure, RETENTION_BATCH_ROWS, SCHEMA, Settings,
 };
 use crate::log::{self, LoggedEvent, Position, Reader, Stream};
@@ -57,6 +57,11 @@ pub enum HostEvent {
     Redelivered {
         plugin: String,
         events: usize,
+    },
+    /// Open transactions have held this plugin's events back for a while.
+    HeldBack {
+        plugin: String,
+        blockers: Vec<crate::status::Blocker>,
     },
     PartitionAcquired {
         plugin: String,
@@ -111,6 +116,7 @@ impl Shared {
 /// plugins, then deliver. A batch in flight at shutdown is finished and acked.
 pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = options.settings.clone();
+    settings.check().map_err(anyhow::Error::msg)?;
     let mut waiting = shutdown.clone();
     let mut client = tokio::select! {
         client = db::connect(&options.database_url, settings.connect_timeout) => client?,
@@ -301,6 +307,10 @@ enum WorkerError {
 /// A partition this host holds.
 struct Held {
     token: Uuid,
+    /// The partition count it was taken under.
+    parts: u32,
+    /// Until when the lease is certain to hold, by this host's clock.
+    valid: watch::Sender<Instant>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<WorkerEnd>,
     /// Asked to stop so that another host can take the partition.
@@ -383,10 +393,16 @@ async fn balance(
     shared: &Arc<Shared>,
     held: &mut HashMap<(String, u32), Held>,
 ) -> Result<(), tokio_postgres::Error> {
-    let live = leases::heartbeat(client, host_id, ttl).await?;
+    let names: Vec<String> = plugins.iter().map(|p| p.manifest.name.clone()).collect();
+    let live = leases::heartbeat(client, host_id, &names, ttl).await?;
+    // Measured before the renewal is sent, so that our idea of the expiry is
+    // never later than the database's.
+    let sent = Instant::now();
     let renewed = leases::renew(client, host_id, ttl).await?;
     for ((plugin, part), h) in held.iter() {
-        if !renewed.contains_key(&h.token) && !h.task.is_finished() {
+        if renewed.contains_key(&h.token) {
+            let _ = h.valid.send(sent + ttl);
+        } else if !h.task.is_finished() {
             tracing::warn!(plugin, part, "lease lost; stopping its deliverer");
             let _ = h.stop.send(true);
         }
@@ -408,22 +424,46 @@ async fn balance(
         });
         tracing::debug!(plugin = %key.0, part = key.1, ?end, "partition released");
     }
-    let halted: Vec<String> = client
+    // The partition counts the cursors were made for are authoritative: a
+    // host started with another count follows them rather than skipping events.
+    let rows = client
         .query(
-            &format!("SELECT name FROM {SCHEMA}.plugins WHERE halted IS NOT NULL"),
+            &format!(
+                "SELECT p.name, p.halted IS NOT NULL, (SELECT max(c.parts) FROM {SCHEMA}.cursors c WHERE c.plugin = p.name)
+                 FROM {SCHEMA}.plugins p"
+            ),
             &[],
         )
-        .await?
+        .await?;
+    let known: HashMap<String, (bool, Option<i32>)> = rows
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
     for plugin in plugins {
         let name = &plugin.manifest.name;
-        if halted.contains(name) {
+        let (halted, parts) = match known.get(name) {
+            Some((halted, Some(parts))) => (*halted, *parts as u32),
+            // Forgotten while running: nothing to deliver.
+            _ => (true, 0),
+        };
+        let configured = shared.settings.policy(name).partitions;
+        if parts != configured && !halted {
+            tracing::warn!(
+                plugin = %name, configured, in_database = parts,
+                "this host's partition count differs from the one in the database; following the database (give every host the same config)"
+            );
+        }
+        for ((p, _), h) in held.iter_mut() {
+            if p == name && (halted || h.parts != parts) && !h.releasing {
+                h.releasing = true;
+                let _ = h.stop.send(true);
+            }
+        }
+        if halted {
             continue;
         }
-        let parts = shared.settings.policy(name).partitions;
-        let share = leases::share(parts, &live, host_id, name);
+        let hosts = live.get(name).map(Vec::as_slice).unwrap_or_default();
+        let share = leases::share(parts, hosts, host_id, name);
         let mut mine: Vec<u32> = held
             .iter()
             .filter(|((p, _), h)| p == name && !h.releasing)
@@ -444,6 +484,7 @@ async fn balance(
             if held.contains_key(&(name.clone(), part)) {
                 continue;
             }
+            let sent = Instant::now();
             let Some(token) = leases::acquire(client, host_id, name, part, ttl).await? else {
                 continue;
             };
@@ -461,11 +502,20 @@ async fn balance(
                 host: host_id.to_owned(),
             });
             let (stop_tx, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(worker(plugin.clone(), stream, shared.clone(), stop_rx));
+            let (valid_tx, valid_rx) = watch::channel(sent + ttl);
+            let task = tokio::spawn(worker(
+                plugin.clone(),
+                stream,
+                shared.clone(),
+                stop_rx,
+                valid_rx,
+            ));
             held.insert(
                 (name.clone(), part),
                 Held {
                     token,
+                    parts,
+                    valid: valid_tx,
                     stop: stop_tx,
                     task,
                     releasing: false,
@@ -518,6 +568,7 @@ async fn worker(
     mut stream: Stream,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    mut lease: watch::Receiver<Instant>,
 ) -> WorkerEnd {
     let policy = shared.settings.policy(&stream.plugin);
     let mut state = WorkerState::default();
@@ -537,7 +588,6 @@ async fn worker(
             let sql = match &policy.sql {
                 Some(grant) => Some(Arc::new(
                     SqlSession::open(
-                        &client,
                         &shared.url,
                         &stream.plugin,
                         grant,
@@ -558,6 +608,7 @@ async fn worker(
                 sql,
                 stream: &mut stream,
                 stop: &mut stop,
+                lease: &mut lease,
             };
             d.run(cursor, &mut state).await
         }
@@ -599,6 +650,8 @@ enum Next {
     Wait(Duration),
     /// Sleep this long regardless of notifications (retry backoff).
     Sleep(Duration),
+    /// Go on from this cursor (past a dead letter, or where a replay rewound to).
+    Resume(Position),
     End(WorkerEnd),
 }
 
@@ -618,6 +671,8 @@ enum Handled {
     },
     /// An acknowledgement was refused: the lease is gone or a replay rewound the cursor.
     Refused,
+    /// Asked to stop while waiting for the lease to be renewed; nothing was called.
+    Stopped,
 }
 
 struct Deliverer<'a> {
@@ -629,6 +684,8 @@ struct Deliverer<'a> {
     sql: Option<Arc<SqlSession>>,
     stream: &'a mut Stream,
     stop: &'a mut watch::Receiver<bool>,
+    /// Until when the lease is certain to hold (renewed by the coordinator).
+    lease: &'a mut watch::Receiver<Instant>,
 }
 
 impl Deliverer<'_> {
@@ -647,17 +704,14 @@ impl Deliverer<'_> {
             }
             let woken = wake.has_changed().unwrap_or(false);
             wake.borrow_and_update();
-            if woken
-                || state
-                    .redelivery_checked
-                    .is_none_or(|at| at.elapsed() >= poll)
+            // Redelivery requests: looked for every poll interval, and when woken
+            // with nothing new to read (`dead-letters redeliver` notifies).
+            if state
+                .redelivery_checked
+                .is_none_or(|at| at.elapsed() >= poll)
+                && self.redeliver(state).await?
             {
-                state.redelivery_checked = Some(Instant::now());
-                if dead_letters::any_pending(&*self.client, &self.stream.plugin).await?
-                    && self.redeliver().await?
-                {
-                    continue;
-                }
+                continue;
             }
             let started = Instant::now();
             let batch = self
@@ -697,6 +751,9 @@ impl Deliverer<'_> {
                     self.stream.rewinds = rewinds;
                     cursor = rewound;
                     state.horizon = None;
+                    continue;
+                }
+                if woken && self.redeliver(state).await? {
                     continue;
                 }
                 state.idle_poll = if self.shared.settings.notify {
@@ -740,6 +797,7 @@ impl Deliverer<'_> {
                         None => return Ok(WorkerEnd::LeaseLost),
                     },
                     Handled::Upto { to, failed } => (to, failed),
+                    Handled::Stopped => return Ok(WorkerEnd::Stopped),
                 };
                 if let Some(to) = to {
                     cursor = to;
@@ -763,18 +821,17 @@ impl Deliverer<'_> {
                     }
                     Some(failed) => {
                         let at = positions[failed.index];
-                        let next = self.failed(at, failed, state).await?;
-                        if let Next::Continue = next {
-                            // Dead-lettered: the cursor moved past it.
-                            cursor = at;
-                            state.failures.retain(|p, _| *p > cursor);
-                        }
-                        next
+                        self.failed(at, failed, state).await?
                     }
                 }
             };
             match next {
                 Next::Continue => {}
+                Next::Resume(at) => {
+                    cursor = at;
+                    state.horizon = None;
+                    state.failures.retain(|p, _| *p > cursor);
+                }
                 Next::End(end) => return Ok(end),
                 Next::Wait(d) => {
                     tokio::select! {
@@ -805,6 +862,9 @@ impl Deliverer<'_> {
     ) -> Result<Handled, WorkerError> {
         let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
         let Some(sql) = self.sql.clone() else {
+            if !self.lease_covers_a_call().await {
+                return Ok(Handled::Stopped);
+            }
             return Ok(match call(self.plugin, events, None).await {
                 Outcome::Handled => {
                     if !self.reader.ack(&*self.client, self.stream, end).await? {
@@ -840,9 +900,13 @@ impl Deliverer<'_> {
         let mut take = events.len();
         let mut failed: Option<Failed> = None;
         loop {
-            sql.begin().await?;
+            if !self.lease_covers_a_call().await {
+                return Ok(Handled::Stopped);
+            }
+            sql.begin(self.shared.settings.handle_timeout).await?;
             let access: Arc<dyn SqlAccess> = sql.clone();
-            match call(self.plugin, events[..take].to_vec(), Some(access)).await {
+            let outcome = call(self.plugin, events[..take].to_vec(), Some(access)).await;
+            match sql.checked(outcome) {
                 Outcome::Handled => {
                     let to = if take == events.len() {
                         end
@@ -935,7 +999,7 @@ impl Deliverer<'_> {
             OnFailure::DeadLetter => {
                 if !dead_letters::bury(self.client, self.stream, at, &message, attempts).await? {
                     return Ok(match self.after_refusal().await? {
-                        Some(_) => Next::Continue,
+                        Some(rewound) => Next::Resume(rewound),
                         None => Next::End(WorkerEnd::LeaseLost),
                     });
                 }
@@ -950,7 +1014,7 @@ impl Deliverer<'_> {
                     attempts,
                     message,
                 });
-                Ok(Next::Continue)
+                Ok(Next::Resume(at))
             }
             OnFailure::Halt => {
                 record_error(&*self.client, &plugin, &message, true).await?;
@@ -968,7 +1032,11 @@ impl Deliverer<'_> {
     /// Deliver dead letters the operator asked to redeliver (one batch).
     /// Returns whether there were any. A redelivered event that fails again
     /// stays a dead letter, with the new error.
-    async fn redeliver(&mut self) -> Result<bool, WorkerError> {
+    async fn redeliver(&mut self, state: &mut WorkerState) -> Result<bool, WorkerError> {
+        state.redelivery_checked = Some(Instant::now());
+        if !dead_letters::any_pending(&*self.client, &self.stream.plugin).await? {
+            return Ok(false);
+        }
         let pending =
             dead_letters::pending(&*self.client, self.stream, self.plugin.manifest.batch_size)
                 .await?;
@@ -980,11 +1048,14 @@ impl Deliverer<'_> {
             .iter()
             .map(|r| (r.event.clone(), r.attempts + 1))
             .collect();
+        if !self.lease_covers_a_call().await {
+            return Ok(false);
+        }
         let outcome = match &self.sql {
             Some(sql) => {
-                sql.begin().await?;
+                sql.begin(self.shared.settings.handle_timeout).await?;
                 let access: Arc<dyn SqlAccess> = sql.clone();
-                let outcome = call(self.plugin, events, Some(access)).await;
+                let outcome = sql.checked(call(self.plugin, events, Some(access)).await);
                 if outcome == Outcome::Handled
                     && dead_letters::settle(sql.client(), self.stream, &ids).await?
                 {
@@ -1043,10 +1114,32 @@ impl Deliverer<'_> {
         Ok(Some(cursor))
     }
 
+    /// Wait until the lease is certain to outlast a plugin call (the handle
+    /// timeout plus `LEASE_MARGIN_MS`). Returns false if asked to stop first.
+    async fn lease_covers_a_call(&mut self) -> bool {
+        let need = self.shared.settings.handle_timeout + Duration::from_millis(LEASE_MARGIN_MS);
+        let mut warned = false;
+        loop {
+            let until = *self.lease.borrow_and_update();
+            if until.saturating_duration_since(Instant::now()) >= need {
+                return true;
+            }
+            if !warned {
+                tracing::warn!(stream = %self.stream, "lease not renewed lately; waiting before the next plugin call");
+                warned = true;
+            }
+            tokio::select! {
+                changed = self.lease.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep(Duration::from_millis(LEASE_CHECK_MS)) => {}
+                _ = stopped(self.stop) => return false,
+            }
+        }
+    }
+
     /// Say in the log which transaction holds delivery back, once it has for a while.
     async fn tell_who_holds_back(&mut self, horizon: u64, state: &mut WorkerState) {
         let since = *state.held_since.get_or_insert_with(Instant::now);
-        let every = Duration::from_millis(HORIZON_WARN_AFTER_MS);
+        let every = self.shared.settings.horizon_warn_after;
         if self.stream.part != 0
             || since.elapsed() < every
             || state.warned_at.is_some_and(|at| at.elapsed() < every)
@@ -1056,6 +1149,10 @@ impl Deliverer<'_> {
         state.warned_at = Some(Instant::now());
         match crate::status::blockers(&*self.client, horizon).await {
             Ok(blockers) => {
+                self.shared.observe(HostEvent::HeldBack {
+                    plugin: self.stream.plugin.clone(),
+                    blockers: blockers.clone(),
+                });
                 for b in blockers {
                     tracing::warn!(
                         plugin = %self.stream.plugin,

@@ -1,18 +1,21 @@
 //! Many hosts on one database: each partition of each plugin is delivered by
-//! the host holding its lease, a row in `pgevents.leases` with an expiry.
+//! the host holding its lease, a row in `pgevents.leases` with an expiry kept
+//! by the database's clock.
 //!
 //! - A host renews its leases every `LEASE_CHECK_MS` (500 ms), each time for
-//!   the full time-to-live (`DEFAULT_LEASE_TTL_MS`, 15 s).
-//! - A lease can be taken when it expired, or when its host is gone: a host is
-//!   alive while its coordinator's database session exists. A killed process
-//!   loses its sessions at once, so its partitions move within one check
-//!   (≈0.5 s); a host cut off from the network keeps them until they expire.
-//! - Shares are fair: the live hosts, ordered by id, each take
-//!   `partitions / hosts` partitions of every plugin, and the remainder goes
-//!   one each to the hosts after a per-plugin offset.
+//!   the full time-to-live (`DEFAULT_LEASE_TTL_MS`, 15 s). A lease can be taken
+//!   only once it has expired (or was handed back by a clean shutdown), so a
+//!   host that died or was cut off is replaced within one TTL plus one check.
+//! - A host starts a plugin call only while its lease is certain to outlast
+//!   it: by its own clock, measured from *before* the last renewal was sent,
+//!   at least the handle timeout plus `LEASE_MARGIN_MS` must remain (the TTL
+//!   must exceed the handle timeout by more than that). So no two hosts ever
+//!   run a batch of the same partition at once, even across a network cut.
 //! - Every acknowledgement presents the lease's token and locks its row
-//!   (`pgevents.ack`), so a host that lost a lease cannot move the cursor, and
-//!   a taker waits until an acknowledgement in flight has committed.
+//!   (`pgevents.ack`), so a host that lost its lease cannot move the cursor.
+//! - Shares are fair: the live hosts that run a plugin, ordered by id, each
+//!   take `partitions / hosts` of its partitions, and the remainder goes one
+//!   each to the hosts after a per-plugin offset.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,20 +24,6 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::config::SCHEMA;
-
-/// SQL condition: host row `h` is alive.
-fn alive(h: &str) -> String {
-    format!(
-        "({h}.seen_at > clock_timestamp() - make_interval(secs => $ttl)
-          AND EXISTS (SELECT 1 FROM pg_stat_activity a
-                      WHERE a.pid = {h}.backend_pid AND a.backend_start = {h}.backend_start))"
-    )
-}
-
-/// `alive(h)` with `$ttl` bound to parameter `$n`.
-fn alive_param(h: &str, n: usize) -> String {
-    alive(h).replace("$ttl", &format!("${n}"))
-}
 
 /// This host's identity in `pgevents.hosts`.
 pub fn new_host_id() -> String {
@@ -45,47 +34,54 @@ pub fn new_host_id() -> String {
     format!("{hostname}:{}:{}", std::process::id(), &nonce[..8])
 }
 
-/// Record that this host is alive (on this session); returns the live hosts' ids, sorted.
+/// Record that this host is alive and which plugins it runs; returns, per
+/// plugin, the live hosts that run it (ids sorted).
 pub async fn heartbeat(
     client: &impl GenericClient,
     host_id: &str,
+    plugins: &[String],
     ttl: Duration,
-) -> Result<Vec<String>, tokio_postgres::Error> {
+) -> Result<HashMap<String, Vec<String>>, tokio_postgres::Error> {
     let hostname = host_id.split(':').next().unwrap_or_default();
     client
         .execute(
             &format!(
-                "INSERT INTO {SCHEMA}.hosts (id, hostname, os_pid, backend_pid, backend_start)
-                 SELECT $1, $2, $3, pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()
-                 ON CONFLICT (id) DO UPDATE SET backend_pid = excluded.backend_pid,
-                     backend_start = excluded.backend_start, seen_at = clock_timestamp()"
+                "INSERT INTO {SCHEMA}.hosts (id, hostname, os_pid, plugins) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET plugins = $4, seen_at = clock_timestamp()"
             ),
-            &[&host_id, &hostname, &(std::process::id() as i32)],
+            &[&host_id, &hostname, &(std::process::id() as i32), &plugins],
         )
         .await?;
     let secs = ttl.as_secs_f64();
+    // Hosts not seen for ten TTLs are gone for good.
     client
         .execute(
             &format!(
-                "DELETE FROM {SCHEMA}.hosts h WHERE h.id <> $1 AND NOT {}",
-                alive_param("h", 2)
+                "DELETE FROM {SCHEMA}.hosts
+                 WHERE seen_at < clock_timestamp() - make_interval(secs => $1::float8 * 10)"
             ),
-            &[&host_id, &secs],
+            &[&secs],
         )
         .await?;
     let rows = client
         .query(
             &format!(
-                "SELECT h.id FROM {SCHEMA}.hosts h WHERE {} ORDER BY h.id",
-                alive_param("h", 1)
+                "SELECT p, array_agg(h.id ORDER BY h.id)
+                 FROM {SCHEMA}.hosts h, unnest(h.plugins) AS p
+                 WHERE h.seen_at > clock_timestamp() - make_interval(secs => $1)
+                 GROUP BY p"
             ),
             &[&secs],
         )
         .await?;
-    let mut live: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    if !live.iter().any(|id| id == host_id) {
-        live.push(host_id.to_owned());
-        live.sort();
+    let mut live: HashMap<String, Vec<String>> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for plugin in plugins {
+        let hosts = live.entry(plugin.clone()).or_default();
+        if !hosts.iter().any(|id| id == host_id) {
+            hosts.push(host_id.to_owned());
+            hosts.sort();
+        }
     }
     Ok(live)
 }
@@ -112,8 +108,8 @@ pub async fn renew(
         .collect())
 }
 
-/// Take the lease of `plugin` partition `part` if it is free, expired, or its
-/// host is gone. Returns the new token.
+/// Take the lease of `plugin` partition `part` if it is free or expired.
+/// Returns the new token.
 pub async fn acquire(
     client: &impl GenericClient,
     host_id: &str,
@@ -131,9 +127,7 @@ pub async fn acquire(
                  SET owner = excluded.owner, token = excluded.token,
                      expires_at = excluded.expires_at, acquired_at = clock_timestamp()
                  WHERE l.expires_at <= clock_timestamp()
-                    OR NOT EXISTS (SELECT 1 FROM {SCHEMA}.hosts h WHERE h.id = l.owner AND {})
-                 RETURNING token",
-                alive_param("h", 5)
+                 RETURNING token"
             ),
             &[
                 &plugin,

@@ -160,7 +160,8 @@ impl Reader {
                     w.db_user, w.app_name, w.tag, w.wanted
              FROM (SELECT e.txid, e.seq, e.op, e.schema_name, e.table_name, e.captured_at,
                           e.db_user, e.app_name, e.tag,
-                          {} AND ($6 = 1 OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $6) = $7)
+                          {} AND ($6 = 1 OR e.op = 'T'
+                                  OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $6) = $7)
                               AS wanted,
                           e.pk, e.new_row, e.old_row
                    FROM {SCHEMA}.events e
@@ -259,7 +260,10 @@ impl Reader {
 }
 
 /// `pgevents.ack`: guarded by the lease token and the rewind count.
-const ACK_SQL: &str = "SELECT pgevents.ack($1, $2, $3, $4, $5::text::xid8, $6)";
+/// Types are schema-qualified: this also runs on a plugin's sql session,
+/// where the plugin could shadow unqualified type names in `pg_temp`.
+const ACK_SQL: &str =
+    "SELECT pgevents.ack($1, $2, $3, $4, $5, $6::pg_catalog.text::pg_catalog.xid8, $7)";
 
 /// [`Reader::ack`] on any client (a plugin's SQL session acks in its own
 /// transaction), with a prepared statement if the caller has one.
@@ -270,10 +274,12 @@ pub async fn ack_with(
     to: Position,
 ) -> Result<bool, tokio_postgres::Error> {
     let part = stream.part as i32;
+    let parts = stream.parts as i32;
     let txid = to.txid.to_string();
-    let params: [&(dyn ToSql + Sync); 6] = [
+    let params: [&(dyn ToSql + Sync); 7] = [
         &stream.plugin,
         &part,
+        &parts,
         &stream.token,
         &stream.rewinds,
         &txid,
@@ -362,15 +368,16 @@ pub async fn ensure_cursors(
             .await?;
         Some((row.get(0), row.get(1)))
     };
+    // Leases before cursors: the order `pgevents.ack` locks them in.
     client
         .execute(
-            &format!("DELETE FROM {SCHEMA}.cursors WHERE plugin = $1"),
+            &format!("DELETE FROM {SCHEMA}.leases WHERE plugin = $1"),
             &[&plugin],
         )
         .await?;
     client
         .execute(
-            &format!("DELETE FROM {SCHEMA}.leases WHERE plugin = $1"),
+            &format!("DELETE FROM {SCHEMA}.cursors WHERE plugin = $1"),
             &[&plugin],
         )
         .await?;
@@ -440,15 +447,18 @@ pub enum ReplayFrom {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Replayed {
     pub cursor: Position,
-    /// Events after the new cursor that the plugin subscribes to.
+    /// Partitions moved back (those already at or before `cursor` stay).
+    pub partitions: u32,
+    /// Events that will be delivered again.
     pub events: i64,
     /// The oldest log row still held, if any: events before it were pruned.
     pub oldest_retained: Option<Position>,
 }
 
-/// Rewind every partition of `plugin` to `from`. Running deliverers notice at
-/// their next acknowledgement (which then fails), and continue from the new
-/// cursor. Returns `None` if the plugin has no cursor.
+/// Rewind every partition of `plugin` that is past `from` to it. Running
+/// deliverers notice at once (when idle) or at their next acknowledgement
+/// (which then fails), and continue from there. Returns `None` if the plugin
+/// has no cursor.
 pub async fn replay(
     client: &mut Client,
     plugin: &str,
@@ -491,41 +501,56 @@ pub async fn replay(
             }
         }
     };
-    let moved = tx
-        .execute(
+    let known: i64 = tx
+        .query_one(
+            &format!("SELECT count(*) FROM {SCHEMA}.cursors WHERE plugin = $1"),
+            &[&plugin],
+        )
+        .await?
+        .get(0);
+    if known == 0 {
+        return Ok(None);
+    }
+    // Only backwards: a partition already before the target keeps its place
+    // (moving it forward would skip events it has not had). Every partition's
+    // rewind count changes, so that a batch in flight is not acknowledged
+    // past the target either.
+    let row = tx
+        .query_one(
             &format!(
-                "UPDATE {SCHEMA}.cursors SET txid = $2::text::xid8, seq = $3, rewinds = rewinds + 1,
-                        updated_at = now()
-                 WHERE plugin = $1"
+                "WITH old AS (
+                     SELECT part, parts, txid, seq FROM {SCHEMA}.cursors WHERE plugin = $1 FOR UPDATE),
+                 moved AS (
+                     UPDATE {SCHEMA}.cursors c
+                     SET txid = CASE WHEN (c.txid, c.seq) > ($2::text::xid8, $3) THEN $2::text::xid8 ELSE c.txid END,
+                         seq = CASE WHEN (c.txid, c.seq) > ($2::text::xid8, $3) THEN $3 ELSE c.seq END,
+                         rewinds = c.rewinds + 1, updated_at = now()
+                     WHERE c.plugin = $1
+                     RETURNING c.part)
+                 SELECT (SELECT count(*) FROM old WHERE (txid, seq) > ($2::text::xid8, $3)),
+                        (SELECT count(*) FROM moved),
+                        (SELECT count(*) FROM old o JOIN {SCHEMA}.events e
+                             ON (e.txid, e.seq) > ($2::text::xid8, $3) AND (e.txid, e.seq) <= (o.txid, o.seq)
+                         WHERE {} AND (o.parts = 1 OR e.op = 'T'
+                               OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, o.parts) = o.part))",
+                subscribed("e", "$1")
             ),
             &[&plugin, &cursor.txid.to_string(), &cursor.seq],
         )
         .await?;
-    if moved == 0 {
-        return Ok(None);
-    }
+    let (partitions, events): (i64, i64) = (row.get(0), row.get(2));
     tx.execute(
         &format!("DELETE FROM {SCHEMA}.attempts WHERE plugin = $1"),
         &[&plugin],
     )
     .await?;
-    let events: i64 = tx
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {SCHEMA}.events e
-                 WHERE (e.txid, e.seq) > ($2::text::xid8, $3) AND {}",
-                subscribed("e", "$1")
-            ),
-            &[&plugin, &cursor.txid.to_string(), &cursor.seq],
-        )
-        .await?
-        .get(0);
     // Wake idle deliverers: they look for a rewind when they find nothing new.
     tx.batch_execute(&format!("NOTIFY {}", crate::config::NOTIFY_CHANNEL))
         .await?;
     tx.commit().await?;
     Ok(Some(Replayed {
         cursor,
+        partitions: partitions as u32,
         events,
         oldest_retained: oldest,
     }))

@@ -441,10 +441,17 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             };
-            println!(
-                "plugin `{plugin}` rewound to {}: {} event(s) will be delivered again",
-                done.cursor, done.events
-            );
+            if done.partitions == 0 {
+                println!(
+                    "nothing to replay: plugin `{plugin}` is already at or before {}",
+                    done.cursor
+                );
+            } else {
+                println!(
+                    "plugin `{plugin}` rewound to {} ({} partition(s)): {} event(s) will be delivered again",
+                    done.cursor, done.partitions, done.events
+                );
+            }
             if let Some(oldest) = done.oldest_retained
                 && oldest > done.cursor
                 && from != ReplayFrom::Start

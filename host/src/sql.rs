@@ -5,8 +5,9 @@
 //! `RESET ROLE` or `set_config` can widen them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use postgres_types::{Format, FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -14,7 +15,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::config::{SCHEMA, SqlGrant};
 use crate::db;
-use crate::runtime::{SqlAccess, SqlFailure, SqlRows, SqlValue};
+use crate::runtime::{Outcome, Retry, SqlAccess, SqlFailure, SqlRows, SqlValue};
 use crate::schema::quote_ident;
 
 /// SQLSTATE for problems on the host's side (connection lost, timeout).
@@ -44,7 +45,10 @@ pub struct SqlSession {
     client: Arc<Client>,
     handle: tokio::runtime::Handle,
     statements: Mutex<HashMap<String, Statement>>,
-    timeout: Duration,
+    /// When the current plugin call's time is up: statements get what is left.
+    deadline: Mutex<Instant>,
+    /// A statement was abandoned (timed out): the transaction cannot commit.
+    poisoned: AtomicBool,
     plugin: String,
 }
 
@@ -57,42 +61,49 @@ impl std::fmt::Debug for SqlSession {
 }
 
 impl SqlSession {
-    /// Log in as the grant's role and let it call `pgevents.ack` (granted by
-    /// `host`, the host's own session). Statements time out after `timeout`.
+    /// Log in as the grant's role (see [`grant_acknowledgement`] for what the
+    /// host grants it). Statements time out after `timeout`.
     pub async fn open(
-        host: &Client,
         host_url: &str,
         plugin: &str,
         grant: &SqlGrant,
         timeout: Duration,
     ) -> Result<SqlSession, SqlSessionError> {
-        let role = quote_ident(&grant.role);
-        host.batch_execute(&format!(
-            "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
-             GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, uuid, bigint, xid8, bigint) TO {role};
-             GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};"
-        ))
-        .await
-        .map_err(|e| SqlSessionError::Db {
-            plugin: plugin.to_owned(),
-            message: format!(
-                "cannot let role `{}` acknowledge: {}",
-                grant.role,
-                db::error_text(&e)
-            ),
-        })?;
         let login = |message: String| SqlSessionError::Login {
             plugin: plugin.to_owned(),
             role: grant.role.clone(),
             message,
         };
-        let url = grant.url.as_deref().unwrap_or(host_url);
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| login(db::error_text(&e)))?;
-        if grant.url.is_none() {
-            config.user(&grant.role);
-        }
+        let config = match &grant.url {
+            Some(url) => url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| login(db::error_text(&e)))?,
+            None => {
+                // The host's server and database, as the role, without the host's password.
+                let host: tokio_postgres::Config = host_url
+                    .parse()
+                    .map_err(|e: tokio_postgres::Error| login(db::error_text(&e)))?;
+                let mut config = tokio_postgres::Config::new();
+                for h in host.get_hosts() {
+                    match h {
+                        tokio_postgres::config::Host::Tcp(name) => config.host(name),
+                        tokio_postgres::config::Host::Unix(path) => config.host_path(path),
+                    };
+                }
+                for port in host.get_ports() {
+                    config.port(*port);
+                }
+                if let Some(dbname) = host.get_dbname() {
+                    config.dbname(dbname);
+                }
+                if let Some(t) = host.get_connect_timeout() {
+                    config.connect_timeout(*t);
+                }
+                config.ssl_mode(host.get_ssl_mode());
+                config.user(&grant.role);
+                config
+            }
+        };
         let (client, connection) = config
             .connect(NoTls)
             .await
@@ -102,6 +113,26 @@ impl SqlSession {
                 tracing::debug!("sql session ended: {}", db::error_text(&e));
             }
         });
+        // The session must be the granted role itself, and not one that
+        // bypasses privileges (a URL could name another user).
+        let who = client
+            .query_one(
+                "SELECT session_user::text, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user",
+                &[],
+            )
+            .await
+            .map_err(|e| login(db::error_text(&e)))?;
+        let (user, superuser): (String, bool) = (who.get(0), who.get(1));
+        if user != grant.role {
+            return Err(login(format!(
+                "its URL logs in as `{user}`, not as the role"
+            )));
+        }
+        if superuser {
+            return Err(login(
+                "the role is a superuser, so its privileges would bound nothing; use an ordinary role".into(),
+            ));
+        }
         client
             .batch_execute(&format!(
                 "SET application_name = {}; SET statement_timeout = {}",
@@ -114,7 +145,8 @@ impl SqlSession {
             client: Arc::new(client),
             handle: tokio::runtime::Handle::current(),
             statements: Mutex::new(HashMap::new()),
-            timeout,
+            deadline: Mutex::new(Instant::now() + timeout),
+            poisoned: AtomicBool::new(false),
             plugin: plugin.to_owned(),
         })
     }
@@ -123,16 +155,40 @@ impl SqlSession {
         &self.client
     }
 
-    pub async fn begin(&self) -> Result<(), tokio_postgres::Error> {
+    /// Open the batch transaction for a plugin call that may take `budget`.
+    pub async fn begin(&self, budget: Duration) -> Result<(), tokio_postgres::Error> {
+        *self.deadline.lock().expect("deadline") = Instant::now() + budget;
+        self.poisoned.store(false, Ordering::SeqCst);
         self.client.batch_execute("BEGIN").await
     }
 
+    /// A call that returned success after one of its statements was abandoned
+    /// has not succeeded: the transaction is broken, and the plugin may not
+    /// have known. Counted as a failure of the batch.
+    pub fn checked(&self, outcome: Outcome) -> Outcome {
+        if outcome == Outcome::Handled && self.poisoned.load(Ordering::SeqCst) {
+            return Outcome::Failed {
+                index: 0,
+                retry: Retry::Backoff,
+                message: "a sql statement ran out of time, so the batch transaction was abandoned"
+                    .into(),
+            };
+        }
+        outcome
+    }
+
+    // Session-level advisory locks a plugin took are released after every
+    // batch: held on, they could block the host's own coordination.
     pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
-        self.client.batch_execute("COMMIT").await
+        self.client
+            .batch_execute("COMMIT; SELECT pg_catalog.pg_advisory_unlock_all()")
+            .await
     }
 
     pub async fn rollback(&self) -> Result<(), tokio_postgres::Error> {
-        self.client.batch_execute("ROLLBACK").await
+        self.client
+            .batch_execute("ROLLBACK; SELECT pg_catalog.pg_advisory_unlock_all()")
+            .await
     }
 
     pub fn is_closed(&self) -> bool {
@@ -197,15 +253,30 @@ impl SqlSession {
                 }
             }
         };
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(SqlFailure {
+                sqlstate: HOST_ERROR.into(),
+                message:
+                    "an earlier statement of this batch ran out of time; the batch will be retried"
+                        .into(),
+            });
+        }
+        let left = self
+            .deadline
+            .lock()
+            .expect("deadline")
+            .saturating_duration_since(Instant::now());
         let cancel = self.client.cancel_token();
         self.handle.block_on(async {
-            match tokio::time::timeout(self.timeout, work).await {
+            match tokio::time::timeout(left, work).await {
                 Ok(result) => result.map_err(|e| failure(&e)),
                 Err(_) => {
+                    self.poisoned.store(true, Ordering::SeqCst);
                     let _ = cancel.cancel_query(NoTls).await;
                     Err(SqlFailure {
                         sqlstate: HOST_ERROR.into(),
-                        message: format!("statement exceeded the time limit of {:?}", self.timeout),
+                        message: "statement ran out of the plugin call's time (the handle timeout)"
+                            .into(),
                     })
                 }
             }
@@ -241,28 +312,44 @@ impl SqlAccess for SqlSession {
     }
 }
 
-/// The first word of `statement` if it controls the transaction.
+/// The first word of `statement` if it controls the transaction. Leading
+/// whitespace and comments are skipped as PostgreSQL's lexer does: any of
+/// space, tab, CR, LF, form feed and vertical tab; `--` up to CR or LF;
+/// nested `/* */`. (A statement that hides transaction control anywhere else
+/// is rejected by the server inside our transaction block, or is refused by
+/// the extended protocol, which takes one statement only.)
 fn transaction_control(statement: &str) -> Option<String> {
-    let mut text = statement.trim_start();
-    // Skip leading comments.
+    let bytes = statement.as_bytes();
+    let mut i = 0;
     loop {
-        if let Some(rest) = text.strip_prefix("--") {
-            text = rest
-                .split_once('\n')
-                .map(|(_, r)| r)
-                .unwrap_or("")
-                .trim_start();
-        } else if let Some(rest) = text.strip_prefix("/*") {
-            text = rest
-                .split_once("*/")
-                .map(|(_, r)| r)
-                .unwrap_or("")
-                .trim_start();
-        } else {
-            break;
+        match bytes.get(i..) {
+            Some([b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b, ..]) => i += 1,
+            Some([b'-', b'-', ..]) => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            Some([b'/', b'*', ..]) => {
+                let mut depth = 0;
+                while i < bytes.len() {
+                    if bytes[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if bytes[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            _ => break,
         }
     }
-    let word: String = text
+    let word: String = statement[i..]
         .chars()
         .take_while(|c| c.is_ascii_alphabetic())
         .collect::<String>()
@@ -279,6 +366,24 @@ fn transaction_control(statement: &str) -> Option<String> {
         "PREPARE",
     ];
     CONTROL.contains(&word.as_str()).then_some(word)
+}
+
+/// Let `role` log its plugin's batches: `USAGE` on the host's schema and
+/// `EXECUTE` on the two acknowledgement functions (which demand a lease token
+/// that only the host knows). Run under the install lock: concurrent GRANTs
+/// on one object fail.
+pub async fn grant_acknowledgement(
+    client: &impl tokio_postgres::GenericClient,
+    role: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let role = quote_ident(role);
+    client
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, int, uuid, bigint, xid8, bigint) TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};"
+        ))
+        .await
 }
 
 fn failure(e: &tokio_postgres::Error) -> SqlFailure {
@@ -520,5 +625,14 @@ mod tests {
         );
         assert_eq!(transaction_control("INSERT INTO t VALUES (1)"), None);
         assert_eq!(transaction_control("select 'commit'"), None);
+        assert_eq!(
+            transaction_control("/* /* nested */ */ COMMIT").as_deref(),
+            Some("COMMIT")
+        );
+        assert_eq!(
+            transaction_control("-- x\rCOMMIT").as_deref(),
+            Some("COMMIT")
+        );
+        assert_eq!(transaction_control("\x0b\x0cend").as_deref(), Some("END"));
     }
 }

@@ -95,7 +95,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                         (SELECT count(*) FROM {SCHEMA}.cursors pc JOIN {SCHEMA}.events e
                              ON (e.txid, e.seq) > (pc.txid, pc.seq)
                          WHERE pc.plugin = p.name AND {}
-                           AND (pc.parts = 1 OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, pc.parts) = pc.part)),
+                           AND (pc.parts = 1 OR e.op = 'T' OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, pc.parts) = pc.part)),
                         (SELECT count(*) FROM {SCHEMA}.dead_letters d WHERE d.plugin = p.name)
                  FROM {SCHEMA}.plugins p
                  LEFT JOIN LATERAL (SELECT txid, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name

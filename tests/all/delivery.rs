@@ -71,7 +71,11 @@ async fn restart_resumes_from_the_cursor_without_redelivery() {
 #[tokio::test]
 async fn a_late_committing_transaction_is_not_skipped() {
     let db = TestDb::new().await;
-    let mut host = Host::start(&db, &["recorder"]).await;
+    let settings = Settings {
+        horizon_warn_after: Duration::from_millis(200),
+        ..test_settings()
+    };
+    let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), settings).await;
     let slow = db.client_as("slow-writer").await;
     let fast = db.client().await;
     slow.batch_execute("BEGIN; INSERT INTO items (name) VALUES ('slow: began first')")
@@ -98,6 +102,13 @@ async fn a_late_committing_transaction_is_not_skipped() {
         "status should name the blocking transaction: {report}"
     );
     assert!(report.to_string().contains("slow-writer"), "{report}");
+    // ... and so does the host's log, once it has waited a while.
+    host.wait_until("the host names the blocking transaction", |e| {
+        matches!(e, HostEvent::HeldBack { blockers, .. }
+            if blockers.iter().any(|b| b.application_name.as_deref() == Some("slow-writer")
+                && b.query.as_deref().is_some_and(|q| q.contains("slow: began first"))))
+    })
+    .await;
     slow.batch_execute("COMMIT").await.unwrap();
     let seen = host.wait_seen("recorder", 2).await;
     assert_eq!(

@@ -13,8 +13,9 @@ ALTER TABLE pgevents.cursors DROP CONSTRAINT cursors_pkey;
 ALTER TABLE pgevents.cursors ADD PRIMARY KEY (plugin, part);
 
 -- The partition (0 ..< parts) an event belongs to. Rows of one key always
--- land in the same partition; events without a key (keyless tables, TRUNCATE)
--- go by table. hashtextextended is the stable hash PostgreSQL partitions with.
+-- land in the same partition; rows of keyless tables go by table. (TRUNCATE
+-- is delivered to every partition: see `log.rs`.) hashtextextended is the
+-- stable hash PostgreSQL partitions tables with.
 CREATE FUNCTION pgevents.part_of(schema_name text, table_name text, pk jsonb, parts int)
 RETURNS int LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
@@ -66,17 +67,15 @@ CREATE TABLE pgevents.dead_letters (
 );
 CREATE INDEX dead_letters_redeliver ON pgevents.dead_letters (plugin) WHERE redeliver;
 
--- Running hosts. A host is alive while its coordinator's backend exists
--- (pid + backend_start in pg_stat_activity) and it has been seen within its
--- lease time-to-live.
+-- Running hosts and the plugins each runs, for fair shares of partitions.
+-- A host counts as alive while it has been seen within its lease time-to-live.
 CREATE TABLE pgevents.hosts (
-    id            text        PRIMARY KEY,
-    hostname      text        NOT NULL,
-    os_pid        int         NOT NULL,
-    backend_pid   int         NOT NULL,
-    backend_start timestamptz NOT NULL,
-    started_at    timestamptz NOT NULL DEFAULT now(),
-    seen_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+    id         text        PRIMARY KEY,
+    hostname   text        NOT NULL,
+    os_pid     int         NOT NULL,
+    plugins    text[]      NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    seen_at    timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
 -- Who delivers each partition of each plugin, until when. The token is a
@@ -92,12 +91,12 @@ CREATE TABLE pgevents.leases (
 );
 
 -- Move a partition's cursor to (txid, seq), only if the caller still holds the
--- lease (the row lock keeps a taker waiting until this transaction ends) and
--- no replay rewound the cursor since the caller read it. Returns whether it
--- moved. SECURITY DEFINER so that a plugin's SQL role may call it inside the
+-- lease (the row lock keeps a taker waiting until this transaction ends), the
+-- partition count is still the caller's, and no replay rewound the cursor
+-- since the caller read it. Returns whether it moved. SECURITY DEFINER so that a plugin's SQL role may call it inside the
 -- batch transaction without any privilege on the log; the token is the proof.
-CREATE FUNCTION pgevents.ack(p_plugin text, p_part int, p_token uuid, p_rewinds bigint,
-                             p_txid xid8, p_seq bigint)
+CREATE FUNCTION pgevents.ack(p_plugin text, p_part int, p_parts int, p_token uuid,
+                             p_rewinds bigint, p_txid xid8, p_seq bigint)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -110,7 +109,7 @@ BEGIN
         RETURN false;
     END IF;
     UPDATE pgevents.cursors SET txid = p_txid, seq = p_seq, updated_at = now()
-    WHERE plugin = p_plugin AND part = p_part AND rewinds = p_rewinds;
+    WHERE plugin = p_plugin AND part = p_part AND parts = p_parts AND rewinds = p_rewinds;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -119,7 +118,7 @@ BEGIN
     RETURN true;
 END
 $$;
-REVOKE ALL ON FUNCTION pgevents.ack(text, int, uuid, bigint, xid8, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgevents.ack(text, int, int, uuid, bigint, xid8, bigint) FROM PUBLIC;
 
 -- Delete dead letters that were delivered again, with the same lease check as
 -- `ack` (so that a plugin's SQL session can do it inside its transaction).
