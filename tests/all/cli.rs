@@ -301,3 +301,34 @@ async fn forget_removes_a_plugin_and_only_the_triggers_it_alone_needed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_config_file_with_a_typo_or_an_impossible_lease_stops_the_host_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgevents.toml");
+    std::fs::write(&config, "[plugins.ledger]\npartition = 4\n").unwrap();
+    let (ok, _, stderr) = output(
+        bin()
+            .args(["run", "--connect-timeout", "1s", "--config"])
+            .arg(&config),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown field `partition`") && stderr.contains("pgevents.toml"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = output(bin().args([
+        "run",
+        "--connect-timeout",
+        "1s",
+        "--lease-ttl",
+        "5s",
+        "--handle-timeout",
+        "10s",
+    ]));
+    assert!(!ok);
+    assert!(
+        stderr.contains("must exceed the handle timeout"),
+        "{stderr}"
+    );
+}
