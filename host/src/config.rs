@@ -52,6 +52,12 @@ pub const LEASE_CHECK_MS: u64 = 500;
 /// A plugin call starts only while the lease is certain to last the handle
 /// timeout plus this long.
 pub const LEASE_MARGIN_MS: u64 = 1_000;
+/// A deliverer that cannot start this many times in a row (its plugin's sql
+/// role cannot log in; with the reconnect backoff that is about 35 s) hands
+/// its partition back and this host leaves it alone for `PARTITION_REST_MS`,
+/// so that another host may deliver it.
+pub const WORKER_GIVE_UP_FAILURES: u32 = 8;
+pub const PARTITION_REST_MS: u64 = 60_000;
 
 /// Log rows every cursor has passed are pruned once older than this (so that
 /// a plugin can be replayed over the recent past).

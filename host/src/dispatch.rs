@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use crate::config::{
     self, EffectivePolicy, HORIZON_WAIT_POLL_MS, LEASE_CHECK_MS, LEASE_MARGIN_MS,
-    MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, OnFailure, RETENTION_BATCH_ROWS, SCHEMA, Settings,
+    MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, OnFailure, PARTITION_REST_MS, RETENTION_BATCH_ROWS,
+    SCHEMA, Settings, WORKER_GIVE_UP_FAILURES,
 };
 use crate::log::{self, LoggedEvent, Position, Reader, Stream};
 use crate::registry::{self, Rejected};
@@ -290,6 +291,9 @@ enum WorkerEnd {
     Halted,
     /// The lease is gone: another host may deliver the partition now.
     LeaseLost,
+    /// It could not start for a long time (its sql role cannot log in): let
+    /// another host try, and rest the partition here for a while.
+    GaveUp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +328,7 @@ async fn coordinate(plugins: Vec<Arc<LoadedPlugin>>, shared: Arc<Shared>) {
     let ttl = shared.settings.lease_ttl;
     let mut shutdown = shared.shutdown.clone();
     let mut held: HashMap<(String, u32), Held> = HashMap::new();
+    let mut resting: HashMap<(String, u32), Instant> = HashMap::new();
     let mut client: Option<Client> = None;
     let mut failures = 0;
     tracing::info!(host = %host_id, "joining");
@@ -350,7 +355,7 @@ async fn coordinate(plugins: Vec<Arc<LoadedPlugin>>, shared: Arc<Shared>) {
             }
         }
         let c = client.as_ref().expect("connected");
-        match balance(c, &host_id, ttl, &plugins, &shared, &mut held).await {
+        match balance(c, &host_id, ttl, &plugins, &shared, &mut held, &mut resting).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -392,6 +397,7 @@ async fn balance(
     plugins: &[Arc<LoadedPlugin>],
     shared: &Arc<Shared>,
     held: &mut HashMap<(String, u32), Held>,
+    resting: &mut HashMap<(String, u32), Instant>,
 ) -> Result<(), tokio_postgres::Error> {
     let names: Vec<String> = plugins.iter().map(|p| p.manifest.name.clone()).collect();
     let live = leases::heartbeat(client, host_id, &names, ttl).await?;
@@ -415,6 +421,12 @@ async fn balance(
     for key in finished {
         let h = held.remove(&key).expect("held");
         let end = h.task.await.unwrap_or(WorkerEnd::Stopped);
+        if end == WorkerEnd::GaveUp {
+            resting.insert(
+                key.clone(),
+                Instant::now() + Duration::from_millis(PARTITION_REST_MS),
+            );
+        }
         if renewed.contains_key(&h.token) {
             leases::release(client, h.token).await?;
         }
@@ -481,9 +493,15 @@ async fn balance(
             if mine.len() as u32 >= share {
                 break;
             }
-            if held.contains_key(&(name.clone(), part)) {
+            let key = (name.clone(), part);
+            if held.contains_key(&key)
+                || resting
+                    .get(&key)
+                    .is_some_and(|until| Instant::now() < *until)
+            {
                 continue;
             }
+            resting.remove(&key);
             let sent = Instant::now();
             let Some(token) = leases::acquire(client, host_id, name, part, ttl).await? else {
                 continue;
@@ -617,6 +635,22 @@ async fn worker(
             Ok(end) => return end,
             Err(e) => {
                 failures += 1;
+                if failures == 1 && matches!(e, WorkerError::Sql(_)) {
+                    // A configuration problem: show it in `status` too.
+                    if let Ok(c) = db::connect_once(&shared.url).await {
+                        let _ = record_error(&c, &stream.plugin, &e.to_string(), false).await;
+                    }
+                }
+                if failures >= WORKER_GIVE_UP_FAILURES
+                    && matches!(e, WorkerError::Sql(SqlSessionError::Login { .. }))
+                {
+                    tracing::error!(
+                        stream = %stream,
+                        "{e}; giving the partition up for {} s (another host may be able to deliver it)",
+                        PARTITION_REST_MS / 1000
+                    );
+                    return WorkerEnd::GaveUp;
+                }
                 let delay = db::reconnect_delay(failures);
                 tracing::warn!(stream = %stream, "{e}; reconnecting in {delay:?}");
                 tokio::select! {
@@ -643,6 +677,14 @@ struct WorkerState {
     redelivery_checked: Option<Instant>,
 }
 
+impl WorkerState {
+    /// A replay moved the cursor back (and cleared the attempt counts).
+    fn rewound(&mut self) {
+        self.horizon = None;
+        self.failures.clear();
+    }
+}
+
 enum Next {
     /// Read again at once.
     Continue,
@@ -650,8 +692,10 @@ enum Next {
     Wait(Duration),
     /// Sleep this long regardless of notifications (retry backoff).
     Sleep(Duration),
-    /// Go on from this cursor (past a dead letter, or where a replay rewound to).
+    /// Go on from this cursor (past a dead letter).
     Resume(Position),
+    /// Go on from where a replay rewound the cursor to.
+    Rewound(Position),
     End(WorkerEnd),
 }
 
@@ -735,7 +779,7 @@ impl Deliverer<'_> {
                         cursor = to;
                     } else if let Some(c) = self.after_refusal().await? {
                         cursor = c;
-                        state.horizon = None;
+                        state.rewound();
                     } else {
                         return Ok(WorkerEnd::LeaseLost);
                     }
@@ -750,7 +794,7 @@ impl Deliverer<'_> {
                     tracing::info!(stream = %self.stream, cursor = %rewound, "cursor was rewound (replay); continuing from there");
                     self.stream.rewinds = rewinds;
                     cursor = rewound;
-                    state.horizon = None;
+                    state.rewound();
                     continue;
                 }
                 if woken && self.redeliver(state).await? {
@@ -791,7 +835,7 @@ impl Deliverer<'_> {
                     Handled::Refused => match self.after_refusal().await? {
                         Some(c) => {
                             cursor = c;
-                            state.horizon = None;
+                            state.rewound();
                             continue;
                         }
                         None => return Ok(WorkerEnd::LeaseLost),
@@ -831,6 +875,10 @@ impl Deliverer<'_> {
                     cursor = at;
                     state.horizon = None;
                     state.failures.retain(|p, _| *p > cursor);
+                }
+                Next::Rewound(at) => {
+                    cursor = at;
+                    state.rewound();
                 }
                 Next::End(end) => return Ok(end),
                 Next::Wait(d) => {
@@ -999,7 +1047,7 @@ impl Deliverer<'_> {
             OnFailure::DeadLetter => {
                 if !dead_letters::bury(self.client, self.stream, at, &message, attempts).await? {
                     return Ok(match self.after_refusal().await? {
-                        Some(rewound) => Next::Resume(rewound),
+                        Some(rewound) => Next::Rewound(rewound),
                         None => Next::End(WorkerEnd::LeaseLost),
                     });
                 }

@@ -603,3 +603,30 @@ async fn changing_the_partition_count_skips_nothing() {
     }
     host.stop().await;
 }
+
+#[tokio::test]
+async fn a_sql_role_that_cannot_log_in_is_reported_and_other_plugins_run() {
+    let db = TestDb::new().await;
+    db.ledger(1).await;
+    let settings = settings_with("[plugins.ledger]\nsql = { role = \"no_such_role_anywhere\" }\n");
+    let mut host = Host::start_with(&db, plugins_dir(&["ledger", "recorder"]), settings).await;
+    let c = db.client().await;
+    c.batch_execute("INSERT INTO items (name) VALUES ('x')")
+        .await
+        .unwrap();
+    host.wait_seen("recorder", 1).await;
+    eventually(
+        &c,
+        "status shows why the ledger does not run",
+        "SELECT last_error LIKE '%cannot log in as role `no_such_role_anywhere`%'
+         FROM pgevents.plugins WHERE name = 'ledger'",
+    )
+    .await;
+    let waiting = status::status(&c).await.unwrap();
+    let ledger = waiting.plugins.iter().find(|p| p.name == "ledger").unwrap();
+    assert_eq!(
+        ledger.waiting, 1,
+        "the event waits for the ledger: {waiting}"
+    );
+    host.stop().await;
+}
