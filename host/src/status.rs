@@ -253,7 +253,14 @@ impl fmt::Display for Status {
                 &p.sha256[..p.sha256.len().min(12)],
                 p.loaded_at
             )?;
-            for part in &p.partitions {
+            if let [only] = p.partitions.as_slice() {
+                writeln!(
+                    f,
+                    "  delivered by {}",
+                    only.host.as_deref().unwrap_or("no host")
+                )?;
+            }
+            for part in p.partitions.iter().filter(|_| p.partitions.len() > 1) {
                 writeln!(
                     f,
                     "  partition {}/{}: cursor {}, delivered by {}",
