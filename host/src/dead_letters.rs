@@ -132,7 +132,8 @@ pub async fn pending(
             &format!(
                 "SELECT {EVENT_COLUMNS}, id, attempts FROM {SCHEMA}.dead_letters
                  WHERE plugin = $1 AND redeliver
-                   AND {SCHEMA}.part_of(schema_name, table_name, pk, $2) = $3
+                   AND CASE WHEN op = 'T' THEN $3 = 0
+                            ELSE {SCHEMA}.part_of(schema_name, table_name, pk, $2) = $3 END
                  ORDER BY txid, seq LIMIT $4"
             ),
             &[

@@ -595,8 +595,7 @@ async fn worker(
         let result = async {
             let mut client = db::connect_once(&shared.url).await?;
             let reader = Reader::prepare(&client).await?;
-            let Some((cursor, rewinds)) = log::cursor(&client, &stream.plugin, stream.part).await?
-            else {
+            let Some((cursor, rewinds)) = log::cursor(&client, &stream).await? else {
                 return Err(WorkerError::NoCursor {
                     plugin: stream.plugin.clone(),
                     part: stream.part,
@@ -604,15 +603,16 @@ async fn worker(
             };
             stream.rewinds = rewinds;
             let sql = match &policy.sql {
-                Some(grant) => Some(Arc::new(
+                Some(grant) => Some(Arc::new({
+                    crate::sql::grant_acknowledgement(&mut client, &stream.plugin, grant).await?;
                     SqlSession::open(
                         &shared.url,
                         &stream.plugin,
                         grant,
                         shared.settings.handle_timeout,
                     )
-                    .await?,
-                )),
+                    .await?
+                })),
                 None => None,
             };
             state.failures = dead_letters::failures(&client, &stream).await?;
@@ -758,7 +758,7 @@ impl Deliverer<'_> {
                 continue;
             }
             let started = Instant::now();
-            let batch = self
+            let mut batch = self
                 .reader
                 .read(
                     self.client,
@@ -770,6 +770,22 @@ impl Deliverer<'_> {
                 .await?;
             if batch.full {
                 state.horizon = Some(batch.horizon);
+            }
+            if let Some(truncate) = batch.barrier.take() {
+                let at = truncate.position;
+                if !log::barrier_open(&*self.client, self.stream, at).await? {
+                    // The other partitions have yet to reach it (or partition
+                    // 0 to deliver it).
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(HORIZON_WAIT_POLL_MS)) => {}
+                        _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
+                    }
+                    continue;
+                }
+                batch.end = Some(at);
+                if self.stream.part == 0 {
+                    batch.events = vec![truncate];
+                }
             }
             let read_at = started.elapsed();
             let next = if batch.events.is_empty() {
@@ -787,8 +803,7 @@ impl Deliverer<'_> {
                 }
                 // Nothing new. A replay may have rewound the cursor meanwhile
                 // (an acknowledgement would notice, but there is none to make).
-                if let Some((rewound, rewinds)) =
-                    log::cursor(&*self.client, &self.stream.plugin, self.stream.part).await?
+                if let Some((rewound, rewinds)) = log::cursor(&*self.client, self.stream).await?
                     && rewinds != self.stream.rewinds
                 {
                     tracing::info!(stream = %self.stream, cursor = %rewound, "cursor was rewound (replay); continuing from there");
@@ -961,15 +976,35 @@ impl Deliverer<'_> {
                     } else {
                         positions[take - 1]
                     };
-                    if !log::ack_with(sql.client(), None, self.stream, to).await? {
-                        sql.rollback().await?;
-                        return Ok(Handled::Refused);
+                    match sql.acknowledge_and_commit(self.stream, to).await {
+                        Ok(true) => {
+                            return Ok(Handled::Upto {
+                                to: Some(to),
+                                failed,
+                            });
+                        }
+                        Ok(false) => {
+                            sql.rollback().await?;
+                            return Ok(Handled::Refused);
+                        }
+                        // The batch's own doing (a deferred constraint, a
+                        // timeout it set): a failed attempt, not a lost connection.
+                        Err(e) if e.as_db_error().is_some() => {
+                            sql.rollback().await?;
+                            return Ok(Handled::Upto {
+                                to: None,
+                                failed: Some(Failed {
+                                    index: 0,
+                                    retry: Retry::Backoff,
+                                    message: format!(
+                                        "committing the batch's sql failed: {}",
+                                        db::error_text(&e)
+                                    ),
+                                }),
+                            });
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    sql.commit().await?;
-                    return Ok(Handled::Upto {
-                        to: Some(to),
-                        failed,
-                    });
                 }
                 Outcome::Failed {
                     index,
@@ -1152,9 +1187,7 @@ impl Deliverer<'_> {
             tracing::warn!(stream = %self.stream, "lease lost; another host delivers this partition now");
             return Ok(None);
         }
-        let Some((cursor, rewinds)) =
-            log::cursor(&*self.client, &self.stream.plugin, self.stream.part).await?
-        else {
+        let Some((cursor, rewinds)) = log::cursor(&*self.client, self.stream).await? else {
             return Ok(None);
         };
         tracing::info!(stream = %self.stream, cursor = %cursor, "cursor was rewound (replay); continuing from there");

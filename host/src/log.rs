@@ -42,7 +42,7 @@ impl Op {
         }
     }
 
-    fn from_code(code: i8) -> Op {
+    pub(crate) fn from_code(code: i8) -> Op {
         match code as u8 {
             b'I' => Op::Insert,
             b'U' => Op::Update,
@@ -138,6 +138,15 @@ pub(crate) fn subscribed(e: &str, plugin: &str) -> String {
     )
 }
 
+/// SQL condition: event `e` is delivered by partition row `c` (with `part`
+/// and `parts`): by key hash, and TRUNCATE by partition 0.
+pub(crate) fn in_partition(e: &str, c: &str) -> String {
+    format!(
+        "({c}.parts = 1 OR CASE WHEN {e}.op = 'T' THEN {c}.part = 0
+                              ELSE {SCHEMA}.part_of({e}.schema_name, {e}.table_name, {e}.pk, {c}.parts) = {c}.part END)"
+    )
+}
+
 /// Prepared statements of one reader connection.
 #[derive(Debug, Clone)]
 pub struct Reader {
@@ -228,7 +237,22 @@ impl Reader {
             client.query(&self.batch, &batch_params),
             client.query_one(&self.held_back, &held_back_params),
         )?;
-        let full = rows.len() as i64 == window;
+        let mut full = rows.len() as i64 == window;
+        let mut rows = rows.as_slice();
+        let mut barrier = None;
+        // With partitions, a TRUNCATE is a barrier: every partition stops
+        // before it, partition 0 delivers it alone, then all go on past it.
+        if stream.parts > 1
+            && let Some(k) = rows
+                .iter()
+                .position(|r| r.get::<_, bool>(12) && Op::from_code(r.get(2)) == Op::Truncate)
+        {
+            if k == 0 {
+                barrier = Some(LoggedEvent::from_row(&rows[0]));
+            }
+            rows = &rows[..k];
+            full = false;
+        }
         let end = rows.last().map(|row| Position {
             txid: parse_txid(row.get(0)),
             seq: row.get(1),
@@ -244,6 +268,7 @@ impl Reader {
             full,
             held_back: held_back.get(0),
             horizon: parse_txid(&horizon),
+            barrier,
         })
     }
 
@@ -327,97 +352,181 @@ pub struct Batch {
     /// Events exist at or above the horizon: a running transaction holds them back.
     pub held_back: bool,
     pub horizon: u64,
+    /// With partitions: the next event is a TRUNCATE, which waits for every
+    /// partition (see [`barrier_open`]).
+    pub barrier: Option<LoggedEvent>,
 }
 
-/// Make sure `plugin` has one cursor per partition. A plugin seen for the
-/// first time starts at the current horizon, so it gets every event captured
-/// from now on (not the history). When the partition count changed, every new
-/// partition starts at the oldest old cursor: nothing is skipped, and events
-/// between the old cursors are delivered again (at least once).
+/// Whether the stream may pass the TRUNCATE at `at`: partition 0 (which
+/// delivers it) once every other partition has nothing left before it; the
+/// others once partition 0 has acknowledged it.
+pub async fn barrier_open(
+    client: &impl GenericClient,
+    stream: &Stream,
+    at: Position,
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = if stream.part == 0 {
+        format!(
+            "SELECT NOT EXISTS (
+                 SELECT 1 FROM {SCHEMA}.cursors c
+                 WHERE c.plugin = $1 AND c.parts = $4 AND c.part <> 0
+                   AND EXISTS (SELECT 1 FROM {SCHEMA}.events e
+                               WHERE (e.txid, e.seq) > (c.txid, c.seq)
+                                 AND (e.txid, e.seq) < ($2::text::xid8, $3)))"
+        )
+    } else {
+        format!(
+            "SELECT coalesce((SELECT (txid, seq) >= ($2::text::xid8, $3) FROM {SCHEMA}.cursors
+                              WHERE plugin = $1 AND part = 0 AND parts = $4), false)"
+        )
+    };
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &stream.plugin,
+                &at.txid.to_string(),
+                &at.seq,
+                &(stream.parts as i32),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Make sure `plugin` has cursors. A plugin seen for the first time gets
+/// `parts` partitions starting at the current horizon, so it gets every event
+/// captured from now on (not the history). A known plugin keeps the partition
+/// count it has (changing it is [`repartition`]'s job): returns that count
+/// when it differs from `parts`.
 pub async fn ensure_cursors(
     client: &impl GenericClient,
     plugin: &str,
     parts: u32,
-) -> Result<(), tokio_postgres::Error> {
-    let parts = parts as i32;
-    let existing = client
-        .query(
-            &format!(
-                "SELECT parts, count(*) FROM {SCHEMA}.cursors WHERE plugin = $1 GROUP BY parts"
-            ),
+) -> Result<Option<u32>, tokio_postgres::Error> {
+    let existing: Option<i32> = client
+        .query_one(
+            &format!("SELECT max(parts) FROM {SCHEMA}.cursors WHERE plugin = $1"),
             &[&plugin],
         )
-        .await?;
-    if let [row] = existing.as_slice()
-        && row.get::<_, i32>(0) == parts
-        && row.get::<_, i64>(1) == i64::from(parts)
-    {
-        return Ok(());
+        .await?
+        .get(0);
+    if let Some(existing) = existing {
+        return Ok((existing as u32 != parts).then_some(existing as u32));
     }
-    let start: Option<(String, i64)> = if existing.is_empty() {
-        None
-    } else {
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT txid::text, seq FROM {SCHEMA}.cursors WHERE plugin = $1
-                     ORDER BY txid, seq LIMIT 1"
-                ),
-                &[&plugin],
-            )
-            .await?;
-        Some((row.get(0), row.get(1)))
-    };
-    // Leases before cursors: the order `pgevents.ack` locks them in.
-    client
-        .execute(
-            &format!("DELETE FROM {SCHEMA}.leases WHERE plugin = $1"),
-            &[&plugin],
-        )
-        .await?;
-    client
-        .execute(
-            &format!("DELETE FROM {SCHEMA}.cursors WHERE plugin = $1"),
-            &[&plugin],
-        )
-        .await?;
-    let (txid, seq) = match start {
-        Some(start) => {
-            tracing::warn!(
-                plugin,
-                parts,
-                "partition count changed: every partition restarts at the oldest cursor ({}/{}); some events will be delivered again",
-                start.0,
-                start.1
-            );
-            start
-        }
-        None => (horizon(client).await?.to_string(), 0),
-    };
+    let txid = horizon(client).await?.to_string();
+    insert_cursors(client, plugin, parts, &txid, 0).await?;
+    Ok(None)
+}
+
+async fn insert_cursors(
+    client: &impl GenericClient,
+    plugin: &str,
+    parts: u32,
+    txid: &str,
+    seq: i64,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             &format!(
                 "INSERT INTO {SCHEMA}.cursors (plugin, part, parts, txid, seq)
                  SELECT $1, p, $2, $3::text::xid8, $4 FROM generate_series(0, $2 - 1) AS p"
             ),
-            &[&plugin, &parts, &txid, &seq],
+            &[&plugin, &(parts as i32), &txid, &seq],
         )
         .await?;
     Ok(())
 }
 
-/// A partition's cursor and its rewind count.
+#[derive(Debug, thiserror::Error)]
+pub enum RepartitionError {
+    #[error("no plugin named `{0}` has a cursor (see `pgevents-host status`)")]
+    Unknown(String),
+    #[error(
+        "plugin `{plugin}` is being delivered (leases held by {owners}); stop every host that runs it first, so that no batch is in flight while its partitions change"
+    )]
+    Busy { plugin: String, owners: String },
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for RepartitionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        RepartitionError::Db(crate::db::error_text(&e))
+    }
+}
+
+/// Split `plugin`'s stream into `parts` partitions. Only while no host
+/// delivers it. Every new partition starts at the oldest old cursor: nothing
+/// is skipped, and events between the old cursors are delivered again (at
+/// least once; a plugin using the sql capability applies those again too).
+/// Returns the old count.
+pub async fn repartition(
+    client: &mut Client,
+    plugin: &str,
+    parts: u32,
+) -> Result<u32, RepartitionError> {
+    let tx = client.transaction().await?;
+    crate::schema::lock_install(&tx).await?;
+    let owners: Option<String> = tx
+        .query_one(
+            &format!(
+                "SELECT string_agg(DISTINCT owner, ', ') FROM {SCHEMA}.leases
+                 WHERE plugin = $1 AND expires_at > clock_timestamp()"
+            ),
+            &[&plugin],
+        )
+        .await?
+        .get(0);
+    if let Some(owners) = owners {
+        return Err(RepartitionError::Busy {
+            plugin: plugin.to_owned(),
+            owners,
+        });
+    }
+    let Some(oldest) = tx
+        .query_opt(
+            &format!(
+                "SELECT txid::text, seq, parts FROM {SCHEMA}.cursors WHERE plugin = $1
+                 ORDER BY txid, seq LIMIT 1 FOR UPDATE"
+            ),
+            &[&plugin],
+        )
+        .await?
+    else {
+        return Err(RepartitionError::Unknown(plugin.to_owned()));
+    };
+    let (txid, seq, old): (String, i64, i32) = (oldest.get(0), oldest.get(1), oldest.get(2));
+    // Leases before cursors: the order `pgevents.ack` locks them in.
+    for table in ["leases", "cursors", "attempts"] {
+        tx.execute(
+            &format!("DELETE FROM {SCHEMA}.{table} WHERE plugin = $1"),
+            &[&plugin],
+        )
+        .await?;
+    }
+    insert_cursors(&tx, plugin, parts, &txid, seq).await?;
+    tx.commit().await?;
+    Ok(old as u32)
+}
+
+/// A stream's cursor and its rewind count.
 pub async fn cursor(
     client: &impl GenericClient,
-    plugin: &str,
-    part: u32,
+    stream: &Stream,
 ) -> Result<Option<(Position, i64)>, tokio_postgres::Error> {
+    // A cursor made for another partition count is not this stream's.
     let row = client
         .query_opt(
             &format!(
-                "SELECT txid::text, seq, rewinds FROM {SCHEMA}.cursors WHERE plugin = $1 AND part = $2"
+                "SELECT txid::text, seq, rewinds FROM {SCHEMA}.cursors
+                 WHERE plugin = $1 AND part = $2 AND parts = $3"
             ),
-            &[&plugin, &(part as i32)],
+            &[
+                &stream.plugin,
+                &(stream.part as i32),
+                &(stream.parts as i32),
+            ],
         )
         .await?;
     Ok(row.map(|r| {
@@ -531,9 +640,9 @@ pub async fn replay(
                         (SELECT count(*) FROM moved),
                         (SELECT count(*) FROM old o JOIN {SCHEMA}.events e
                              ON (e.txid, e.seq) > ($2::text::xid8, $3) AND (e.txid, e.seq) <= (o.txid, o.seq)
-                         WHERE {} AND (o.parts = 1 OR e.op = 'T'
-                               OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, o.parts) = o.part))",
-                subscribed("e", "$1")
+                         WHERE {} AND {})",
+                subscribed("e", "$1"),
+                in_partition("e", "o")
             ),
             &[&plugin, &cursor.txid.to_string(), &cursor.seq],
         )

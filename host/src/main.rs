@@ -93,6 +93,19 @@ enum Command {
         #[arg(long)]
         from_start: bool,
     },
+    /// Split a plugin's stream into N partitions (by a hash of table and
+    /// primary key; `partitions` in the config file must say the same). Only
+    /// while no host delivers the plugin: every new partition starts at the
+    /// oldest old cursor, so nothing is skipped and some events come again.
+    Repartition {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The plugin's manifest name.
+        plugin: String,
+        /// 1 to 64.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=64))]
+        partitions: u32,
+    },
     /// Demo: create tables in a demo database, run the example plugins, write rows, show the events.
     Demo {
         #[arg(
@@ -460,6 +473,17 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     "note: the log was pruned up to {oldest}; older events are gone (see --retention-min-age)"
                 );
             }
+        }
+        Command::Repartition {
+            db,
+            plugin,
+            partitions,
+        } => {
+            let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            let old = log::repartition(&mut client, &plugin, partitions).await?;
+            println!(
+                "plugin `{plugin}`: {old} partition(s) -> {partitions}; every partition starts at the oldest old cursor"
+            );
         }
         Command::Demo {
             database_url,

@@ -186,7 +186,7 @@ async fn register(
     rejected: &[Rejected],
     settings: &Settings,
 ) -> Result<(), RegistryError> {
-    let mut tx = client.transaction().await?;
+    let tx = client.transaction().await?;
     schema::lock_install(&tx).await?;
     let names: Vec<&str> = accepted
         .iter()
@@ -232,23 +232,15 @@ async fn register(
             .await?;
         }
         let policy = settings.policy(&m.name);
-        crate::log::ensure_cursors(&tx, &m.name, policy.partitions).await?;
-        if let Some(grant) = &policy.sql {
-            // A missing role must not stop the registration: the plugin's
-            // deliverers report it (and retry) when they log in.
-            let sp = tx.savepoint("pgevents_grant").await?;
-            match crate::sql::grant_acknowledgement(&sp, &grant.role).await {
-                Ok(()) => sp.commit().await?,
-                Err(e) => {
-                    tracing::error!(
-                        plugin = %m.name,
-                        "cannot grant role `{}` what the sql capability needs: {}",
-                        grant.role,
-                        crate::db::error_text(&e)
-                    );
-                    sp.rollback().await?;
-                }
-            }
+        if let Some(stored) = crate::log::ensure_cursors(&tx, &m.name, policy.partitions).await? {
+            tracing::warn!(
+                plugin = %m.name,
+                configured = policy.partitions,
+                in_database = stored,
+                "the plugin keeps its {stored} partition(s); to change that, stop every host that runs it and use `pgevents-host repartition {} {}`",
+                m.name,
+                policy.partitions
+            );
         }
     }
     let errors: HashMap<&str, &str> = rejected

@@ -49,6 +49,7 @@ pub struct SqlSession {
     deadline: Mutex<Instant>,
     /// A statement was abandoned (timed out): the transaction cannot commit.
     poisoned: AtomicBool,
+    timeout: Duration,
     plugin: String,
 }
 
@@ -147,6 +148,7 @@ impl SqlSession {
             statements: Mutex::new(HashMap::new()),
             deadline: Mutex::new(Instant::now() + timeout),
             poisoned: AtomicBool::new(false),
+            timeout,
             plugin: plugin.to_owned(),
         })
     }
@@ -175,6 +177,28 @@ impl SqlSession {
             };
         }
         outcome
+    }
+
+    /// Acknowledge `to` for `stream` in the batch transaction and commit.
+    /// Deferred constraints are checked and the plugin's `SET LOCAL`s undone
+    /// first, so that their errors come out here, with a SQLSTATE. Returns
+    /// false (nothing committed; roll back) if the acknowledgement was refused.
+    pub async fn acknowledge_and_commit(
+        &self,
+        stream: &crate::log::Stream,
+        to: crate::log::Position,
+    ) -> Result<bool, tokio_postgres::Error> {
+        self.client
+            .batch_execute(&format!(
+                "SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL statement_timeout = {}",
+                self.timeout.as_millis().max(1)
+            ))
+            .await?;
+        if !crate::log::ack_with(&*self.client, None, stream, to).await? {
+            return Ok(false);
+        }
+        self.commit().await?;
+        Ok(true)
     }
 
     // Session-level advisory locks a plugin took are released after every
@@ -368,22 +392,32 @@ fn transaction_control(statement: &str) -> Option<String> {
     CONTROL.contains(&word.as_str()).then_some(word)
 }
 
-/// Let `role` log its plugin's batches: `USAGE` on the host's schema and
-/// `EXECUTE` on the two acknowledgement functions (which demand a lease token
-/// that only the host knows). Run under the install lock: concurrent GRANTs
-/// on one object fail.
+/// Let the grant's role acknowledge its plugin's batches: `USAGE` on the
+/// host's schema and `EXECUTE` on the two acknowledgement functions (which
+/// demand a lease token that only the host knows). Done by the host's session
+/// `client` before each sql session opens (so a role created after the host
+/// started works), under the install lock: concurrent GRANTs on one object fail.
 pub async fn grant_acknowledgement(
-    client: &impl tokio_postgres::GenericClient,
-    role: &str,
-) -> Result<(), tokio_postgres::Error> {
-    let role = quote_ident(role);
-    client
-        .batch_execute(&format!(
+    client: &mut Client,
+    plugin: &str,
+    grant: &SqlGrant,
+) -> Result<(), SqlSessionError> {
+    let failed = |e: tokio_postgres::Error| SqlSessionError::Login {
+        plugin: plugin.to_owned(),
+        role: grant.role.clone(),
+        message: db::error_text(&e),
+    };
+    let tx = client.transaction().await.map_err(failed)?;
+    crate::schema::lock_install(&tx).await.map_err(failed)?;
+    let role = quote_ident(&grant.role);
+    tx.batch_execute(&format!(
             "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
              GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, int, uuid, bigint, xid8, bigint) TO {role};
              GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};"
-        ))
-        .await
+    ))
+    .await
+    .map_err(failed)?;
+    tx.commit().await.map_err(failed)
 }
 
 fn failure(e: &tokio_postgres::Error) -> SqlFailure {

@@ -94,14 +94,14 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                         c.txid::text, c.seq, p.halted, p.last_error,
                         (SELECT count(*) FROM {SCHEMA}.cursors pc JOIN {SCHEMA}.events e
                              ON (e.txid, e.seq) > (pc.txid, pc.seq)
-                         WHERE pc.plugin = p.name AND {}
-                           AND (pc.parts = 1 OR e.op = 'T' OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, pc.parts) = pc.part)),
+                         WHERE pc.plugin = p.name AND {} AND {}),
                         (SELECT count(*) FROM {SCHEMA}.dead_letters d WHERE d.plugin = p.name)
                  FROM {SCHEMA}.plugins p
                  LEFT JOIN LATERAL (SELECT txid, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
                                     ORDER BY txid, seq LIMIT 1) c ON true
                  ORDER BY p.name",
-                log::subscribed("e", "p.name")
+                log::subscribed("e", "p.name"),
+                log::in_partition("e", "pc")
             ),
             &[],
         )

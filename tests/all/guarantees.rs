@@ -577,6 +577,33 @@ async fn changing_the_partition_count_skips_nothing() {
     )
     .await
     .unwrap();
+    // A host configured otherwise follows the count in the database...
+    let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), with_parts(3)).await;
+    host.settle(Duration::from_millis(300)).await;
+    let parts: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pgevents.cursors WHERE plugin = 'recorder'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parts, 2);
+    // ... and the count changes only while no host delivers the plugin.
+    let busy = log::repartition(&mut db.client().await, "recorder", 3)
+        .await
+        .unwrap_err();
+    assert!(busy.to_string().contains("stop every host"), "{busy}");
+    let mut names: std::collections::HashSet<String> = host
+        .seen("recorder")
+        .iter()
+        .filter_map(|s| s.row_str("name"))
+        .collect();
+    host.stop().await;
+    let (ok, stdout, stderr) =
+        run_cli(&["repartition", "--database-url", &db.url, "recorder", "3"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("2 partition(s) -> 3"), "{stdout}");
     let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), with_parts(3)).await;
     c.batch_execute("INSERT INTO items (name) SELECT 'after ' || g FROM generate_series(1, 30) g")
         .await
@@ -589,11 +616,11 @@ async fn changing_the_partition_count_skips_nothing() {
     )
     .await;
     host.settle(Duration::from_millis(200)).await;
-    let names: std::collections::HashSet<String> = host
-        .seen("recorder")
-        .iter()
-        .filter_map(|s| s.row_str("name"))
-        .collect();
+    names.extend(
+        host.seen("recorder")
+            .iter()
+            .filter_map(|s| s.row_str("name")),
+    );
     for g in 1..=30 {
         assert!(
             names.contains(&format!("while down {g}")),
@@ -628,5 +655,83 @@ async fn a_sql_role_that_cannot_log_in_is_reported_and_other_plugins_run() {
         ledger.waiting, 1,
         "the event waits for the ledger: {waiting}"
     );
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn with_partitions_a_truncate_is_delivered_once_between_what_came_before_and_after() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings();
+    settings.plugins.insert(
+        "recorder".into(),
+        PluginPolicy {
+            partitions: Some(3),
+            ..PluginPolicy::default()
+        },
+    );
+    let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), settings).await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO items (name) SELECT 'before ' || g FROM generate_series(1, 30) g;
+             TRUNCATE items;
+             INSERT INTO items (name) SELECT 'after ' || g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let seen = host.wait_seen("recorder", 61).await;
+    host.settle(Duration::from_millis(300)).await;
+    let seen_now = host.seen("recorder");
+    assert_eq!(seen_now.len(), 61, "the truncate was delivered once");
+    let t = seen.iter().position(|s| s.op == "truncate").unwrap();
+    assert!(
+        seen[..t]
+            .iter()
+            .all(|s| s.row_str("name").unwrap().starts_with("before")),
+        "only rows from before the truncate come before it"
+    );
+    assert!(
+        seen[t + 1..]
+            .iter()
+            .all(|s| s.row_str("name").unwrap().starts_with("after")),
+        "only rows from after the truncate come after it"
+    );
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_sql_batch_that_fails_at_commit_counts_as_a_failed_attempt() {
+    let db = TestDb::new().await;
+    let config = db.ledger(1).await;
+    let c = db.client().await;
+    // Checked only at commit: ledger rows must name a known item.
+    c.batch_execute(
+        "CREATE TABLE public.known (id int PRIMARY KEY);
+         INSERT INTO public.known VALUES (7);
+         ALTER TABLE public.ledger ADD FOREIGN KEY (item_id) REFERENCES public.known (id)
+             DEFERRABLE INITIALLY DEFERRED",
+    )
+    .await
+    .unwrap();
+    let mut settings = settings_with(&config);
+    settings.max_attempts = 2;
+    let mut host = Host::start_with(&db, plugins_dir(&["ledger"]), settings).await;
+    c.batch_execute("INSERT INTO items (id, name) VALUES (7, 'known')")
+        .await
+        .unwrap();
+    eventually(
+        &c,
+        "the known item is in the ledger",
+        "SELECT count(*) = 1 FROM public.ledger",
+    )
+    .await;
+    c.batch_execute("INSERT INTO items (id, name) VALUES (8, 'unknown')")
+        .await
+        .unwrap();
+    host.wait_until("dead-lettered after two failed commits", |e| {
+        matches!(e, HostEvent::DeadLettered { attempts: 2, message, .. }
+            if message.contains("committing the batch's sql failed") && message.contains("23503"))
+    })
+    .await;
     host.stop().await;
 }
