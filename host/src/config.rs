@@ -109,6 +109,8 @@ pub struct Settings {
     pub retention_min_age: Duration,
     pub retention_interval: Duration,
     pub horizon_warn_after: Duration,
+    /// Where compiled plugins are cached (`None`: compile on every load).
+    pub compile_cache: Option<std::path::PathBuf>,
     /// Per plugin (by manifest name): overrides and grants.
     pub plugins: BTreeMap<String, PluginPolicy>,
 }
@@ -304,9 +306,23 @@ impl Default for Settings {
             retention_min_age: Duration::from_millis(DEFAULT_RETENTION_MIN_AGE_MS),
             retention_interval: Duration::from_millis(DEFAULT_RETENTION_INTERVAL_MS),
             horizon_warn_after: Duration::from_millis(DEFAULT_HORIZON_WARN_AFTER_MS),
+            compile_cache: default_compile_cache(),
             plugins: BTreeMap::new(),
         }
     }
+}
+
+/// `$XDG_CACHE_HOME/pgevents-host`, else `$HOME/.cache/pgevents-host`.
+pub fn default_compile_cache() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| std::path::PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("pgevents-host"))
 }
 
 /// Delay before retry number `attempt` (1-based) of a failed batch, before jitter.

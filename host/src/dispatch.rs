@@ -29,6 +29,8 @@ pub enum HostEvent {
     PluginStarted {
         plugin: String,
         version: String,
+        /// Its compiled code came from the compile cache.
+        from_cache: bool,
     },
     PluginRejected(Rejected),
     PluginLog(PluginLog),
@@ -130,7 +132,10 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
     let sink: Option<LogSink> = options.observer.clone().map(|observer| {
         Arc::new(move |log: PluginLog| observer(HostEvent::PluginLog(log))) as LogSink
     });
-    let runtime = Runtime::new(sink)?;
+    let mut runtime = Runtime::new(sink)?;
+    if let Some(dir) = &settings.compile_cache {
+        runtime = runtime.with_compile_cache(dir.clone());
+    }
     let loaded =
         registry::load_folder(&runtime, &mut client, &options.plugins_dir, &settings).await?;
     drop(client);
@@ -177,6 +182,7 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         shared.observe(HostEvent::PluginStarted {
             plugin: plugin.manifest.name.clone(),
             version: plugin.manifest.version.clone(),
+            from_cache: plugin.from_cache,
         });
     }
     coordinate(loaded.plugins, shared.clone()).await;

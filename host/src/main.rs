@@ -260,6 +260,10 @@ struct RunArgs {
     /// How often to prune the log.
     #[arg(long, env = "PGEVENTS_RETENTION_INTERVAL", value_parser = humantime::parse_duration)]
     retention_interval: Option<Duration>,
+    /// Folder for compiled plugins, so that restarts do not compile again
+    /// (default: $XDG_CACHE_HOME/pgevents-host or ~/.cache/pgevents-host); `off` to disable.
+    #[arg(long, env = "PGEVENTS_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -290,6 +294,11 @@ impl RunArgs {
         }
         if let Some(v) = self.retention_interval {
             settings.retention_interval = v;
+        }
+        match &self.compile_cache {
+            Some(dir) if dir.as_os_str() == "off" => settings.compile_cache = None,
+            Some(dir) => settings.compile_cache = Some(dir.clone()),
+            None => {}
         }
         Ok(settings)
     }

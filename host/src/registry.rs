@@ -129,6 +129,7 @@ pub async fn load_folder(
             plugin = %p.manifest.name,
             version = %p.manifest.version,
             file = %file.display(),
+            compiled = if p.from_cache { "from cache" } else { "now" },
             "plugin loaded"
         );
     }

@@ -548,3 +548,43 @@ async fn concurrent_writers_lose_nothing_and_arrive_in_log_order() {
     assert_log_order(&seen);
     host.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_loads_plugins_from_the_compile_cache() {
+    let db = TestDb::new().await;
+    let cache = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        compile_cache: Some(cache.path().to_owned()),
+        ..test_settings()
+    };
+    let from_cache = |host: &Host| {
+        host.history.iter().find_map(|e| match e {
+            HostEvent::PluginStarted { from_cache, .. } => Some(*from_cache),
+            _ => None,
+        })
+    };
+    let host = Host::start_with(&db, plugins_dir(&["recorder"]), settings.clone()).await;
+    assert_eq!(from_cache(&host), Some(false), "first start compiles");
+    host.stop().await;
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+
+    let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), settings.clone()).await;
+    assert_eq!(from_cache(&host), Some(true), "a restart uses the cache");
+    db.client()
+        .await
+        .batch_execute("INSERT INTO items (name) VALUES ('from cached code')")
+        .await
+        .unwrap();
+    host.wait_seen("recorder", 1).await;
+    host.stop().await;
+
+    // A damaged entry is not trusted: the plugin is compiled again.
+    std::fs::write(&entries[0], b"not a compiled component").unwrap();
+    let host = Host::start_with(&db, plugins_dir(&["recorder"]), settings).await;
+    assert_eq!(from_cache(&host), Some(false));
+    host.stop().await;
+}

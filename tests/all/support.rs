@@ -187,7 +187,9 @@ pub async fn connect(url: &str) -> Client {
 /// The `pgevents-host` binary, with a clean environment for the settings tests pass.
 pub fn host_bin() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgevents-host"));
-    cmd.env_remove("DATABASE_URL").env("PGEVENTS_LOG", "info");
+    cmd.env_remove("DATABASE_URL")
+        .env("PGEVENTS_LOG", "info")
+        .env("PGEVENTS_COMPILE_CACHE", "off");
     cmd
 }
 
@@ -308,9 +310,10 @@ pub fn plugins_dir(names: &[&str]) -> tempfile::TempDir {
     dir
 }
 
-/// Settings for tests: quick retries.
+/// Settings for tests: quick retries; no compile cache unless a test asks.
 pub fn test_settings() -> Settings {
     Settings {
+        compile_cache: None,
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_millis(400),
         connect_timeout: Some(Duration::from_secs(10)),

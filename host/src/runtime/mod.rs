@@ -12,7 +12,7 @@ mod manifest;
 
 pub use manifest::{Manifest, ManifestError, Subscription};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,6 +138,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<State>>,
     sink: Option<LogSink>,
+    /// Where compiled components are cached (see [`Runtime::with_compile_cache`]).
+    cache: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -169,7 +171,63 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             sink,
+            cache: None,
         })
+    }
+
+    /// Cache compiled components in `dir`, keyed by the SHA-256 of the file's
+    /// bytes and of this engine's compatibility hash (wasmtime version and
+    /// settings), so that a restart, or a reload of known bytes, does not
+    /// compile again. Entries are written to a temporary file and renamed, so
+    /// a reader never sees half an entry.
+    pub fn with_compile_cache(mut self, dir: PathBuf) -> Runtime {
+        self.cache = Some(dir);
+        self
+    }
+
+    /// The compiled component for `bytes` (whose SHA-256 is `sha256`), from
+    /// the cache if there; returns whether it was.
+    fn compile(&self, bytes: &[u8], sha256: &str) -> wasmtime::Result<(Component, bool)> {
+        let Some(dir) = &self.cache else {
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        };
+        let entry = dir.join(format!("{sha256}-{}.cwasm", self.compatibility()));
+        if entry.is_file() {
+            // SAFETY: `deserialize_file` trusts the file to be wasmtime output
+            // for this engine. The name holds the hash of this engine's
+            // compatibility settings, and only `compile` below writes such
+            // names, atomically, into the host's own cache folder.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.engine, &entry) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!(
+                    entry = %entry.display(),
+                    "unusable compile cache entry, compiling again: {e:#}"
+                ),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let written = std::fs::create_dir_all(dir).and_then(|()| {
+            let serialized = component.serialize().map_err(std::io::Error::other)?;
+            let temp = dir.join(format!(".{sha256}.{}.tmp", std::process::id()));
+            std::fs::write(&temp, serialized)?;
+            std::fs::rename(&temp, &entry)
+        });
+        if let Err(e) = written {
+            tracing::warn!(dir = %dir.display(), "could not write the compile cache: {e}");
+        }
+        Ok((component, false))
+    }
+
+    /// Hex SHA-256 of the engine's compatibility hash.
+    fn compatibility(&self) -> String {
+        use std::hash::Hash;
+        let mut hasher = Sha256Hasher(sha2::Sha256::default());
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        use sha2::Digest;
+        hex(&hasher.0.finalize()[..16])
     }
 
     /// Read, compile and link `path`, then ask it for its manifest.
@@ -197,10 +255,13 @@ impl Runtime {
             Some([0, b'a', b's', b'm', ..]) => {}
             _ => return Err(LoadError::NotWasm { path }),
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
-            path: path.clone(),
-            message: format!("{e:#}"),
-        })?;
+        let sha256 = sha256_hex(bytes);
+        let (component, from_cache) =
+            self.compile(bytes, &sha256)
+                .map_err(|e| LoadError::Compile {
+                    path: path.clone(),
+                    message: format!("{e:#}"),
+                })?;
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             path: path.clone(),
             message: format!("{e:#}"),
@@ -210,12 +271,12 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
-        let sha256 = sha256_hex(bytes);
         let mut plugin = LoadedPlugin {
             runtime: self.clone(),
             pre,
             manifest: Manifest::placeholder(),
             sha256,
+            from_cache,
             limits,
         };
         let wit_manifest = plugin
@@ -245,6 +306,8 @@ pub struct LoadedPlugin {
     pub manifest: Manifest,
     /// Hex SHA-256 of the component bytes.
     pub sha256: String,
+    /// Whether the compiled code came from the compile cache.
+    pub from_cache: bool,
     limits: Limits,
 }
 
@@ -450,10 +513,24 @@ fn to_wit(e: LoggedEvent, attempt: u32) -> Event {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds a `Hash` into SHA-256 (stable across Rust versions, unlike `DefaultHasher`).
+struct Sha256Hasher(sha2::Sha256);
+
+impl std::hash::Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        unreachable!("only the digest is used")
+    }
 }
 
 /// ` key=value key2="with space"` for a log line.
