@@ -20,8 +20,13 @@ psql -q "$SERVER" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATAB
 psql -q "$URL" -c "CREATE TABLE user_accounts (id bigserial PRIMARY KEY, name text NOT NULL, email text)" \
                -c "CREATE TABLE orders (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), user_id bigint, total numeric, status text)"
 "$HOST" run --database-url "$URL" --plugins "$DIR" \
-    --retention-min-age 5s --retention-interval 1s 2>/dev/null &
-until psql -Atq "$URL" -c "SELECT count(*) FROM pgevents.cursors" 2>/dev/null | grep -qx 1; do sleep 0.2; done
+    --retention-min-age 5s --retention-interval 1s 2>"$DIR/host.log" &
+host=$!
+for _ in $(seq 1 150); do
+    psql -Atq "$URL" -c "SELECT count(*) FROM pgevents.cursors" 2>/dev/null | grep -qx 1 && break
+    kill -0 "$host" 2>/dev/null || { echo "the host stopped:" >&2; cat "$DIR/host.log" >&2; exit 1; }
+    sleep 0.2
+done
 
 # One statement of RATE/10 rows every 100 ms.
 batch=$((RATE / 10))
@@ -42,4 +47,5 @@ while kill -0 "$writer" 2>/dev/null; do
         "$(psql -Atq "$URL" -c "SELECT count(*) FROM pgevents.events")" \
         "$(psql -Atq "$URL" -c "SELECT last_value FROM pgevents.events_seq")"
 done
+kill -TERM "$host"; wait "$host" || true
 psql -q "$SERVER" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true

@@ -781,7 +781,17 @@ impl Deliverer<'_> {
                 let at = truncate.position;
                 if !log::barrier_open(&*self.client, self.stream, at).await? {
                     // The other partitions have yet to reach it (or partition
-                    // 0 to deliver it).
+                    // 0 to deliver it). A replay meanwhile must be followed,
+                    // or the partitions would wait for each other for ever.
+                    if let Some((rewound, rewinds)) =
+                        log::cursor(&*self.client, self.stream).await?
+                        && rewinds != self.stream.rewinds
+                    {
+                        self.stream.rewinds = rewinds;
+                        cursor = rewound;
+                        state.rewound();
+                        continue;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(HORIZON_WAIT_POLL_MS)) => {}
                         _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
@@ -994,9 +1004,15 @@ impl Deliverer<'_> {
                             return Ok(Handled::Refused);
                         }
                         // The batch's own doing (a deferred constraint, a
-                        // timeout it set): a failed attempt, not a lost connection.
-                        Err(e) if e.as_db_error().is_some() => {
+                        // timeout it set): a failed attempt, not a lost
+                        // connection. Which event caused it is unknown: halve
+                        // the batch until one event alone fails.
+                        Err(e) if caused_by_the_batch(&e) => {
                             sql.rollback().await?;
+                            if take > 1 {
+                                take /= 2;
+                                continue;
+                            }
                             return Ok(Handled::Upto {
                                 to: None,
                                 failed: Some(Failed {
@@ -1256,6 +1272,19 @@ impl Deliverer<'_> {
             Err(e) => tracing::debug!("could not look up what holds delivery back: {e}"),
         }
     }
+}
+
+/// Whether a database error at commit comes from what the batch wrote or set
+/// (integrity and data errors, serialization failures and deadlocks, a
+/// statement timeout the plugin set) rather than from the host's side.
+fn caused_by_the_batch(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        let code = db.code().code();
+        ["22", "23", "40"]
+            .iter()
+            .any(|class| code.starts_with(class))
+            || code == "57014"
+    })
 }
 
 /// Call the plugin on a blocking thread (it may run for its whole CPU budget).

@@ -197,22 +197,35 @@ impl SqlSession {
         if !crate::log::ack_with(&*self.client, None, stream, to).await? {
             return Ok(false);
         }
-        self.commit().await?;
+        self.client.batch_execute("COMMIT").await?;
+        // Committed: an error from here on is the connection's, not the batch's.
+        if let Err(e) = self.unlock_all().await {
+            tracing::debug!("after commit: {}", db::error_text(&e));
+        }
         Ok(true)
     }
 
     // Session-level advisory locks a plugin took are released after every
-    // batch: held on, they could block the host's own coordination.
+    // batch: held on, they could block the host's own coordination. Apart
+    // from the COMMIT, so that an error of the unlock is never taken for a
+    // failed commit (the batch would be applied again).
     pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
-        self.client
-            .batch_execute("COMMIT; SELECT pg_catalog.pg_advisory_unlock_all()")
-            .await
+        self.client.batch_execute("COMMIT").await?;
+        self.unlock_all().await
     }
 
     pub async fn rollback(&self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("ROLLBACK").await?;
+        self.unlock_all().await
+    }
+
+    async fn unlock_all(&self) -> Result<(), tokio_postgres::Error> {
         self.client
-            .batch_execute("ROLLBACK; SELECT pg_catalog.pg_advisory_unlock_all()")
+            .batch_execute("SELECT pg_catalog.pg_advisory_unlock_all()")
             .await
+            .inspect_err(|e| {
+                tracing::warn!(plugin = %self.plugin, "releasing the plugin's advisory locks failed: {}", db::error_text(e));
+            })
     }
 
     pub fn is_closed(&self) -> bool {

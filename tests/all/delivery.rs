@@ -584,6 +584,13 @@ async fn a_restart_loads_plugins_from_the_compile_cache() {
 
     // A damaged entry is not trusted: the plugin is compiled again.
     std::fs::write(&entries[0], b"not a compiled component").unwrap();
+    let host = Host::start_with(&db, plugins_dir(&["recorder"]), settings.clone()).await;
+    assert_eq!(from_cache(&host), Some(false));
+    host.stop().await;
+
+    // Nor is a folder others may write to: its entries would run as native code.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let host = Host::start_with(&db, plugins_dir(&["recorder"]), settings).await;
     assert_eq!(from_cache(&host), Some(false));
     host.stop().await;

@@ -192,11 +192,17 @@ impl Runtime {
             return Ok((Component::new(&self.engine, bytes)?, false));
         };
         let entry = dir.join(format!("{sha256}-{}.cwasm", self.compatibility()));
-        if entry.is_file() {
+        if let Err(why) = private_folder(dir) {
+            tracing::warn!(dir = %dir.display(), "not using the compile cache: {why}");
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        }
+        if entry.is_file() && private_file(&entry) {
             // SAFETY: `deserialize_file` trusts the file to be wasmtime output
-            // for this engine. The name holds the hash of this engine's
-            // compatibility settings, and only `compile` below writes such
-            // names, atomically, into the host's own cache folder.
+            // for this engine (it runs as native code). The name holds the
+            // hash of the bytes and of this engine's compatibility settings;
+            // the folder and the entry belong to this user and nobody else may
+            // write them (checked above), and only `compile` below writes such
+            // names there, atomically.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, &entry) } {
                 Ok(component) => return Ok((component, true)),
@@ -207,12 +213,13 @@ impl Runtime {
             }
         }
         let component = Component::new(&self.engine, bytes)?;
-        let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let written = (|| {
             let serialized = component.serialize().map_err(std::io::Error::other)?;
-            let temp = dir.join(format!(".{sha256}.{}.tmp", std::process::id()));
-            std::fs::write(&temp, serialized)?;
-            std::fs::rename(&temp, &entry)
-        });
+            let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut temp, &serialized)?;
+            temp.persist(&entry).map_err(|e| e.error)?;
+            Ok::<(), std::io::Error>(())
+        })();
         if let Err(e) = written {
             tracing::warn!(dir = %dir.display(), "could not write the compile cache: {e}");
         }
@@ -518,6 +525,36 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Make sure `dir` exists, belongs to this process's user and is writable by
+/// nobody else (entries in it are run as native code).
+fn private_folder(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if me.is_some_and(|uid| uid != meta.uid()) {
+        return Err("it belongs to another user".into());
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err("others may write to it (make it `chmod 700`)".into());
+    }
+    Ok(())
+}
+
+/// An entry written by this user, which nobody else may write.
+fn private_file(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    std::fs::metadata(path)
+        .is_ok_and(|m| me.is_none_or(|uid| uid == m.uid()) && m.mode() & 0o022 == 0)
 }
 
 /// Feeds a `Hash` into SHA-256 (stable across Rust versions, unlike `DefaultHasher`).
