@@ -259,7 +259,8 @@ impl ConfigFile {
         Ok(file)
     }
 
-    /// Apply the file's values over `settings`.
+    /// Apply the values given over `settings` (also used for command-line
+    /// overrides, which leave `plugins` empty).
     pub fn apply(self, settings: &mut Settings) {
         if let Some(v) = self.max_attempts {
             settings.max_attempts = v;
@@ -276,7 +277,7 @@ impl ConfigFile {
         if let Some(v) = self.retention_interval {
             settings.retention_interval = v;
         }
-        settings.plugins = self.plugins;
+        settings.plugins.extend(self.plugins);
     }
 }
 

@@ -282,19 +282,18 @@ impl RunArgs {
         if let Some(path) = &self.config {
             ConfigFile::load(path)?.apply(&mut settings);
         }
-        if let Some(v) = self.max_attempts {
-            anyhow::ensure!(v >= 1, "--max-attempts must be at least 1");
-            settings.max_attempts = v;
+        anyhow::ensure!(
+            self.max_attempts != Some(0),
+            "--max-attempts must be at least 1"
+        );
+        ConfigFile {
+            max_attempts: self.max_attempts,
+            lease_ttl: self.lease_ttl,
+            retention_min_age: self.retention_min_age,
+            retention_interval: self.retention_interval,
+            ..ConfigFile::default()
         }
-        if let Some(v) = self.lease_ttl {
-            settings.lease_ttl = v;
-        }
-        if let Some(v) = self.retention_min_age {
-            settings.retention_min_age = v;
-        }
-        if let Some(v) = self.retention_interval {
-            settings.retention_interval = v;
-        }
+        .apply(&mut settings);
         match &self.compile_cache {
             Some(dir) if dir.as_os_str() == "off" => settings.compile_cache = None,
             Some(dir) => settings.compile_cache = Some(dir.clone()),

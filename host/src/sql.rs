@@ -228,10 +228,6 @@ impl SqlSession {
             })
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
-    }
-
     /// Run one statement under a savepoint, from the plugin's (blocking) thread.
     fn run<R>(
         &self,

@@ -129,16 +129,11 @@ async fn install_and_uninstall_round_trip_leaves_user_data_and_triggers_alone() 
         .map(|r| r.get(0))
         .ok();
     assert_eq!(schema, None);
-    let triggers: Vec<String> = c
-        .query(
-            "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let triggers = texts(
+        &c,
+        "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1",
+    )
+    .await;
     assert_eq!(triggers, ["users_own_trigger"]);
     let rows: i64 = c
         .query_one("SELECT count(*) FROM items", &[])

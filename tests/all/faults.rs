@@ -222,16 +222,11 @@ async fn three_hosts_share_partitions_survive_terminated_connections_and_take_ov
     .await;
 
     // Kill a host that holds a partition; the others take its partitions over.
-    let owners: Vec<String> = c
-        .query(
-            "SELECT owner FROM pgevents.leases WHERE plugin = 'ledger'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let owners = texts(
+        &c,
+        "SELECT owner FROM pgevents.leases WHERE plugin = 'ledger'",
+    )
+    .await;
     let victim = hosts
         .iter()
         .position(|h| owners.iter().any(|o| o.contains(&format!(":{}:", h.pid()))))
@@ -277,16 +272,7 @@ async fn three_hosts_share_partitions_survive_terminated_connections_and_take_ov
             h.stop();
         }
     }
-    let left: Vec<String> = c
-        .query(
-            "SELECT owner || ' part ' || part || ' expires ' || (expires_at - clock_timestamp())::text FROM pgevents.leases",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left = texts(&c, "SELECT owner || ' part ' || part || ' expires ' || (expires_at - clock_timestamp())::text FROM pgevents.leases").await;
     assert!(
         left.is_empty(),
         "leases left after clean shutdowns: {left:?}\n{}",

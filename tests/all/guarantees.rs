@@ -437,16 +437,11 @@ async fn retention_prunes_what_every_cursor_passed_and_keeps_the_rest() {
              WHERE c.plugin = 'faulty' AND (e.txid, e.seq) <= (c.txid, c.seq))",
     )
     .await;
-    let left: Vec<String> = c
-        .query(
-            "SELECT new_row->>'name' FROM pgevents.events ORDER BY txid, seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left = texts(
+        &c,
+        "SELECT new_row->>'name' FROM pgevents.events ORDER BY txid, seq",
+    )
+    .await;
     assert_eq!(left, ["stuck", "behind it"]);
     host.stop().await;
 

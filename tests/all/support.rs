@@ -558,6 +558,17 @@ pub async fn eventually(client: &Client, what: &str, sql: &str) {
     }
 }
 
+/// The first column of `sql`'s rows, as text.
+pub async fn texts(client: &Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Assert no event id repeats (each event delivered once to this plugin).
 pub fn assert_unique(seen: &[Seen]) {
     let mut ids = HashSet::new();

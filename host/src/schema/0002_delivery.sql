@@ -90,14 +90,11 @@ CREATE TABLE pgevents.leases (
     PRIMARY KEY (plugin, part)
 );
 
--- Move a partition's cursor to (txid, seq), only if the caller still holds the
--- lease (the row lock keeps a taker waiting until this transaction ends), the
--- partition count is still the caller's, and no replay rewound the cursor
--- since the caller read it. Returns whether it moved. SECURITY DEFINER so that a plugin's SQL role may call it inside the
--- batch transaction without any privilege on the log; the token is the proof.
-CREATE FUNCTION pgevents.ack(p_plugin text, p_part int, p_parts int, p_token uuid,
-                             p_rewinds bigint, p_txid xid8, p_seq bigint)
-RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+-- Whether the caller holds the lease with `p_token`, locking its row until the
+-- transaction ends (a taker waits for the caller to commit). Runs as the
+-- owner when called from the SECURITY DEFINER functions below.
+CREATE FUNCTION pgevents.lock_lease(p_plugin text, p_part int, p_token uuid)
+RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -105,7 +102,24 @@ BEGIN
     WHERE plugin = p_plugin AND part = p_part AND token = p_token
       AND expires_at > clock_timestamp()
     FOR UPDATE;
-    IF NOT FOUND THEN
+    RETURN FOUND;
+END
+$$;
+REVOKE ALL ON FUNCTION pgevents.lock_lease(text, int, uuid) FROM PUBLIC;
+
+-- Move a partition's cursor to (txid, seq), only if the caller still holds the
+-- lease (the row lock keeps a taker waiting until this transaction ends), the
+-- partition count is still the caller's, and no replay rewound the cursor
+-- since the caller read it. Returns whether it moved. SECURITY DEFINER so that
+-- a plugin's SQL role may call it inside the batch transaction without any
+-- privilege on the log; the token is the proof.
+CREATE FUNCTION pgevents.ack(p_plugin text, p_part int, p_parts int, p_token uuid,
+                             p_rewinds bigint, p_txid xid8, p_seq bigint)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pgevents.lock_lease(p_plugin, p_part, p_token) THEN
         RETURN false;
     END IF;
     UPDATE pgevents.cursors SET txid = p_txid, seq = p_seq, updated_at = now()
@@ -127,11 +141,7 @@ RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM 1 FROM pgevents.leases
-    WHERE plugin = p_plugin AND part = p_part AND token = p_token
-      AND expires_at > clock_timestamp()
-    FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT pgevents.lock_lease(p_plugin, p_part, p_token) THEN
         RETURN false;
     END IF;
     DELETE FROM pgevents.dead_letters WHERE plugin = p_plugin AND id = ANY (p_ids);
