@@ -87,6 +87,24 @@ pub const EPOCH_TICK_MS: u64 = 10;
 /// Linear memory a plugin instance may grow to.
 pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
 
+/// Plugin instances that may exist at once (the pooling allocator's size).
+/// Each partition being delivered holds one while its plugin runs, and a
+/// reload holds one while it asks the new file for its manifest.
+pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+
+/// A plugin may write this many log lines at once, then this many per second;
+/// the rest are dropped (and counted). Longer lines are cut.
+pub const LOG_BURST_LINES: u32 = 200;
+pub const LOG_LINES_PER_SECOND: u32 = 100;
+pub const LOG_LINE_MAX_BYTES: usize = 4096;
+
+/// The plugins folder is watched for changes; after a change, it is read once
+/// nothing has changed in it for this long (so a file being copied is not
+/// read half-written), and re-checked this often in any case (in case a
+/// change notification was missed, as on some network file systems).
+pub const RELOAD_QUIET_MS: u64 = 100;
+pub const RELOAD_RESCAN_MS: u64 = 2_000;
+
 /// Runtime settings for `run`, with the defaults above.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -113,6 +131,23 @@ pub struct Settings {
     pub compile_cache: Option<std::path::PathBuf>,
     /// Per plugin (by manifest name): overrides and grants.
     pub plugins: BTreeMap<String, PluginPolicy>,
+    /// Size of the instance pool (see [`DEFAULT_MAX_INSTANCES`]).
+    pub max_instances: u32,
+    /// Where a plugin seen for the first time starts reading the log.
+    pub start_from: StartFrom,
+    /// Reload plugins when files in the plugins folder change.
+    pub watch: bool,
+}
+
+/// Where a plugin seen for the first time starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartFrom {
+    /// With changes committed from now on (the default).
+    #[default]
+    Now,
+    /// With the oldest event the log still holds (see `retention_min_age`).
+    Beginning,
 }
 
 /// What happens to an event that failed `max_attempts` times, or permanently.
@@ -129,11 +164,28 @@ pub enum OnFailure {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginPolicy {
+    /// Tables (`schema.table`) the plugin may subscribe to; its manifest's
+    /// other subscriptions are refused. Absent: any table.
+    pub tables: Option<Vec<String>>,
     /// Split the plugin's stream into this many partitions (by a hash of table
     /// and primary key), delivered concurrently; events of one row stay in order.
     pub partitions: Option<u32>,
     pub max_attempts: Option<u32>,
     pub on_failure: Option<OnFailure>,
+    /// Events per call, overriding the manifest's request.
+    pub batch_size: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub handle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "byte_size")]
+    pub memory_limit: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub retry_base: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub retry_max: Option<Duration>,
+    pub start_from: Option<StartFrom>,
+    /// Values the plugin reads with `config.get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
     /// Grants the `sql` capability.
     pub sql: Option<SqlGrant>,
 }
@@ -163,6 +215,17 @@ impl Settings {
                 LEASE_MARGIN_MS + LEASE_CHECK_MS
             ));
         }
+        for (name, p) in &self.plugins {
+            if let Some(timeout) = p.handle_timeout
+                && self.lease_ttl <= timeout + Duration::from_millis(LEASE_MARGIN_MS + LEASE_CHECK_MS)
+            {
+                return Err(format!(
+                    "[plugins.{name}] handle_timeout = {timeout:?}: the lease TTL ({:?}) must exceed it by more than {} ms",
+                    self.lease_ttl,
+                    LEASE_MARGIN_MS + LEASE_CHECK_MS
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -170,21 +233,54 @@ impl Settings {
     pub fn policy(&self, plugin: &str) -> EffectivePolicy {
         let p = self.plugins.get(plugin).cloned().unwrap_or_default();
         EffectivePolicy {
+            tables: p.tables,
             partitions: p.partitions.unwrap_or(1),
             max_attempts: p.max_attempts.unwrap_or(self.max_attempts),
             on_failure: p.on_failure.unwrap_or(self.on_failure),
+            batch_size: p.batch_size,
+            handle_timeout: p.handle_timeout.unwrap_or(self.handle_timeout),
+            memory_limit_bytes: p.memory_limit.unwrap_or(self.memory_limit_bytes),
+            retry_base: p.retry_base.unwrap_or(self.retry_base),
+            retry_max: p.retry_max.unwrap_or(self.retry_max),
+            start_from: p.start_from.unwrap_or(self.start_from),
+            config: p.config,
             sql: p.sql,
         }
+    }
+
+    /// The largest memory limit of any plugin (the pool's slot size).
+    pub fn largest_memory_limit(&self) -> usize {
+        self.plugins
+            .values()
+            .filter_map(|p| p.memory_limit)
+            .fold(self.memory_limit_bytes, usize::max)
     }
 }
 
 /// [`PluginPolicy`] with the host's defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectivePolicy {
+    pub tables: Option<Vec<String>>,
     pub partitions: u32,
     pub max_attempts: u32,
     pub on_failure: OnFailure,
+    pub batch_size: Option<u32>,
+    pub handle_timeout: Duration,
+    pub memory_limit_bytes: usize,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub start_from: StartFrom,
+    pub config: BTreeMap<String, String>,
     pub sql: Option<SqlGrant>,
+}
+
+impl EffectivePolicy {
+    /// Whether the operator lets the plugin subscribe to `schema.table`.
+    pub fn allows_table(&self, schema: &str, table: &str) -> bool {
+        self.tables
+            .as_ref()
+            .is_none_or(|tables| tables.iter().any(|t| *t == format!("{schema}.{table}")))
+    }
 }
 
 /// The operator's config file (TOML). Every field is optional; unknown fields
@@ -203,6 +299,24 @@ pub struct EffectivePolicy {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// PostgreSQL URL (the `--database-url` flag and `DATABASE_URL` win).
+    pub database_url: Option<String>,
+    /// The plugins folder (the `--plugins` flag wins).
+    pub plugins_dir: Option<std::path::PathBuf>,
+    #[serde(default, deserialize_with = "duration")]
+    pub handle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "byte_size")]
+    pub memory_limit: Option<usize>,
+    pub max_instances: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub retry_base: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub retry_max: Option<Duration>,
+    pub start_from: Option<StartFrom>,
+    pub notify: Option<bool>,
+    pub watch: Option<bool>,
     pub max_attempts: Option<u32>,
     pub on_failure: Option<OnFailure>,
     #[serde(default, deserialize_with = "duration")]
@@ -252,6 +366,23 @@ impl ConfigFile {
             if p.max_attempts == Some(0) {
                 return Err(format!("[plugins.{name}] max_attempts must be at least 1"));
             }
+            if let Some(size) = p.batch_size
+                && !(1..=MAX_BATCH_SIZE).contains(&size)
+            {
+                return Err(format!(
+                    "[plugins.{name}] batch_size = {size}: must be between 1 and {MAX_BATCH_SIZE}"
+                ));
+            }
+            for t in p.tables.iter().flatten() {
+                if t.split_once('.').is_none_or(|(s, t)| s.is_empty() || t.is_empty()) {
+                    return Err(format!(
+                        "[plugins.{name}] tables: `{t}` is not of the form \"schema.table\""
+                    ));
+                }
+            }
+        }
+        if file.max_instances == Some(0) {
+            return Err("max_instances must be at least 1".into());
         }
         if file.max_attempts == Some(0) {
             return Err("max_attempts must be at least 1".into());
@@ -262,6 +393,33 @@ impl ConfigFile {
     /// Apply the values given over `settings` (also used for command-line
     /// overrides, which leave `plugins` empty).
     pub fn apply(self, settings: &mut Settings) {
+        if let Some(v) = self.handle_timeout {
+            settings.handle_timeout = v;
+        }
+        if let Some(v) = self.memory_limit {
+            settings.memory_limit_bytes = v;
+        }
+        if let Some(v) = self.max_instances {
+            settings.max_instances = v;
+        }
+        if let Some(v) = self.poll_interval {
+            settings.poll_interval = v;
+        }
+        if let Some(v) = self.retry_base {
+            settings.retry_base = v;
+        }
+        if let Some(v) = self.retry_max {
+            settings.retry_max = v;
+        }
+        if let Some(v) = self.start_from {
+            settings.start_from = v;
+        }
+        if let Some(v) = self.notify {
+            settings.notify = v;
+        }
+        if let Some(v) = self.watch {
+            settings.watch = v;
+        }
         if let Some(v) = self.max_attempts {
             settings.max_attempts = v;
         }
@@ -290,6 +448,46 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     })
 }
 
+/// A size: a number of bytes, or a string such as "64MiB", "1GiB", "512KiB".
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    let text = match Size::deserialize(d)? {
+        Size::Bytes(n) => return Ok(Some(n as usize)),
+        Size::Text(text) => text,
+    };
+    parse_byte_size(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a size; write e.g. \"64MiB\", \"1GiB\" or a number of bytes"
+        ))
+    })
+}
+
+/// "64MiB" → 67108864 (units B, KiB, MiB, GiB, and KB, MB, GB as powers of 1000).
+pub fn parse_byte_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    usize::try_from(number.checked_mul(factor)?).ok()
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -309,6 +507,9 @@ impl Default for Settings {
             horizon_warn_after: Duration::from_millis(DEFAULT_HORIZON_WARN_AFTER_MS),
             compile_cache: default_compile_cache(),
             plugins: BTreeMap::new(),
+            max_instances: DEFAULT_MAX_INSTANCES,
+            start_from: StartFrom::Now,
+            watch: true,
         }
     }
 }
@@ -379,6 +580,39 @@ mod tests {
         assert!(zero.contains("between 1 and 64"), "{zero}");
         let bad = ConfigFile::parse("lease_ttl = \"soon\"\n").unwrap_err();
         assert!(bad.contains("not a duration"), "{bad}");
+        let table = ConfigFile::parse("[plugins.x]\ntables = [\"orders\"]\n").unwrap_err();
+        assert!(table.contains("schema.table"), "{table}");
+        let size = ConfigFile::parse("memory_limit = \"lots\"\n").unwrap_err();
+        assert!(size.contains("not a size"), "{size}");
+    }
+
+    #[test]
+    fn per_plugin_limits_grants_and_config_values() {
+        let file = ConfigFile::parse(
+            "handle_timeout = \"2s\"\nmemory_limit = \"64MiB\"\n\
+             [plugins.hook]\ntables = [\"public.orders\"]\nmemory_limit = 1048576\n\
+             batch_size = 7\nretry_base = \"10ms\"\nstart_from = \"beginning\"\n\
+             config = { url = \"http://127.0.0.1:9/\" }\n",
+        )
+        .unwrap();
+        let mut settings = Settings::default();
+        file.apply(&mut settings);
+        let hook = settings.policy("hook");
+        assert_eq!(hook.memory_limit_bytes, 1 << 20);
+        assert_eq!(hook.handle_timeout, Duration::from_secs(2));
+        assert_eq!(hook.batch_size, Some(7));
+        assert_eq!(hook.retry_base, Duration::from_millis(10));
+        assert_eq!(hook.start_from, StartFrom::Beginning);
+        assert_eq!(hook.config["url"], "http://127.0.0.1:9/");
+        assert!(hook.allows_table("public", "orders"));
+        assert!(!hook.allows_table("public", "users"));
+        let other = settings.policy("other");
+        assert_eq!(other.memory_limit_bytes, 64 << 20);
+        assert!(other.allows_table("public", "users"));
+        assert_eq!(settings.largest_memory_limit(), 64 << 20);
+        assert_eq!(parse_byte_size("512KiB"), Some(512 << 10));
+        assert_eq!(parse_byte_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_byte_size("2 TB"), None);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::config::{
 };
 use crate::log::{self, LoggedEvent, Position, Reader, Stream};
 use crate::registry::{self, Rejected};
-use crate::runtime::{LoadedPlugin, LogSink, Outcome, PluginLog, Retry, Runtime, SqlAccess};
+use crate::reload::{PluginSet, Reloader};
+use crate::runtime::{LoadedPlugin, LogSink, Outcome, PluginLog, Pool, Retry, Runtime, SqlAccess};
 use crate::sql::{SqlSession, SqlSessionError};
 use crate::{db, dead_letters, leases, schema};
 
@@ -31,6 +32,17 @@ pub enum HostEvent {
         version: String,
         /// Its compiled code came from the compile cache.
         from_cache: bool,
+    },
+    /// A new version of a running plugin serves from its next batch on.
+    PluginReloaded {
+        plugin: String,
+        version: String,
+        previous_version: String,
+        from_cache: bool,
+    },
+    /// Its file was removed (or now holds another plugin): paused.
+    PluginRemoved {
+        plugin: String,
     },
     PluginRejected(Rejected),
     PluginLog(PluginLog),
@@ -132,7 +144,13 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
     let sink: Option<LogSink> = options.observer.clone().map(|observer| {
         Arc::new(move |log: PluginLog| observer(HostEvent::PluginLog(log))) as LogSink
     });
-    let mut runtime = Runtime::new(sink)?;
+    let mut runtime = Runtime::with_pool(
+        sink,
+        Pool {
+            max_instances: settings.max_instances,
+            max_memory_bytes: settings.largest_memory_limit(),
+        },
+    )?;
     if let Some(dir) = &settings.compile_cache {
         runtime = runtime.with_compile_cache(dir.clone());
     }
@@ -148,15 +166,39 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         wake: wake_rx,
         shutdown: shutdown.clone(),
     });
-    for r in loaded.rejected {
-        shared.observe(HostEvent::PluginRejected(r));
+    for r in &loaded.rejected {
+        shared.observe(HostEvent::PluginRejected(r.clone()));
     }
     if loaded.plugins.is_empty() {
         tracing::warn!(
             folder = %options.plugins_dir.display(),
-            "no plugin is running; add a .wasm file to the plugins folder and restart"
+            "no plugin is running; add a .wasm file to the plugins folder{}",
+            if settings.watch { "" } else { " and restart" }
         );
     }
+    let set: PluginSet = Arc::new(
+        loaded
+            .plugins
+            .iter()
+            .map(|(_, p)| (p.manifest.name.clone(), p.clone()))
+            .collect(),
+    );
+    // Like `wake_tx`, the sender lives until `run` returns.
+    let (set_tx, set_rx) = watch::channel(set);
+    let set_tx = Arc::new(set_tx);
+    let reloader = settings.watch.then(|| {
+        let reloader = Reloader::new(
+            options.plugins_dir.clone(),
+            options.database_url.clone(),
+            runtime.clone(),
+            settings.clone(),
+            options.observer.clone(),
+            set_tx.clone(),
+            &loaded.plugins,
+            &loaded.rejected,
+        );
+        tokio::spawn(reloader.run(shutdown.clone()))
+    });
     // The sender lives until `run` returns: with NOTIFY off nothing sends, and a
     // dropped sender would make every worker's wait return at once (a busy loop).
     let wake_tx = Arc::new(wake_tx);
@@ -178,17 +220,21 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         settings.clone(),
         shutdown.clone(),
     ));
-    for plugin in &loaded.plugins {
+    for (_, plugin) in &loaded.plugins {
         shared.observe(HostEvent::PluginStarted {
             plugin: plugin.manifest.name.clone(),
             version: plugin.manifest.version.clone(),
             from_cache: plugin.from_cache,
         });
     }
-    coordinate(loaded.plugins, shared.clone()).await;
+    coordinate(set_rx, shared.clone()).await;
     if let Some(listener) = listener {
         listener.abort();
     }
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
+    drop(set_tx);
     reconciler.abort();
     pruner.abort();
     tracing::info!("stopped");
@@ -196,7 +242,7 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
 }
 
 /// Resolves when `shutdown` turns true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
@@ -329,7 +375,7 @@ struct Held {
 
 /// Hold this host's fair share of every plugin's partitions (see `leases.rs`),
 /// run one deliverer per partition held, and hand everything back at shutdown.
-async fn coordinate(plugins: Vec<Arc<LoadedPlugin>>, shared: Arc<Shared>) {
+async fn coordinate(mut set: watch::Receiver<PluginSet>, shared: Arc<Shared>) {
     let host_id = leases::new_host_id();
     let ttl = shared.settings.lease_ttl;
     let mut shutdown = shared.shutdown.clone();
@@ -361,7 +407,8 @@ async fn coordinate(plugins: Vec<Arc<LoadedPlugin>>, shared: Arc<Shared>) {
             }
         }
         let c = client.as_ref().expect("connected");
-        match balance(c, &host_id, ttl, &plugins, &shared, &mut held, &mut resting).await {
+        let plugins = set.borrow_and_update().clone();
+        match balance(c, &host_id, ttl, &plugins, &set, &shared, &mut held, &mut resting).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -371,6 +418,8 @@ async fn coordinate(plugins: Vec<Arc<LoadedPlugin>>, shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(LEASE_CHECK_MS)) => {}
+            // A plugin added or removed: start or stop its deliverers now.
+            _ = set.changed() => {}
             _ = stopped(&mut shutdown) => break,
         }
     }
@@ -396,16 +445,18 @@ async fn coordinate(plugins: Vec<Arc<LoadedPlugin>>, shared: Arc<Shared>) {
 
 /// One coordinator round: heartbeat, renew, reap stopped deliverers, then
 /// take or give partitions until this host holds its share.
+#[allow(clippy::too_many_arguments)]
 async fn balance(
     client: &Client,
     host_id: &str,
     ttl: Duration,
-    plugins: &[Arc<LoadedPlugin>],
+    plugins: &PluginSet,
+    set: &watch::Receiver<PluginSet>,
     shared: &Arc<Shared>,
     held: &mut HashMap<(String, u32), Held>,
     resting: &mut HashMap<(String, u32), Instant>,
 ) -> Result<(), tokio_postgres::Error> {
-    let names: Vec<String> = plugins.iter().map(|p| p.manifest.name.clone()).collect();
+    let names: Vec<String> = plugins.keys().cloned().collect();
     let live = leases::heartbeat(client, host_id, &names, ttl).await?;
     // Measured before the renewal is sent, so that our idea of the expiry is
     // never later than the database's.
@@ -457,8 +508,14 @@ async fn balance(
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
-    for plugin in plugins {
-        let name = &plugin.manifest.name;
+    // Plugins removed from the folder: their deliverers stop after their batch.
+    for ((p, _), h) in held.iter_mut() {
+        if !plugins.contains_key(p) && !h.releasing {
+            h.releasing = true;
+            let _ = h.stop.send(true);
+        }
+    }
+    for name in plugins.keys() {
         let (halted, parts) = match known.get(name) {
             Some((halted, Some(parts))) => (*halted, *parts as u32),
             // Forgotten while running: nothing to deliver.
@@ -528,7 +585,7 @@ async fn balance(
             let (stop_tx, stop_rx) = watch::channel(false);
             let (valid_tx, valid_rx) = watch::channel(sent + ttl);
             let task = tokio::spawn(worker(
-                plugin.clone(),
+                set.clone(),
                 stream,
                 shared.clone(),
                 stop_rx,
@@ -588,7 +645,7 @@ async fn keep_log_pruned(url: String, settings: Settings, mut shutdown: watch::R
 
 /// One partition's deliverer; reconnects on database errors.
 async fn worker(
-    plugin: Arc<LoadedPlugin>,
+    plugins: watch::Receiver<PluginSet>,
     mut stream: Stream,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -596,6 +653,10 @@ async fn worker(
 ) -> WorkerEnd {
     let policy = shared.settings.policy(&stream.plugin);
     let mut state = WorkerState::default();
+    let Some(first) = plugins.borrow().get(&stream.plugin).cloned() else {
+        return WorkerEnd::Stopped;
+    };
+    let mut plugin = first;
     let mut failures = 0;
     loop {
         let result = async {
@@ -611,12 +672,7 @@ async fn worker(
             let sql = match &policy.sql {
                 Some(grant) => Some(Arc::new({
                     crate::sql::grant_acknowledgement(&mut client, &stream.plugin, grant).await?;
-                    SqlSession::open(
-                        &shared.url,
-                        &stream.plugin,
-                        grant,
-                        shared.settings.handle_timeout,
-                    )
+                    SqlSession::open(&shared.url, &stream.plugin, grant, policy.handle_timeout)
                     .await?
                 })),
                 None => None,
@@ -624,7 +680,8 @@ async fn worker(
             state.failures = dead_letters::failures(&client, &stream).await?;
             failures = 0;
             let mut d = Deliverer {
-                plugin: &plugin,
+                plugin: &mut plugin,
+                plugins: plugins.clone(),
                 shared: &shared,
                 policy: &policy,
                 client: &mut client,
@@ -726,7 +783,9 @@ enum Handled {
 }
 
 struct Deliverer<'a> {
-    plugin: &'a Arc<LoadedPlugin>,
+    /// The version serving now: looked up in `plugins` before every batch.
+    plugin: &'a mut Arc<LoadedPlugin>,
+    plugins: watch::Receiver<PluginSet>,
     shared: &'a Shared,
     policy: &'a EffectivePolicy,
     client: &'a mut Client,
@@ -747,11 +806,27 @@ impl Deliverer<'_> {
     ) -> Result<WorkerEnd, WorkerError> {
         let mut wake = self.shared.wake.clone();
         let poll = self.shared.settings.poll_interval;
-        let batch_size = self.plugin.manifest.batch_size;
         loop {
             if *self.stop.borrow() {
                 return Ok(WorkerEnd::Stopped);
             }
+            // Between batches: take up a new version, or stop if removed.
+            let current = self.plugins.borrow_and_update().get(&self.stream.plugin).cloned();
+            match current {
+                None => return Ok(WorkerEnd::Stopped),
+                Some(p) if !Arc::ptr_eq(&p, self.plugin) => {
+                    tracing::info!(
+                        stream = %self.stream,
+                        version = %p.manifest.version,
+                        cursor = %cursor,
+                        "delivering with the new version from here"
+                    );
+                    *self.plugin = p;
+                    state.failures.clear();
+                }
+                Some(_) => {}
+            }
+            let batch_size = self.plugin.manifest.batch_size;
             let woken = wake.has_changed().unwrap_or(false);
             wake.borrow_and_update();
             // Redelivery requests: looked for every poll interval, and when woken
@@ -916,12 +991,15 @@ impl Deliverer<'_> {
                     tokio::select! {
                         _ = wake.changed() => {}
                         _ = tokio::time::sleep(d) => {}
+                        _ = self.plugins.changed() => {}
                         _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
                     }
                 }
                 Next::Sleep(d) => {
+                    // A new version ends the wait: it may well be the fix.
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
+                        _ = self.plugins.changed() => {}
                         _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
                     }
                 }
@@ -944,7 +1022,7 @@ impl Deliverer<'_> {
             if !self.lease_covers_a_call().await {
                 return Ok(Handled::Stopped);
             }
-            return Ok(match call(self.plugin, events, None).await {
+            return Ok(match self.plugin.handle(events, None).await {
                 Outcome::Handled => {
                     if !self.reader.ack(&*self.client, self.stream, end).await? {
                         return Ok(Handled::Refused);
@@ -982,9 +1060,12 @@ impl Deliverer<'_> {
             if !self.lease_covers_a_call().await {
                 return Ok(Handled::Stopped);
             }
-            sql.begin(self.shared.settings.handle_timeout).await?;
+            sql.begin(self.policy.handle_timeout).await?;
             let access: Arc<dyn SqlAccess> = sql.clone();
-            let outcome = call(self.plugin, events[..take].to_vec(), Some(access)).await;
+            let outcome = self
+                .plugin
+                .handle(events[..take].to_vec(), Some(access))
+                .await;
             match sql.checked(outcome) {
                 Outcome::Handled => {
                     let to = if take == events.len() {
@@ -1064,16 +1145,16 @@ impl Deliverer<'_> {
         let attempts =
             dead_letters::record_failure(&*self.client, self.stream, at, &message).await?;
         state.failures.insert(at, attempts);
-        let settings = &self.shared.settings;
+        let policy = self.policy;
         let plugin = self.stream.plugin.clone();
-        let give_up = retry == Retry::Never || attempts >= self.policy.max_attempts;
+        let give_up = retry == Retry::Never || attempts >= policy.max_attempts;
         if !give_up {
             let delay = match retry {
-                Retry::After(d) => d.min(settings.retry_max),
+                Retry::After(d) => d.min(policy.retry_max),
                 _ => config::jitter(config::backoff(
                     attempts,
-                    settings.retry_base,
-                    settings.retry_max,
+                    policy.retry_base,
+                    policy.retry_max,
                 )),
             };
             record_error(&*self.client, &plugin, &message, false).await?;
@@ -1158,9 +1239,9 @@ impl Deliverer<'_> {
         }
         let outcome = match &self.sql {
             Some(sql) => {
-                sql.begin(self.shared.settings.handle_timeout).await?;
+                sql.begin(self.policy.handle_timeout).await?;
                 let access: Arc<dyn SqlAccess> = sql.clone();
-                let outcome = sql.checked(call(self.plugin, events, Some(access)).await);
+                let outcome = sql.checked(self.plugin.handle(events, Some(access)).await);
                 if outcome == Outcome::Handled
                     && dead_letters::settle(sql.client(), self.stream, &ids).await?
                 {
@@ -1171,7 +1252,7 @@ impl Deliverer<'_> {
                 outcome
             }
             None => {
-                let outcome = call(self.plugin, events, None).await;
+                let outcome = self.plugin.handle(events, None).await;
                 let done = match &outcome {
                     Outcome::Handled => ids.len(),
                     Outcome::Failed { index, .. } => *index,
@@ -1220,7 +1301,7 @@ impl Deliverer<'_> {
     /// Wait until the lease is certain to outlast a plugin call (the handle
     /// timeout plus `LEASE_MARGIN_MS`). Returns false if asked to stop first.
     async fn lease_covers_a_call(&mut self) -> bool {
-        let need = self.shared.settings.handle_timeout + Duration::from_millis(LEASE_MARGIN_MS);
+        let need = self.plugin.limits().handle_timeout + Duration::from_millis(LEASE_MARGIN_MS);
         let mut warned = false;
         loop {
             let until = *self.lease.borrow_and_update();
@@ -1285,22 +1366,6 @@ fn caused_by_the_batch(e: &tokio_postgres::Error) -> bool {
             .any(|class| code.starts_with(class))
             || code == "57014"
     })
-}
-
-/// Call the plugin on a blocking thread (it may run for its whole CPU budget).
-async fn call(
-    plugin: &Arc<LoadedPlugin>,
-    events: Vec<(LoggedEvent, u32)>,
-    sql: Option<Arc<dyn SqlAccess>>,
-) -> Outcome {
-    let runner = plugin.clone();
-    tokio::task::spawn_blocking(move || runner.handle(events, sql))
-        .await
-        .unwrap_or_else(|panic| Outcome::Failed {
-            index: 0,
-            retry: Retry::Backoff,
-            message: format!("host panicked while calling the plugin: {panic}"),
-        })
 }
 
 /// Remember a plugin's last error (and halt it) for `status`.

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod leases;
 pub mod log;
 pub mod registry;
+pub mod reload;
 pub mod runtime;
 pub mod schema;
 pub mod sql;

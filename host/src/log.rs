@@ -396,13 +396,15 @@ pub async fn barrier_open(
 
 /// Make sure `plugin` has cursors. A plugin seen for the first time gets
 /// `parts` partitions starting at the current horizon, so it gets every event
-/// captured from now on (not the history). A known plugin keeps the partition
+/// captured from now on, or, `from_beginning`, before the oldest event the
+/// log holds. A known plugin keeps the partition
 /// count it has (changing it is [`repartition`]'s job): returns that count
 /// when it differs from `parts`.
 pub async fn ensure_cursors(
     client: &impl GenericClient,
     plugin: &str,
     parts: u32,
+    from_beginning: bool,
 ) -> Result<Option<u32>, tokio_postgres::Error> {
     let existing: Option<i32> = client
         .query_one(
@@ -414,7 +416,13 @@ pub async fn ensure_cursors(
     if let Some(existing) = existing {
         return Ok((existing as u32 != parts).then_some(existing as u32));
     }
-    let txid = horizon(client).await?.to_string();
+    // From the beginning: before every event (txid 0). Otherwise from now:
+    // before every transaction that may still commit.
+    let txid = if from_beginning {
+        "0".to_owned()
+    } else {
+        horizon(client).await?.to_string()
+    };
     insert_cursors(client, plugin, parts, &txid, 0).await?;
     Ok(None)
 }

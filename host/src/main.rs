@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use pgevents_host::config::{self, ConfigFile, Settings};
 use pgevents_host::dispatch::{self, RunOptions};
 use pgevents_host::log::{self, Position, ReplayFrom};
-use pgevents_host::runtime::{Limits, Runtime};
+use pgevents_host::runtime::{Grants, Runtime};
 use pgevents_host::{db, dead_letters, demo, registry, schema, status};
 use tokio::sync::watch;
 
@@ -206,36 +206,42 @@ struct DbArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/database.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/postgres"
-    )]
-    database_url: String,
-    /// Folder of plugin `.wasm` files.
-    #[arg(long, env = "PGEVENTS_PLUGINS", default_value = "plugins")]
-    plugins: PathBuf,
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/database
+    /// (default: the config file's `database_url`, else postgres://postgres@localhost:5432/postgres).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Folder of plugin `.wasm` files (default: the config file's `plugins_dir`, else `plugins`).
+    #[arg(long, env = "PGEVENTS_PLUGINS")]
+    plugins: Option<PathBuf>,
     /// How often to poll the log (a safety net with NOTIFY on; the ceiling of
-    /// the adaptive interval with NOTIFY off).
-    #[arg(long, env = "PGEVENTS_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
-    poll_interval: Duration,
+    /// the adaptive interval with NOTIFY off). Default 1s.
+    #[arg(long, env = "PGEVENTS_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    poll_interval: Option<Duration>,
     /// Wake on LISTEN/NOTIFY (one notification per writing transaction). With
     /// `false` the capture triggers send none and the host polls adaptively.
-    #[arg(long, env = "PGEVENTS_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
-    notify: bool,
-    /// First retry delay of a failed batch; it doubles per attempt (with ±20% jitter).
-    #[arg(long, env = "PGEVENTS_RETRY_BASE", value_parser = humantime::parse_duration, default_value = "500ms")]
-    retry_base: Duration,
-    /// Longest retry delay.
-    #[arg(long, env = "PGEVENTS_RETRY_MAX", value_parser = humantime::parse_duration, default_value = "60s")]
-    retry_max: Duration,
-    /// CPU time a `handle` call may use before it is interrupted.
-    #[arg(long, env = "PGEVENTS_HANDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
-    handle_timeout: Duration,
-    /// Linear memory per plugin instance, in MiB.
-    #[arg(long, env = "PGEVENTS_MEMORY_LIMIT_MIB", default_value_t = config::DEFAULT_MEMORY_LIMIT_BYTES >> 20)]
-    memory_limit_mib: usize,
+    #[arg(long, env = "PGEVENTS_NOTIFY", action = clap::ArgAction::Set)]
+    notify: Option<bool>,
+    /// Watch the plugins folder and reload plugins whose files change (default true).
+    #[arg(long, env = "PGEVENTS_WATCH", action = clap::ArgAction::Set)]
+    watch: Option<bool>,
+    /// First retry delay of a failed batch; it doubles per attempt (with ±20% jitter). Default 500ms.
+    #[arg(long, env = "PGEVENTS_RETRY_BASE", value_parser = humantime::parse_duration)]
+    retry_base: Option<Duration>,
+    /// Longest retry delay. Default 60s.
+    #[arg(long, env = "PGEVENTS_RETRY_MAX", value_parser = humantime::parse_duration)]
+    retry_max: Option<Duration>,
+    /// How long a `handle` call may run before it is interrupted. Default 10s.
+    #[arg(long, env = "PGEVENTS_HANDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    handle_timeout: Option<Duration>,
+    /// Linear memory per plugin instance, e.g. 256MiB (the default).
+    #[arg(long, env = "PGEVENTS_MEMORY_LIMIT", value_parser = parse_size)]
+    memory_limit: Option<usize>,
+    /// Plugin instances that may exist at once (the instance pool's size). Default 64.
+    #[arg(long, env = "PGEVENTS_MAX_INSTANCES", value_parser = clap::value_parser!(u32).range(1..))]
+    max_instances: Option<u32>,
+    /// Where a plugin seen for the first time starts: `now` (the default) or `beginning` of the log.
+    #[arg(long, env = "PGEVENTS_START_FROM", value_parser = parse_start_from)]
+    start_from: Option<config::StartFrom>,
     /// How often to re-check the capture triggers (repairs capture of a subscribed
     /// table that was dropped and re-created, or whose primary key changed).
     #[arg(long, env = "PGEVENTS_RECONCILE_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
@@ -243,8 +249,9 @@ struct RunArgs {
     /// Give up if the database cannot be reached this long at start (default: retry forever).
     #[arg(long, env = "PGEVENTS_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
-    /// Operator config file (TOML): per-plugin partitions, failure policy and
-    /// sql grants, and defaults. Flags and environment variables override it.
+    /// Operator config file (TOML): the database, the plugins folder, defaults,
+    /// and per plugin limits, tables, config values and capability grants.
+    /// Flags and environment variables override it.
     #[arg(long, env = "PGEVENTS_CONFIG")]
     config: Option<PathBuf>,
     /// Deliveries of a failing event before it is dead-lettered (or the plugin halts).
@@ -266,22 +273,49 @@ struct RunArgs {
     compile_cache: Option<PathBuf>,
 }
 
+fn parse_size(text: &str) -> Result<usize, String> {
+    config::parse_byte_size(text)
+        .ok_or_else(|| format!("`{text}` is not a size; write e.g. 64MiB, 1GiB or a number of bytes"))
+}
+
+fn parse_start_from(text: &str) -> Result<config::StartFrom, String> {
+    match text {
+        "now" => Ok(config::StartFrom::Now),
+        "beginning" => Ok(config::StartFrom::Beginning),
+        _ => Err(format!("`{text}`: write `now` or `beginning`")),
+    }
+}
+
+/// What `run` runs with: the URL, the folder and the settings.
+struct RunPlan {
+    database_url: String,
+    plugins_dir: PathBuf,
+    settings: Settings,
+}
+
 impl RunArgs {
-    fn settings(&self) -> anyhow::Result<Settings> {
+    /// Defaults, then the config file, then flags and environment variables.
+    fn plan(&self) -> anyhow::Result<RunPlan> {
         let mut settings = Settings {
-            poll_interval: self.poll_interval,
-            notify: self.notify,
-            retry_base: self.retry_base,
-            retry_max: self.retry_max,
-            handle_timeout: self.handle_timeout,
-            memory_limit_bytes: self.memory_limit_mib << 20,
             connect_timeout: self.connect_timeout,
             reconcile_interval: self.reconcile_interval,
             ..Settings::default()
         };
-        if let Some(path) = &self.config {
-            ConfigFile::load(path)?.apply(&mut settings);
-        }
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let database_url = self
+            .database_url
+            .clone()
+            .or_else(|| file.database_url.clone())
+            .unwrap_or_else(|| "postgres://postgres@localhost:5432/postgres".into());
+        let plugins_dir = self
+            .plugins
+            .clone()
+            .or_else(|| file.plugins_dir.clone())
+            .unwrap_or_else(|| "plugins".into());
+        file.apply(&mut settings);
         anyhow::ensure!(
             self.max_attempts != Some(0),
             "--max-attempts must be at least 1"
@@ -291,6 +325,15 @@ impl RunArgs {
             lease_ttl: self.lease_ttl,
             retention_min_age: self.retention_min_age,
             retention_interval: self.retention_interval,
+            poll_interval: self.poll_interval,
+            notify: self.notify,
+            watch: self.watch,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            handle_timeout: self.handle_timeout,
+            memory_limit: self.memory_limit,
+            max_instances: self.max_instances,
+            start_from: self.start_from,
             ..ConfigFile::default()
         }
         .apply(&mut settings);
@@ -299,7 +342,11 @@ impl RunArgs {
             Some(dir) => settings.compile_cache = Some(dir.clone()),
             None => {}
         }
-        Ok(settings)
+        Ok(RunPlan {
+            database_url,
+            plugins_dir,
+            settings,
+        })
     }
 }
 
@@ -329,11 +376,11 @@ fn main() -> ExitCode {
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
-            let settings = args.settings()?;
+            let plan = args.plan()?;
             let options = RunOptions {
-                database_url: args.database_url,
-                plugins_dir: args.plugins,
-                settings,
+                database_url: plan.database_url,
+                plugins_dir: plan.plugins_dir,
+                settings: plan.settings,
                 observer: None,
             };
             dispatch::run(options, shutdown_on_signal()).await?;
@@ -357,7 +404,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ConfigFile::load(path)?.apply(&mut settings);
                 }
                 let loaded = registry::load_folder(&runtime, &mut client, &dir, &settings).await?;
-                for p in &loaded.plugins {
+                for (_, p) in &loaded.plugins {
                     println!(
                         "registered plugin {} {}",
                         p.manifest.name, p.manifest.version
@@ -405,8 +452,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect { file, json } => {
             let runtime = Runtime::new(None)?;
-            let plugin = tokio::task::spawn_blocking(move || runtime.load(&file, default_limits()))
-                .await??;
+            let plugin =
+                tokio::task::spawn_blocking(move || runtime.load(&file, &|_| Grants::permissive()))
+                    .await??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plugin.manifest)?);
             } else {
@@ -554,10 +602,6 @@ async fn dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn default_limits() -> Limits {
-    Limits::from(&Settings::default())
 }
 
 /// A shutdown signal that turns true on Ctrl-C or SIGTERM.

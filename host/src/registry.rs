@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
-use crate::config::{SCHEMA, Settings};
-use crate::runtime::{Limits, LoadedPlugin, Manifest, Runtime};
+use crate::config::{SCHEMA, Settings, StartFrom};
+use crate::runtime::{Grants, LoadError, LoadedPlugin, Manifest, Runtime};
 use crate::schema::{self, SchemaError, TableProblem};
 
 /// A file that did not become a running plugin, and why.
@@ -24,7 +24,8 @@ pub struct Rejected {
 /// What loading the folder produced.
 #[derive(Debug)]
 pub struct Loaded {
-    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// Each with the file it came from.
+    pub plugins: Vec<(PathBuf, Arc<LoadedPlugin>)>,
     pub rejected: Vec<Rejected>,
 }
 
@@ -60,6 +61,86 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
     Ok(files)
 }
 
+/// Compile `bytes` (read from `file`) off the async threads, with the
+/// operator's grants and limits for the name the plugin declares; then narrow
+/// its subscriptions to the tables the operator allows, and apply the
+/// operator's batch size.
+pub async fn load_bytes(
+    runtime: &Runtime,
+    file: &Path,
+    bytes: Vec<u8>,
+    settings: &Settings,
+) -> Result<LoadedPlugin, Rejected> {
+    let loader = runtime.clone();
+    let shown = file.display().to_string();
+    let policies = settings.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        loader.load_bytes(&shown, &bytes, &|name| {
+            Grants::from(&policies.policy(name))
+        })
+    })
+    .await
+    .expect("plugin compilation panicked");
+    let mut plugin = result.map_err(|e| Rejected {
+        file: file.to_owned(),
+        plugin: match &e {
+            LoadError::NotGranted { plugin, .. } => Some(plugin.clone()),
+            _ => None,
+        },
+        error: e.to_string(),
+    })?;
+    let policy = settings.policy(&plugin.manifest.name);
+    let name = plugin.manifest.name.clone();
+    let (allowed, refused): (Vec<_>, Vec<_>) = plugin
+        .manifest
+        .subscriptions
+        .drain(..)
+        .partition(|s| policy.allows_table(&s.schema, &s.table));
+    for s in &refused {
+        tracing::warn!(
+            plugin = %name,
+            "not subscribing to {}.{}: the operator's config does not list it in [plugins.{name}] tables",
+            s.schema,
+            s.table
+        );
+    }
+    if allowed.is_empty() && !refused.is_empty() {
+        return Err(Rejected {
+            file: file.to_owned(),
+            plugin: Some(name.clone()),
+            error: format!(
+                "{}: plugin `{name}` subscribes only to tables the operator has not granted it ({}); \
+                 list them in `tables` under [plugins.{name}] in the host's config file",
+                file.display(),
+                refused
+                    .iter()
+                    .map(|s| format!("{}.{}", s.schema, s.table))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    plugin.manifest.subscriptions = allowed;
+    if let Some(size) = policy.batch_size {
+        plugin.manifest.batch_size = size;
+    }
+    Ok(plugin)
+}
+
+/// Read and load one file (see [`load_bytes`]).
+pub async fn load_file(
+    runtime: &Runtime,
+    file: &Path,
+    settings: &Settings,
+) -> Result<LoadedPlugin, Rejected> {
+    let bytes = std::fs::read(file).map_err(|e| Rejected {
+        file: file.to_owned(),
+        plugin: None,
+        error: format!("cannot read {}: {e}", file.display()),
+    })?;
+    load_bytes(runtime, file, bytes, settings).await
+}
+
 /// Load every plugin in `dir`, register the good ones as the active set
 /// (plugins no longer present are paused), and reconcile triggers. A bad file
 /// or manifest rejects that plugin only.
@@ -69,17 +150,10 @@ pub async fn load_folder(
     dir: &Path,
     settings: &Settings,
 ) -> Result<Loaded, RegistryError> {
-    let limits = Limits::from(settings);
     let mut plugins: Vec<(PathBuf, LoadedPlugin)> = Vec::new();
     let mut rejected = Vec::new();
     for file in plugin_files(dir)? {
-        let loader = runtime.clone();
-        let path = file.clone();
-        // Compiling is CPU work: keep it off the async threads.
-        let result = tokio::task::spawn_blocking(move || loader.load(&path, limits))
-            .await
-            .expect("plugin compilation panicked");
-        match result {
+        match load_file(runtime, &file, settings).await {
             Ok(plugin) => {
                 if let Some((other, _)) = plugins
                     .iter()
@@ -87,23 +161,14 @@ pub async fn load_folder(
                 {
                     rejected.push(Rejected {
                         plugin: Some(plugin.manifest.name.clone()),
-                        error: format!(
-                            "{}: plugin name `{}` is already used by {}",
-                            file.display(),
-                            plugin.manifest.name,
-                            other.display()
-                        ),
+                        error: duplicate_name(&file, &plugin.manifest.name, other),
                         file,
                     });
                 } else {
                     plugins.push((file, plugin));
                 }
             }
-            Err(e) => rejected.push(Rejected {
-                file,
-                plugin: None,
-                error: e.to_string(),
-            }),
+            Err(r) => rejected.push(r),
         }
     }
 
@@ -125,18 +190,85 @@ pub async fn load_folder(
         tracing::error!("plugin not started: {}", r.error);
     }
     for (file, p) in &accepted {
-        tracing::info!(
-            plugin = %p.manifest.name,
-            version = %p.manifest.version,
-            file = %file.display(),
-            compiled = if p.from_cache { "from cache" } else { "now" },
-            "plugin loaded"
-        );
+        log_loaded(file, p);
     }
     Ok(Loaded {
-        plugins: accepted.into_iter().map(|(_, p)| Arc::new(p)).collect(),
+        plugins: accepted
+            .into_iter()
+            .map(|(file, p)| (file, Arc::new(p)))
+            .collect(),
         rejected,
     })
+}
+
+pub(crate) fn duplicate_name(file: &Path, name: &str, other: &Path) -> String {
+    format!(
+        "{}: plugin name `{name}` is already used by {}",
+        file.display(),
+        other.display()
+    )
+}
+
+pub(crate) fn log_loaded(file: &Path, p: &LoadedPlugin) {
+    tracing::info!(
+        plugin = %p.manifest.name,
+        version = %p.manifest.version,
+        file = %file.display(),
+        sha256 = %&p.sha256[..12],
+        compiled = if p.from_cache { "from cache" } else { "now" },
+        "plugin loaded"
+    );
+}
+
+/// Make `plugin` (from `file`) the registered version of its name, if its
+/// subscriptions fit the database: record it with its subscriptions and
+/// cursors and reconcile the capture triggers, all before it serves. Returns
+/// why not, if it does not fit.
+pub async fn activate(
+    client: &mut Client,
+    file: &Path,
+    plugin: &LoadedPlugin,
+    settings: &Settings,
+) -> Result<Result<(), String>, RegistryError> {
+    if let Err(problem) = check_subscriptions(client, &plugin.manifest).await? {
+        return Ok(Err(format!("{}: {problem}", file.display())));
+    }
+    let tx = client.transaction().await?;
+    schema::lock_install(&tx).await?;
+    register_one(&tx, file, plugin, settings).await?;
+    tx.commit().await?;
+    schema::reconcile_triggers(client, Some(settings.notify)).await?;
+    Ok(Ok(()))
+}
+
+/// Pause a plugin whose file is gone: it keeps its cursor and subscriptions
+/// (its tables stay captured), so putting the file back resumes it.
+pub async fn deactivate(client: &Client, name: &str) -> Result<(), RegistryError> {
+    client
+        .execute(
+            &format!("UPDATE {SCHEMA}.plugins SET active = false WHERE name = $1"),
+            &[&name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Remember why a new file for `name` was not loaded (the running version
+/// keeps serving), for `status`.
+pub async fn record_load_error(
+    client: &Client,
+    name: &str,
+    error: &str,
+) -> Result<(), RegistryError> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {SCHEMA}.plugins SET load_error = $2, load_error_at = now() WHERE name = $1"
+            ),
+            &[&name, &error],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Every subscribed table must exist and be a table; filter columns must exist.
@@ -199,50 +331,7 @@ async fn register(
     )
     .await?;
     for (file, plugin) in accepted {
-        let m = &plugin.manifest;
-        let manifest_json = serde_json::to_value(m).expect("manifest serializes");
-        tx.execute(
-            &format!(
-                "INSERT INTO {SCHEMA}.plugins (name, version, file, sha256, manifest, active)
-                 VALUES ($1, $2, $3, $4, $5, true)
-                 ON CONFLICT (name) DO UPDATE SET version = $2, file = $3, sha256 = $4,
-                     manifest = $5, active = true, loaded_at = now(), halted = NULL"
-            ),
-            &[
-                &m.name,
-                &m.version,
-                &file.display().to_string(),
-                &plugin.sha256,
-                &manifest_json,
-            ],
-        )
-        .await?;
-        tx.execute(
-            &format!("DELETE FROM {SCHEMA}.subscriptions WHERE plugin = $1"),
-            &[&m.name],
-        )
-        .await?;
-        for s in &m.subscriptions {
-            tx.execute(
-                &format!(
-                    "INSERT INTO {SCHEMA}.subscriptions (plugin, schema_name, table_name, ops, changed_columns)
-                     VALUES ($1, $2, $3, $4::\"char\"[], $5)"
-                ),
-                &[&m.name, &s.schema, &s.table, &s.op_codes(), &s.changed_columns],
-            )
-            .await?;
-        }
-        let policy = settings.policy(&m.name);
-        if let Some(stored) = crate::log::ensure_cursors(&tx, &m.name, policy.partitions).await? {
-            tracing::warn!(
-                plugin = %m.name,
-                configured = policy.partitions,
-                in_database = stored,
-                "the plugin keeps its {stored} partition(s); to change that, stop every host that runs it and use `pgevents-host repartition {} {}`",
-                m.name,
-                policy.partitions
-            );
-        }
+        register_one(&tx, file, plugin, settings).await?;
     }
     let errors: HashMap<&str, &str> = rejected
         .iter()
@@ -251,13 +340,72 @@ async fn register(
     for (name, error) in errors {
         tx.execute(
             &format!(
-                "UPDATE {SCHEMA}.plugins SET last_error = $2, last_error_at = now() WHERE name = $1"
+                "UPDATE {SCHEMA}.plugins SET load_error = $2, load_error_at = now() WHERE name = $1"
             ),
             &[&name, &error],
         )
         .await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Record `plugin` (from `file`) as active with its subscriptions, and give
+/// it cursors if it has none (where, `start_from` says).
+async fn register_one(
+    tx: &Transaction<'_>,
+    file: &Path,
+    plugin: &LoadedPlugin,
+    settings: &Settings,
+) -> Result<(), RegistryError> {
+    let m = &plugin.manifest;
+    let manifest_json = serde_json::to_value(m).expect("manifest serializes");
+    tx.execute(
+        &format!(
+            "INSERT INTO {SCHEMA}.plugins (name, version, file, sha256, manifest, active)
+             VALUES ($1, $2, $3, $4, $5, true)
+             ON CONFLICT (name) DO UPDATE SET version = $2, file = $3, sha256 = $4,
+                 manifest = $5, active = true, loaded_at = now(), halted = NULL,
+                 load_error = NULL, load_error_at = NULL"
+        ),
+        &[
+            &m.name,
+            &m.version,
+            &file.display().to_string(),
+            &plugin.sha256,
+            &manifest_json,
+        ],
+    )
+    .await?;
+    tx.execute(
+        &format!("DELETE FROM {SCHEMA}.subscriptions WHERE plugin = $1"),
+        &[&m.name],
+    )
+    .await?;
+    for s in &m.subscriptions {
+        tx.execute(
+            &format!(
+                "INSERT INTO {SCHEMA}.subscriptions (plugin, schema_name, table_name, ops, changed_columns)
+                 VALUES ($1, $2, $3, $4::\"char\"[], $5)"
+            ),
+            &[&m.name, &s.schema, &s.table, &s.op_codes(), &s.changed_columns],
+        )
+        .await?;
+    }
+    let policy = settings.policy(&m.name);
+    let from_beginning = policy.start_from == StartFrom::Beginning;
+    if let Some(stored) =
+        crate::log::ensure_cursors(tx, &m.name, policy.partitions, from_beginning).await?
+    {
+        tracing::warn!(
+            plugin = %m.name,
+            configured = policy.partitions,
+            in_database = stored,
+            "the plugin keeps its {stored} partition(s); to change that, stop every host that runs it and use `pgevents-host repartition {} {}`",
+            m.name,
+            policy.partitions
+        );
+    }
     Ok(())
 }
 

@@ -50,6 +50,10 @@ pub struct PluginStatus {
     pub waiting: i64,
     pub halted: Option<String>,
     pub last_error: Option<String>,
+    /// Why the newest file for this plugin was not loaded (the version shown
+    /// keeps serving), and when.
+    pub load_error: Option<String>,
+    pub load_error_at: Option<String>,
     /// Events in the dead-letter table (see `pgevents-host dead-letters list`).
     pub dead_letters: i64,
     pub partitions: Vec<PartitionStatus>,
@@ -95,7 +99,9 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                         (SELECT count(*) FROM {SCHEMA}.cursors pc JOIN {SCHEMA}.events e
                              ON (e.txid, e.seq) > (pc.txid, pc.seq)
                          WHERE pc.plugin = p.name AND {} AND {}),
-                        (SELECT count(*) FROM {SCHEMA}.dead_letters d WHERE d.plugin = p.name)
+                        (SELECT count(*) FROM {SCHEMA}.dead_letters d WHERE d.plugin = p.name),
+                        p.load_error,
+                        to_char(p.load_error_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                  FROM {SCHEMA}.plugins p
                  LEFT JOIN LATERAL (SELECT txid, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
                                     ORDER BY txid, seq LIMIT 1) c ON true
@@ -122,6 +128,8 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
             last_error: r.get(9),
             waiting: r.get(10),
             dead_letters: r.get(11),
+            load_error: r.get(12),
+            load_error_at: r.get(13),
             partitions: Vec::new(),
         })
         .collect::<Vec<_>>();
@@ -272,6 +280,14 @@ impl fmt::Display for Status {
             }
             if let Some(e) = &p.last_error {
                 writeln!(f, "  last error: {e}")?;
+            }
+            if let Some(e) = &p.load_error {
+                writeln!(
+                    f,
+                    "  last load error ({}): {e} (version {} keeps serving)",
+                    p.load_error_at.as_deref().unwrap_or("?"),
+                    p.version
+                )?;
             }
         }
         for (table, ops) in &self.triggers {

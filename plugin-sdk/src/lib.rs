@@ -46,6 +46,7 @@
 //! Besides [`log`], a plugin the operator grants database access to can run
 //! SQL with the [`sql`] module. Its statements commit in the same transaction
 //! as the batch's acknowledgement, so their effects happen exactly once.
+//! [`config`] reads the settings the operator gives the plugin.
 //!
 //! Compiled for any other target (for a plugin's own unit tests) the crate
 //! still works: [`log`] then writes to standard error instead of calling the
@@ -59,6 +60,7 @@ mod event;
 mod failure;
 pub mod log;
 mod manifest;
+pub mod config;
 pub mod sql;
 
 /// Raw bindings generated from `wit/plugin.wit`; use the re-exports at the crate root.

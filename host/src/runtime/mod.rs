@@ -12,23 +12,29 @@ mod manifest;
 
 pub use manifest::{Manifest, ManifestError, Subscription};
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bindings::pgevents::plugin::types::{
     Context, Disposition, Event, Failure, Operation, Position,
 };
 use bindings::{
     PluginPre,
-    pgevents::plugin::{host, sql},
+    pgevents::plugin::{config, host, sql},
 };
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::config::{DESCRIBE_TIMEOUT_MS, EPOCH_TICK_MS};
+use crate::config::{
+    DESCRIBE_TIMEOUT_MS, EPOCH_TICK_MS, LOG_BURST_LINES, LOG_LINE_MAX_BYTES, LOG_LINES_PER_SECOND,
+};
 use crate::log::{LoggedEvent, Op};
 
 /// The world this host implements, as plugins name it.
@@ -60,7 +66,41 @@ pub enum LoadError {
     Describe { path: String, message: String },
     #[error("{path}: {source}")]
     Manifest { path: String, source: ManifestError },
+    #[error(
+        "{path}: plugin `{plugin}` imports the `{capability}` capability, which the operator has not granted it; \
+         to grant it, add to the host's config file:\n    [plugins.{plugin}]\n    {grant}"
+    )]
+    NotGranted {
+        path: String,
+        plugin: String,
+        capability: &'static str,
+        grant: &'static str,
+    },
+    #[error("{path}: the plugin says its name is `{first}`, then, given its config, `{second}`")]
+    NameChanged {
+        path: String,
+        first: String,
+        second: String,
+    },
 }
+
+/// A capability the operator must grant, recognised by the interface a
+/// component imports (a plugin that never calls it does not import it).
+struct Capability {
+    name: &'static str,
+    /// Import names start with this.
+    interface: &'static str,
+    /// The config line that grants it.
+    grant: &'static str,
+    granted: fn(&Grants) -> bool,
+}
+
+const CAPABILITIES: &[Capability] = &[Capability {
+    name: "sql",
+    interface: "pgevents:plugin/sql",
+    grant: "sql = { role = \"...\" }",
+    granted: |g| g.sql,
+}];
 
 /// A value passed to or returned from the `sql` capability.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,10 +157,28 @@ pub enum LogLevel {
 pub type LogSink = Arc<dyn Fn(PluginLog) + Send + Sync>;
 
 /// Per-instance limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// How long a call may run: wasm code is interrupted at this deadline, and
+    /// a call still blocked in a host call just after it is abandoned.
     pub handle_timeout: Duration,
     pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::from(&crate::config::Settings::default())
+    }
+}
+
+/// What the operator allows one plugin (by manifest name), and its limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub limits: Limits,
+    /// The plugin's `config` values.
+    pub config: BTreeMap<String, String>,
+    /// Whether the `sql` capability is granted.
+    pub sql: bool,
 }
 
 impl From<&crate::config::Settings> for Limits {
@@ -140,6 +198,9 @@ pub struct Runtime {
     sink: Option<LogSink>,
     /// Where compiled components are cached (see [`Runtime::with_compile_cache`]).
     cache: Option<PathBuf>,
+    /// One per plugin call that may run at once (the pool's size, less the
+    /// slots kept for loading files).
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -148,10 +209,73 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+impl Grants {
+    /// Every capability, default limits: for inspecting a file, never for running it.
+    pub fn permissive() -> Grants {
+        Grants {
+            sql: true,
+            ..Grants::default()
+        }
+    }
+}
+
+impl From<&crate::config::EffectivePolicy> for Grants {
+    fn from(policy: &crate::config::EffectivePolicy) -> Grants {
+        Grants {
+            limits: Limits {
+                handle_timeout: policy.handle_timeout,
+                memory_bytes: policy.memory_limit_bytes,
+            },
+            config: policy.config.clone(),
+            sql: policy.sql.is_some(),
+        }
+    }
+}
+
+/// Instance slots kept apart for asking newly loaded files for their manifest.
+const LOADING_INSTANCES: u32 = 2;
+
+/// The pooling allocator's size: concurrent instances, and the largest memory
+/// any plugin may have.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool {
+    pub max_instances: u32,
+    pub max_memory_bytes: usize,
+}
+
 impl Runtime {
+    /// An engine with an instance pool of the default size.
     pub fn new(sink: Option<LogSink>) -> anyhow::Result<Runtime> {
+        let settings = crate::config::Settings::default();
+        Runtime::with_pool(
+            sink,
+            Pool {
+                max_instances: settings.max_instances,
+                max_memory_bytes: settings.memory_limit_bytes,
+            },
+        )
+    }
+
+    /// An engine whose instances come from a pool: memories and tables are
+    /// reserved up front and reused, so a fresh instance per call is cheap, and
+    /// at most `pool.max_instances` exist at once.
+    pub fn with_pool(sink: Option<LogSink>, pool: Pool) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        let mut pooling = PoolingAllocationConfig::default();
+        let instances = pool.max_instances.max(1);
+        pooling
+            .total_component_instances(instances + LOADING_INSTANCES)
+            // Components written in other languages hold several core
+            // instances, memories and large tables.
+            .total_core_instances(instances.saturating_mul(16))
+            .total_memories(instances.saturating_mul(4))
+            .total_tables(instances.saturating_mul(8))
+            .table_elements(1 << 20)
+            .max_core_instance_size(16 << 20)
+            .max_component_instance_size(16 << 20)
+            .max_memory_size(pool.max_memory_bytes.max(1 << 20));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -172,6 +296,7 @@ impl Runtime {
             linker: Arc::new(linker),
             sink,
             cache: None,
+            permits: Arc::new(tokio::sync::Semaphore::new(instances as usize)),
         })
     }
 
@@ -237,22 +362,28 @@ impl Runtime {
         hex(&hasher.0.finalize()[..16])
     }
 
-    /// Read, compile and link `path`, then ask it for its manifest.
-    pub fn load(&self, path: &Path, limits: Limits) -> Result<LoadedPlugin, LoadError> {
+    /// Read, compile and link `path`, then ask it for its manifest. `grants`
+    /// says what the operator allows a plugin of a given name.
+    pub fn load(
+        &self,
+        path: &Path,
+        grants: &dyn Fn(&str) -> Grants,
+    ) -> Result<LoadedPlugin, LoadError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: shown.clone(),
             source,
         })?;
-        self.load_bytes(&shown, &bytes, limits)
+        self.load_bytes(&shown, &bytes, grants)
     }
 
-    /// Compile and link component `bytes` (named `path` in messages).
+    /// Compile and link component `bytes` (named `path` in messages), learn
+    /// its name, and refuse it if it imports a capability not granted.
     pub fn load_bytes(
         &self,
         path: &str,
         bytes: &[u8],
-        limits: Limits,
+        grants: &dyn Fn(&str) -> Grants,
     ) -> Result<LoadedPlugin, LoadError> {
         let path = path.to_owned();
         match bytes.get(..8) {
@@ -278,31 +409,103 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let mut plugin = LoadedPlugin {
             runtime: self.clone(),
             pre,
             manifest: Manifest::placeholder(),
             sha256,
             from_cache,
-            limits,
+            grants: Arc::new(Grants::default()),
+            log_budget: Arc::new(Mutex::new(LogBudget::new())),
+            stuck: Arc::new(AtomicUsize::new(0)),
         };
-        let wit_manifest = plugin
-            .call(
-                "(loading)",
-                Duration::from_millis(DESCRIBE_TIMEOUT_MS),
-                None,
-                |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
-            )
-            .map_err(|message| LoadError::Describe {
-                path: path.clone(),
-                message,
-            })?;
+        let describe = |plugin: &LoadedPlugin| {
+            plugin
+                .call(
+                    "(loading)",
+                    Duration::from_millis(DESCRIBE_TIMEOUT_MS),
+                    None,
+                    Arc::new(AtomicBool::new(false)),
+                    |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
+                )
+                .map_err(|message| LoadError::Describe {
+                    path: path.clone(),
+                    message,
+                })
+        };
+        // First without config, to learn the name; then, if the operator
+        // gave that name config values, again with them.
+        let mut wit_manifest = describe(&plugin)?;
+        let name = wit_manifest.name.clone();
+        let granted = grants(&name);
+        if !granted.config.is_empty() {
+            plugin.grants = Arc::new(granted.clone());
+            wit_manifest = describe(&plugin)?;
+            if wit_manifest.name != name {
+                return Err(LoadError::NameChanged {
+                    path,
+                    first: name,
+                    second: wit_manifest.name,
+                });
+            }
+        }
         plugin.manifest =
             Manifest::from_wit(wit_manifest).map_err(|source| LoadError::Manifest {
                 path: path.clone(),
                 source,
             })?;
+        for capability in CAPABILITIES {
+            let imported = imports.iter().any(|i| i.starts_with(capability.interface));
+            if imported && !(capability.granted)(&granted) {
+                return Err(LoadError::NotGranted {
+                    path,
+                    plugin: name,
+                    capability: capability.name,
+                    grant: capability.grant,
+                });
+            }
+        }
+        plugin.grants = Arc::new(granted);
         Ok(plugin)
+    }
+}
+
+/// Limits a plugin's log lines: a burst, then a steady rate; what is dropped
+/// is counted and reported once lines flow again.
+#[derive(Debug)]
+struct LogBudget {
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+impl LogBudget {
+    fn new() -> LogBudget {
+        LogBudget {
+            tokens: LOG_BURST_LINES as f64,
+            refilled: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line may be written now; `Some(n)` also says that `n` lines
+    /// were dropped before it.
+    fn take(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * LOG_LINES_PER_SECOND as f64;
+        self.tokens = (self.tokens + earned).min(LOG_BURST_LINES as f64);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.dropped))
     }
 }
 
@@ -315,7 +518,10 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// Whether the compiled code came from the compile cache.
     pub from_cache: bool,
-    limits: Limits,
+    grants: Arc<Grants>,
+    log_budget: Arc<Mutex<LogBudget>>,
+    /// Calls abandoned while blocked in a host call that have not returned yet.
+    stuck: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -350,21 +556,111 @@ pub enum Retry {
     Never,
 }
 
+/// Calls blocked in host calls that a plugin may leave behind before it is
+/// called no more until one returns (each holds a thread and an instance).
+const MAX_STUCK_CALLS: usize = 4;
+
+/// Grace after the handle timeout before a call blocked in a host call is
+/// abandoned (wasm code is interrupted at the timeout itself).
+pub const ABANDON_GRACE: Duration = Duration::from_millis(250);
+
 impl LoadedPlugin {
+    /// The limits this plugin runs under.
+    pub fn limits(&self) -> Limits {
+        self.grants.limits
+    }
+
     /// Deliver `events` (with delivery attempt numbers) to `handle` in a fresh
-    /// instance. A trap, a timeout or a broken contract is a retryable failure
-    /// at index 0.
+    /// instance, on a thread of its own. A trap, a timeout or a broken
+    /// contract is a retryable failure at index 0. A call still blocked in a
+    /// host call (a WASI sleep, say) `ABANDON_GRACE` after its handle timeout
+    /// is abandoned: it fails, and every host call it makes later is refused,
+    /// so it can have no further effect.
     ///
     /// `sql` is where the plugin's `sql` calls go; `None` if not granted.
-    pub fn handle(
+    pub async fn handle(
+        self: &Arc<Self>,
+        events: Vec<(LoggedEvent, u32)>,
+        sql: Option<Arc<dyn SqlAccess>>,
+    ) -> Outcome {
+        let stuck = self.stuck.load(Ordering::SeqCst);
+        if stuck >= MAX_STUCK_CALLS {
+            return Outcome::Failed {
+                index: 0,
+                retry: Retry::Backoff,
+                message: format!(
+                    "{stuck} earlier calls of this plugin are still blocked in host calls; not calling it again until one returns"
+                ),
+            };
+        }
+        // Wait for a free instance slot rather than fail for want of one.
+        let Ok(permit) = self.runtime.permits.clone().acquire_owned().await else {
+            return Outcome::Failed {
+                index: 0,
+                retry: Retry::Backoff,
+                message: "the instance pool is closed".into(),
+            };
+        };
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let runner = self.clone();
+        let flag = abandoned.clone();
+        // A thread of its own rather than the blocking pool: a call blocked in
+        // a host call must not keep the process (or a runtime) from exiting.
+        let spawned = std::thread::Builder::new()
+            .name(format!("plugin-{}", self.manifest.name))
+            .spawn(move || {
+                let outcome = runner.handle_blocking(events, sql, flag.clone());
+                drop(permit);
+                if flag.load(Ordering::SeqCst) {
+                    runner.stuck.fetch_sub(1, Ordering::SeqCst);
+                }
+                let _ = tx.send(outcome);
+            });
+        if let Err(e) = spawned {
+            return Outcome::Failed {
+                index: 0,
+                retry: Retry::Backoff,
+                message: format!("could not start a thread for the plugin call: {e}"),
+            };
+        }
+        let limit = self.grants.limits.handle_timeout;
+        match tokio::time::timeout(limit + ABANDON_GRACE, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Outcome::Failed {
+                index: 0,
+                retry: Retry::Backoff,
+                message: "the plugin call's thread ended without an answer (host bug)".into(),
+            },
+            Err(_) => {
+                // Count it before raising the flag, so the thread's decrement
+                // never comes first.
+                self.stuck.fetch_add(1, Ordering::SeqCst);
+                abandoned.store(true, Ordering::SeqCst);
+                Outcome::Failed {
+                    index: 0,
+                    retry: Retry::Backoff,
+                    message: format!(
+                        "exceeded the time limit of {limit:?} per call while blocked in a host call \
+                         (a WASI sleep or poll?); the call was abandoned"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// [`LoadedPlugin::handle`] on the calling thread.
+    fn handle_blocking(
         &self,
         events: Vec<(LoggedEvent, u32)>,
         sql: Option<Arc<dyn SqlAccess>>,
+        abandoned: Arc<AtomicBool>,
     ) -> Outcome {
         let count = events.len();
         let wit_events: Vec<Event> = events.into_iter().map(|(e, a)| to_wit(e, a)).collect();
         let name = self.manifest.name.clone();
-        let result = self.call(&name, self.limits.handle_timeout, sql, |plugin, store| {
+        let timeout = self.grants.limits.handle_timeout;
+        let result = self.call(&name, timeout, sql, abandoned, |plugin, store| {
             plugin
                 .pgevents_plugin_handler()
                 .call_handle(store, &wit_events)
@@ -413,8 +709,11 @@ impl LoadedPlugin {
         plugin_name: &str,
         timeout: Duration,
         sql: Option<Arc<dyn SqlAccess>>,
+        abandoned: Arc<AtomicBool>,
         f: impl FnOnce(&bindings::Plugin, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
+        // Sockets are denied by WasiCtx's default address check; there are no
+        // preopened folders and no environment.
         let output = MemoryOutputPipe::new(OUTPUT_CAPACITY_BYTES);
         let wasi = WasiCtx::builder()
             .stdout(output.clone())
@@ -425,9 +724,12 @@ impl LoadedPlugin {
             table: ResourceTable::new(),
             plugin: plugin_name.to_owned(),
             sink: self.runtime.sink.clone(),
-            memory_limit: self.limits.memory_bytes,
+            memory_limit: self.grants.limits.memory_bytes,
             memory_exceeded: false,
             sql,
+            grants: self.grants.clone(),
+            log_budget: self.log_budget.clone(),
+            abandoned,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| state);
@@ -455,7 +757,7 @@ impl LoadedPlugin {
             let mut message = if store.data().memory_exceeded {
                 format!(
                     "exceeded the memory limit of {} MiB per instance",
-                    self.limits.memory_bytes >> 20
+                    self.grants.limits.memory_bytes >> 20
                 )
             } else {
                 match e.downcast_ref::<wasmtime::Trap>() {
@@ -594,11 +896,40 @@ struct State {
     memory_limit: usize,
     memory_exceeded: bool,
     sql: Option<Arc<dyn SqlAccess>>,
+    grants: Arc<Grants>,
+    log_budget: Arc<Mutex<LogBudget>>,
+    /// Set when the host gave up waiting for this call: host calls are refused.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl State {
-    fn emit(&self, level: LogLevel, message: String, fields: Vec<(String, String)>) {
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Write a plugin's log line, within its rate limit; long lines are cut.
+    fn emit(&self, level: LogLevel, mut message: String, mut fields: Vec<(String, String)>) {
+        if self.abandoned() {
+            return;
+        }
         let plugin = self.plugin.as_str();
+        let dropped = match self.log_budget.lock().map(|mut b| b.take()) {
+            Ok(Some(dropped)) => dropped,
+            Ok(None) => return,
+            Err(_) => 0,
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                plugin,
+                "{dropped} log lines of this plugin were dropped (it may write {LOG_BURST_LINES} at once, then {LOG_LINES_PER_SECOND} per second)"
+            );
+        }
+        truncate_utf8(&mut message, LOG_LINE_MAX_BYTES);
+        fields.truncate(32);
+        for (k, v) in &mut fields {
+            truncate_utf8(k, 128);
+            truncate_utf8(v, LOG_LINE_MAX_BYTES);
+        }
         let shown = render_fields(&fields);
         match level {
             LogLevel::Trace => tracing::trace!(plugin, "{message}{shown}"),
@@ -653,8 +984,43 @@ impl ResourceLimiter for State {
 
 impl bindings::pgevents::plugin::types::Host for State {}
 
+/// Cut `text` to at most `max` bytes, at a character boundary, marking the cut.
+fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str("…");
+}
+
+impl config::Host for State {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.grants.config.get(&key).cloned()
+    }
+}
+
 impl State {
     fn sql(&self) -> Result<&Arc<dyn SqlAccess>, sql::SqlError> {
+        if self.abandoned() {
+            return Err(sql::SqlError {
+                sqlstate: "57014".into(),
+                message: "the host abandoned this call (it outlasted its time limit)".into(),
+            });
+        }
+        if !self.grants.sql {
+            return Err(sql::SqlError {
+                sqlstate: "42501".into(),
+                message: format!(
+                    "plugin `{}` has no sql capability; the operator grants it in the host's config file: \
+                     [plugins.{}] sql = {{ role = \"...\" }}",
+                    self.plugin, self.plugin
+                ),
+            });
+        }
         self.sql.as_ref().ok_or_else(|| sql::SqlError {
             sqlstate: "42501".into(),
             message: format!(

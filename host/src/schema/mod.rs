@@ -16,6 +16,7 @@ use crate::config::SCHEMA;
 const MIGRATIONS: &[&str] = &[
     include_str!("0001_log.sql"),
     include_str!("0002_delivery.sql"),
+    include_str!("0003_reload.sql"),
 ];
 
 /// Serializes installs and trigger changes across hosts sharing a database.
