@@ -92,10 +92,12 @@ pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
 /// reload holds one while it asks the new file for its manifest.
 pub const DEFAULT_MAX_INSTANCES: u32 = 64;
 
-/// A plugin may write this many log lines at once, then this many per second;
-/// the rest are dropped (and counted). Longer lines are cut.
-pub const LOG_BURST_LINES: u32 = 200;
-pub const LOG_LINES_PER_SECOND: u32 = 100;
+/// A plugin call may write `LOG_LINES_PER_CALL` log lines plus
+/// `LOG_LINES_PER_EVENT` per event in its batch; the rest are dropped (and
+/// counted, in one warning). So a plugin that logs each event is never cut,
+/// and one that logs in a loop cannot flood the host. Longer lines are cut.
+pub const LOG_LINES_PER_CALL: u32 = 100;
+pub const LOG_LINES_PER_EVENT: u32 = 10;
 pub const LOG_LINE_MAX_BYTES: usize = 4096;
 
 /// The plugins folder is watched for changes; after a change, it is read once
@@ -217,7 +219,8 @@ impl Settings {
         }
         for (name, p) in &self.plugins {
             if let Some(timeout) = p.handle_timeout
-                && self.lease_ttl <= timeout + Duration::from_millis(LEASE_MARGIN_MS + LEASE_CHECK_MS)
+                && self.lease_ttl
+                    <= timeout + Duration::from_millis(LEASE_MARGIN_MS + LEASE_CHECK_MS)
             {
                 return Err(format!(
                     "[plugins.{name}] handle_timeout = {timeout:?}: the lease TTL ({:?}) must exceed it by more than {} ms",
@@ -374,7 +377,9 @@ impl ConfigFile {
                 ));
             }
             for t in p.tables.iter().flatten() {
-                if t.split_once('.').is_none_or(|(s, t)| s.is_empty() || t.is_empty()) {
+                if t.split_once('.')
+                    .is_none_or(|(s, t)| s.is_empty() || t.is_empty())
+                {
                     return Err(format!(
                         "[plugins.{name}] tables: `{t}` is not of the form \"schema.table\""
                     ));

@@ -194,8 +194,7 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
             settings.clone(),
             options.observer.clone(),
             set_tx.clone(),
-            &loaded.plugins,
-            &loaded.rejected,
+            &loaded,
         );
         tokio::spawn(reloader.run(shutdown.clone()))
     });
@@ -408,7 +407,18 @@ async fn coordinate(mut set: watch::Receiver<PluginSet>, shared: Arc<Shared>) {
         }
         let c = client.as_ref().expect("connected");
         let plugins = set.borrow_and_update().clone();
-        match balance(c, &host_id, ttl, &plugins, &set, &shared, &mut held, &mut resting).await {
+        match balance(
+            c,
+            &host_id,
+            ttl,
+            &plugins,
+            &set,
+            &shared,
+            &mut held,
+            &mut resting,
+        )
+        .await
+        {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -673,7 +683,7 @@ async fn worker(
                 Some(grant) => Some(Arc::new({
                     crate::sql::grant_acknowledgement(&mut client, &stream.plugin, grant).await?;
                     SqlSession::open(&shared.url, &stream.plugin, grant, policy.handle_timeout)
-                    .await?
+                        .await?
                 })),
                 None => None,
             };
@@ -811,7 +821,11 @@ impl Deliverer<'_> {
                 return Ok(WorkerEnd::Stopped);
             }
             // Between batches: take up a new version, or stop if removed.
-            let current = self.plugins.borrow_and_update().get(&self.stream.plugin).cloned();
+            let current = self
+                .plugins
+                .borrow_and_update()
+                .get(&self.stream.plugin)
+                .cloned();
             match current {
                 None => return Ok(WorkerEnd::Stopped),
                 Some(p) if !Arc::ptr_eq(&p, self.plugin) => {

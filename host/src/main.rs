@@ -274,8 +274,9 @@ struct RunArgs {
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
-    config::parse_byte_size(text)
-        .ok_or_else(|| format!("`{text}` is not a size; write e.g. 64MiB, 1GiB or a number of bytes"))
+    config::parse_byte_size(text).ok_or_else(|| {
+        format!("`{text}` is not a size; write e.g. 64MiB, 1GiB or a number of bytes")
+    })
 }
 
 fn parse_start_from(text: &str) -> Result<config::StartFrom, String> {

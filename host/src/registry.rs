@@ -75,9 +75,7 @@ pub async fn load_bytes(
     let shown = file.display().to_string();
     let policies = settings.clone();
     let result = tokio::task::spawn_blocking(move || {
-        loader.load_bytes(&shown, &bytes, &|name| {
-            Grants::from(&policies.policy(name))
-        })
+        loader.load_bytes(&shown, &bytes, &|name| Grants::from(&policies.policy(name)))
     })
     .await
     .expect("plugin compilation panicked");

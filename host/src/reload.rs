@@ -16,10 +16,10 @@ use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{RELOAD_QUIET_MS, RELOAD_RESCAN_MS, Settings};
+use crate::db;
 use crate::dispatch::{HostEvent, Observer};
 use crate::registry::{self, Rejected};
 use crate::runtime::{LoadedPlugin, Runtime};
-use crate::db;
 
 /// The plugins this host runs, by manifest name. Deliverers look their
 /// plugin up here before every batch.
@@ -52,8 +52,8 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Start from what `load_folder` loaded: `loaded` maps each file to the
-    /// plugin it serves, `others` are files that did not load.
+    /// Start from what `load_folder` loaded: the file of each plugin, and
+    /// the files that did not load.
     pub fn new(
         dir: PathBuf,
         url: String,
@@ -61,8 +61,7 @@ impl Reloader {
         settings: Settings,
         observer: Option<Observer>,
         set: Arc<watch::Sender<PluginSet>>,
-        loaded: &[(PathBuf, Arc<LoadedPlugin>)],
-        others: &[Rejected],
+        loaded: &registry::Loaded,
     ) -> Reloader {
         // The size and time are unknown (the file may have changed since it
         // was loaded): the first scan reads each file again and compares hashes.
@@ -73,16 +72,20 @@ impl Reloader {
             serves,
         };
         let mut files = HashMap::new();
-        for (file, plugin) in loaded {
+        for (file, plugin) in &loaded.plugins {
             files.insert(
                 file.clone(),
                 unknown(plugin.sha256.clone(), Some(plugin.manifest.name.clone())),
             );
         }
-        for r in others {
+        // Files that did not load are not tried again until they change.
+        for r in &loaded.rejected {
+            let sha256 = std::fs::read(&r.file)
+                .map(|bytes| hex(&sha2::Sha256::digest(&bytes)))
+                .unwrap_or_default();
             files
                 .entry(r.file.clone())
-                .or_insert_with(|| unknown(String::new(), None));
+                .or_insert_with(|| unknown(sha256, None));
         }
         Reloader {
             dir,
@@ -185,12 +188,17 @@ impl Reloader {
             let settle = Duration::from_millis(SETTLE_MS);
             let young = age < settle;
             if let Some(wait) = self
-                .load(file, bytes, Seen {
-                    len,
-                    modified,
-                    sha256,
-                    serves: None,
-                }, young)
+                .load(
+                    file,
+                    bytes,
+                    Seen {
+                        len,
+                        modified,
+                        sha256,
+                        serves: None,
+                    },
+                    young,
+                )
                 .await
             {
                 soon(wait.min(settle - age.min(settle)).max(quiet));
@@ -220,8 +228,7 @@ impl Reloader {
     ) -> Option<Duration> {
         let previous = self.files.get(file).and_then(|s| s.serves.clone());
         seen.serves = previous.clone();
-        let plugin = match registry::load_bytes(&self.runtime, file, bytes, &self.settings).await
-        {
+        let plugin = match registry::load_bytes(&self.runtime, file, bytes, &self.settings).await {
             Ok(plugin) => plugin,
             Err(rejected) if young => {
                 tracing::debug!(
@@ -260,7 +267,7 @@ impl Reloader {
             {
                 registry::deactivate(&client, old).await?;
             }
-            Ok::<_, registry::RegistryError>(result?)
+            result
         }
         .await;
         match activated {

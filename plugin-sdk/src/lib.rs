@@ -56,11 +56,11 @@
 // resolve both here and in the plugin crates that expand `export_plugin!`.
 extern crate self as pgevents_plugin_sdk;
 
+pub mod config;
 mod event;
 mod failure;
 pub mod log;
 mod manifest;
-pub mod config;
 pub mod sql;
 
 /// Raw bindings generated from `wit/plugin.wit`; use the re-exports at the crate root.

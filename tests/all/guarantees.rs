@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgevents_host::config::{ConfigFile, OnFailure, PluginPolicy, Settings};
+use pgevents_host::config::{OnFailure, PluginPolicy, Settings};
 use pgevents_host::dispatch::HostEvent;
 use pgevents_host::log::{self, ReplayFrom};
 use pgevents_host::status;
@@ -11,12 +11,6 @@ use pgevents_host::status;
 use crate::support::*;
 
 /// Settings with the config file `toml` applied over `test_settings()`.
-fn settings_with(toml: &str) -> Settings {
-    let mut settings = test_settings();
-    ConfigFile::parse(toml).unwrap().apply(&mut settings);
-    settings
-}
-
 #[tokio::test]
 async fn retries_follow_the_documented_schedule_then_dead_letter() {
     let db = TestDb::new().await;
@@ -93,6 +87,14 @@ async fn a_failing_event_is_dead_lettered_others_go_on_and_the_cli_redelivers_it
     let names: Vec<_> = seen.iter().filter_map(|s| s.row_str("name")).collect();
     assert_eq!(names, ["before", "after", "last"]);
 
+    // The last batch is logged before it is acknowledged.
+    eventually(
+        &c,
+        "the cursor passes the last event",
+        "SELECT NOT EXISTS (SELECT 1 FROM pgevents.events e, pgevents.cursors c
+                            WHERE c.plugin = 'faulty' AND (e.txid, e.seq) > (c.txid, c.seq))",
+    )
+    .await;
     let report = status::status(&c).await.unwrap();
     let faulty = report.plugins.iter().find(|p| p.name == "faulty").unwrap();
     assert_eq!(faulty.dead_letters, 2, "{report}");
@@ -388,24 +390,27 @@ async fn sql_capability_applies_each_event_exactly_once_within_its_role() {
 }
 
 #[tokio::test]
-async fn sql_without_a_grant_is_refused_with_how_to_grant_it() {
+async fn sql_without_a_grant_is_refused_at_load_with_how_to_grant_it() {
     let db = TestDb::new().await;
     db.ledger(1).await;
-    let settings = Settings {
-        max_attempts: 1,
-        ..test_settings()
-    };
-    let mut host = Host::start_with(&db, plugins_dir(&["ledger"]), settings).await;
+    let host = Host::start_with(&db, plugins_dir(&["ledger", "recorder"]), test_settings()).await;
+    let rejections = host.rejections();
+    assert!(
+        rejections.iter().any(
+            |r| r.contains("plugin `ledger` imports the `sql` capability")
+                && r.contains("[plugins.ledger]")
+                && r.contains("sql = { role")
+        ),
+        "{rejections:?}"
+    );
+    // The other plugin runs.
     db.client()
         .await
         .batch_execute("INSERT INTO items (name) VALUES ('x')")
         .await
         .unwrap();
-    host.wait_until("dead-lettered", |e| {
-        matches!(e, HostEvent::DeadLettered { message, .. }
-            if message.contains("42501") && message.contains("[plugins.ledger] sql = { role"))
-    })
-    .await;
+    let mut host = host;
+    host.wait_seen("recorder", 1).await;
     host.stop().await;
 }
 

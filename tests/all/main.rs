@@ -7,4 +7,5 @@ mod delivery;
 mod errors;
 mod faults;
 mod guarantees;
+mod reload;
 mod support;

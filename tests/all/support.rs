@@ -321,6 +321,26 @@ pub fn test_settings() -> Settings {
     }
 }
 
+/// [`test_settings`] with a config file's contents applied.
+pub fn settings_with(toml: &str) -> Settings {
+    let mut settings = test_settings();
+    pgevents_host::config::ConfigFile::parse(toml)
+        .unwrap()
+        .apply(&mut settings);
+    settings
+}
+
+/// Replace `dest` with `src` the careful way: copy to a hidden name in the
+/// same folder, then rename over it.
+pub fn copy_then_rename(src: &Path, dest: &Path) {
+    let temp = dest.with_file_name(format!(
+        ".{}.tmp",
+        dest.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::copy(src, &temp).expect("copy plugin");
+    std::fs::rename(&temp, dest).expect("rename plugin");
+}
+
 /// An event as a test plugin logged it (`Event::fields()`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Seen {
@@ -490,6 +510,25 @@ impl Host {
             count >= n
         })
         .await;
+        self.seen(plugin)
+    }
+
+    /// Wait until `plugin` has logged `n` distinct events; return all it logged.
+    pub async fn wait_unique(&mut self, plugin: &str, n: usize) -> Vec<Seen> {
+        let mut ids: HashSet<String> = self.seen(plugin).into_iter().map(|s| s.id).collect();
+        if ids.len() < n {
+            let name = plugin.to_owned();
+            self.wait_until(&format!("{n} distinct events at plugin {plugin}"), |e| {
+                if let HostEvent::PluginLog(log) = e
+                    && log.plugin == name
+                    && log.message == "event"
+                {
+                    ids.insert(Seen::from_fields(&name, &log.fields).id);
+                }
+                ids.len() >= n
+            })
+            .await;
+        }
         self.seen(plugin)
     }
 

@@ -14,9 +14,9 @@ pub use manifest::{Manifest, ManifestError, Subscription};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bindings::pgevents::plugin::types::{
     Context, Disposition, Event, Failure, Operation, Position,
@@ -33,7 +33,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{
-    DESCRIBE_TIMEOUT_MS, EPOCH_TICK_MS, LOG_BURST_LINES, LOG_LINE_MAX_BYTES, LOG_LINES_PER_SECOND,
+    DESCRIBE_TIMEOUT_MS, EPOCH_TICK_MS, LOG_LINE_MAX_BYTES, LOG_LINES_PER_CALL, LOG_LINES_PER_EVENT,
 };
 use crate::log::{LoggedEvent, Op};
 
@@ -421,7 +421,6 @@ impl Runtime {
             sha256,
             from_cache,
             grants: Arc::new(Grants::default()),
-            log_budget: Arc::new(Mutex::new(LogBudget::new())),
             stuck: Arc::new(AtomicUsize::new(0)),
         };
         let describe = |plugin: &LoadedPlugin| {
@@ -431,6 +430,7 @@ impl Runtime {
                     Duration::from_millis(DESCRIBE_TIMEOUT_MS),
                     None,
                     Arc::new(AtomicBool::new(false)),
+                    LOG_LINES_PER_CALL,
                     |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
                 )
                 .map_err(|message| LoadError::Describe {
@@ -475,40 +475,6 @@ impl Runtime {
     }
 }
 
-/// Limits a plugin's log lines: a burst, then a steady rate; what is dropped
-/// is counted and reported once lines flow again.
-#[derive(Debug)]
-struct LogBudget {
-    tokens: f64,
-    refilled: Instant,
-    dropped: u64,
-}
-
-impl LogBudget {
-    fn new() -> LogBudget {
-        LogBudget {
-            tokens: LOG_BURST_LINES as f64,
-            refilled: Instant::now(),
-            dropped: 0,
-        }
-    }
-
-    /// Whether a line may be written now; `Some(n)` also says that `n` lines
-    /// were dropped before it.
-    fn take(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * LOG_LINES_PER_SECOND as f64;
-        self.tokens = (self.tokens + earned).min(LOG_BURST_LINES as f64);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            self.dropped += 1;
-            return None;
-        }
-        self.tokens -= 1.0;
-        Some(std::mem::take(&mut self.dropped))
-    }
-}
-
 /// A compiled, linked plugin: each call runs in a fresh instance.
 pub struct LoadedPlugin {
     runtime: Runtime,
@@ -519,7 +485,6 @@ pub struct LoadedPlugin {
     /// Whether the compiled code came from the compile cache.
     pub from_cache: bool,
     grants: Arc<Grants>,
-    log_budget: Arc<Mutex<LogBudget>>,
     /// Calls abandoned while blocked in a host call that have not returned yet.
     stuck: Arc<AtomicUsize>,
 }
@@ -660,11 +625,20 @@ impl LoadedPlugin {
         let wit_events: Vec<Event> = events.into_iter().map(|(e, a)| to_wit(e, a)).collect();
         let name = self.manifest.name.clone();
         let timeout = self.grants.limits.handle_timeout;
-        let result = self.call(&name, timeout, sql, abandoned, |plugin, store| {
-            plugin
-                .pgevents_plugin_handler()
-                .call_handle(store, &wit_events)
-        });
+        let log_lines =
+            LOG_LINES_PER_CALL.saturating_add(LOG_LINES_PER_EVENT.saturating_mul(count as u32));
+        let result = self.call(
+            &name,
+            timeout,
+            sql,
+            abandoned,
+            log_lines,
+            |plugin, store| {
+                plugin
+                    .pgevents_plugin_handler()
+                    .call_handle(store, &wit_events)
+            },
+        );
         match result {
             Ok(Ok(())) => Outcome::Handled,
             Ok(Err(Failure {
@@ -710,6 +684,7 @@ impl LoadedPlugin {
         timeout: Duration,
         sql: Option<Arc<dyn SqlAccess>>,
         abandoned: Arc<AtomicBool>,
+        log_lines: u32,
         f: impl FnOnce(&bindings::Plugin, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
         // Sockets are denied by WasiCtx's default address check; there are no
@@ -728,7 +703,8 @@ impl LoadedPlugin {
             memory_exceeded: false,
             sql,
             grants: self.grants.clone(),
-            log_budget: self.log_budget.clone(),
+            log_lines_left: log_lines,
+            log_lines_dropped: 0,
             abandoned,
         };
         let mut store = Store::new(&self.runtime.engine, state);
@@ -752,6 +728,13 @@ impl LoadedPlugin {
                     vec![("stream".into(), "stdio".into())],
                 );
             }
+        }
+        let dropped = store.data().log_lines_dropped;
+        if dropped > 0 {
+            tracing::warn!(
+                plugin = plugin_name,
+                "dropped {dropped} log lines of this call (a call may write {LOG_LINES_PER_CALL} lines plus {LOG_LINES_PER_EVENT} per event)"
+            );
         }
         result.map_err(|e| {
             let mut message = if store.data().memory_exceeded {
@@ -897,7 +880,9 @@ struct State {
     memory_exceeded: bool,
     sql: Option<Arc<dyn SqlAccess>>,
     grants: Arc<Grants>,
-    log_budget: Arc<Mutex<LogBudget>>,
+    /// Log lines this call may still write, and those it was refused.
+    log_lines_left: u32,
+    log_lines_dropped: u32,
     /// Set when the host gave up waiting for this call: host calls are refused.
     abandoned: Arc<AtomicBool>,
 }
@@ -908,22 +893,16 @@ impl State {
     }
 
     /// Write a plugin's log line, within its rate limit; long lines are cut.
-    fn emit(&self, level: LogLevel, mut message: String, mut fields: Vec<(String, String)>) {
+    fn emit(&mut self, level: LogLevel, mut message: String, mut fields: Vec<(String, String)>) {
         if self.abandoned() {
             return;
         }
         let plugin = self.plugin.as_str();
-        let dropped = match self.log_budget.lock().map(|mut b| b.take()) {
-            Ok(Some(dropped)) => dropped,
-            Ok(None) => return,
-            Err(_) => 0,
+        let Some(left) = self.log_lines_left.checked_sub(1) else {
+            self.log_lines_dropped += 1;
+            return;
         };
-        if dropped > 0 {
-            tracing::warn!(
-                plugin,
-                "{dropped} log lines of this plugin were dropped (it may write {LOG_BURST_LINES} at once, then {LOG_LINES_PER_SECOND} per second)"
-            );
-        }
+        self.log_lines_left = left;
         truncate_utf8(&mut message, LOG_LINE_MAX_BYTES);
         fields.truncate(32);
         for (k, v) in &mut fields {
@@ -994,7 +973,7 @@ fn truncate_utf8(text: &mut String, max: usize) {
         end -= 1;
     }
     text.truncate(end);
-    text.push_str("…");
+    text.push('…');
 }
 
 impl config::Host for State {

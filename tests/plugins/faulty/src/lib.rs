@@ -12,6 +12,10 @@
 //! | `loop`        | spin forever (the host must interrupt it)              |
 //! | `oom`         | allocate 1 MiB chunks until memory runs out            |
 //! | `slow`        | log "event", then keep busy for 800 ms                 |
+//! | `sleep`       | sleep 30 s in a WASI call (the host must abandon it)   |
+//! | `probe`       | try to read a file, an environment variable and open a |
+//! |               | socket; log "probe" with what each attempt gave        |
+//! | `chatty`      | log 100,000 lines                                      |
 //! | anything else | log "event" with the event's fields                    |
 //!
 //! Events before the misbehaving one are logged first, so tests can check
@@ -25,6 +29,37 @@ use serde::Deserialize;
 const RETRY_AFTER_MS: u64 = 200;
 const OOM_CHUNK_BYTES: usize = 1 << 20;
 const SLOW_MS: u64 = 800;
+const SLEEP_S: u64 = 30;
+const CHATTY_LINES: u32 = 100_000;
+
+/// What the sandbox let through: for each resource, `ok: ...` or `denied: ...`.
+fn probe() -> Vec<(String, String)> {
+    fn shown<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>) -> String {
+        match r {
+            Ok(v) => format!("ok: {v:?}"),
+            Err(e) => format!("denied: {e}"),
+        }
+    }
+    vec![
+        (
+            "file".to_owned(),
+            shown(std::fs::read_to_string("/etc/hostname")),
+        ),
+        (
+            "cwd_list".to_owned(),
+            shown(std::fs::read_dir(".").map(|d| d.count())),
+        ),
+        ("env".to_owned(), shown(std::env::var("HOME"))),
+        (
+            "env_count".to_owned(),
+            format!("{}", std::env::vars().count()),
+        ),
+        (
+            "socket".to_owned(),
+            shown(std::net::TcpStream::connect("127.0.0.1:5432").map(|_| "connected")),
+        ),
+    ]
+}
 
 #[derive(Deserialize)]
 struct Row {
@@ -85,6 +120,13 @@ impl Plugin for Faulty {
                 }
                 "loop" => spin_forever(),
                 "oom" => exhaust_memory(),
+                "sleep" => std::thread::sleep(std::time::Duration::from_secs(SLEEP_S)),
+                "probe" => log::info_with("probe", &probe()),
+                "chatty" => {
+                    for n in 0..CHATTY_LINES {
+                        log::info_with("chatter", &[("n", n.to_string())]);
+                    }
+                }
                 "slow" => {
                     log::info_with("event", &event.fields());
                     keep_busy(SLOW_MS);
