@@ -190,6 +190,58 @@ pub struct PluginPolicy {
     pub config: BTreeMap<String, String>,
     /// Grants the `sql` capability.
     pub sql: Option<SqlGrant>,
+    /// Grants outbound HTTP (`wasi:http/outgoing-handler`) to these hosts.
+    pub http: Option<HttpGrant>,
+}
+
+/// Outbound HTTP: requests to hosts on the allow-list, refused otherwise.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// `"host"` (any port) or `"host:port"`; names are compared without case.
+    pub allow: Vec<String>,
+}
+
+impl HttpGrant {
+    /// Whether a request to `host` (as in the URL, `[..]` around IPv6) on
+    /// `port` is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.allow.iter().any(|entry| {
+            let (h, p) = split_host_port(entry);
+            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == Some(port))
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for entry in &self.allow {
+            let (host, port) = split_host_port(entry);
+            if host.is_empty()
+                || host.contains(['/', '@', '?', '#', ' ', '*', ':']) && !host.starts_with('[')
+                || port == Some(None)
+            {
+                return Err(format!(
+                    "`{entry}` is not a host name or host:port (write e.g. \"hooks.example.com\" \
+                     or \"127.0.0.1:8080\", without a scheme or path)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"host:port"` → (`host`, Some(Some(port))); `"host"` → (`host`, None); a
+/// port that is not a number → Some(None). IPv6 literals keep their brackets.
+fn split_host_port(entry: &str) -> (&str, Option<Option<u16>>) {
+    let split = match entry.strip_prefix('[') {
+        Some(rest) => rest.find(']').map(|i| i + 2),
+        None => entry.find(':'),
+    };
+    match split {
+        Some(i) if entry[i..].starts_with(':') => (&entry[..i], Some(entry[i + 1..].parse().ok())),
+        Some(i) if i == entry.len() => (entry, None),
+        Some(_) if entry.starts_with('[') => (entry, Some(None)),
+        _ => (entry, None),
+    }
 }
 
 /// The `sql` capability: statements run as `role`, in the batch transaction.
@@ -248,6 +300,7 @@ impl Settings {
             start_from: p.start_from.unwrap_or(self.start_from),
             config: p.config,
             sql: p.sql,
+            http: p.http,
         }
     }
 
@@ -275,6 +328,7 @@ pub struct EffectivePolicy {
     pub start_from: StartFrom,
     pub config: BTreeMap<String, String>,
     pub sql: Option<SqlGrant>,
+    pub http: Option<HttpGrant>,
 }
 
 impl EffectivePolicy {
@@ -384,6 +438,10 @@ impl ConfigFile {
                         "[plugins.{name}] tables: `{t}` is not of the form \"schema.table\""
                     ));
                 }
+            }
+            if let Some(http) = &p.http {
+                http.check()
+                    .map_err(|e| format!("[plugins.{name}] http.allow: {e}"))?;
             }
         }
         if file.max_instances == Some(0) {
@@ -637,5 +695,45 @@ mod tests {
             let d = jitter(Duration::from_millis(1000)).as_millis();
             assert!((800..=1200).contains(&d), "{d}");
         }
+    }
+
+    #[test]
+    fn http_allow_lists_match_host_and_port() {
+        let grant = HttpGrant {
+            allow: vec![
+                "Hooks.Example.com".into(),
+                "127.0.0.1:8080".into(),
+                "[::1]:9000".into(),
+            ],
+        };
+        assert!(grant.allows("hooks.example.com", 443));
+        assert!(grant.allows("hooks.example.com", 8443));
+        assert!(grant.allows("127.0.0.1", 8080));
+        assert!(!grant.allows("127.0.0.1", 8081));
+        assert!(grant.allows("[::1]", 9000));
+        assert!(!grant.allows("[::1]", 80));
+        assert!(!grant.allows("evil.example.com", 443));
+        assert!(!grant.allows("hooks.example.com.evil", 443));
+    }
+
+    #[test]
+    fn http_allow_entries_must_be_hosts() {
+        for bad in [
+            "https://hooks.example.com",
+            "hooks.example.com/path",
+            "host:port",
+            "*.example.com",
+            "",
+            "[::1]x",
+        ] {
+            let toml = format!("[plugins.w]\nhttp = {{ allow = [\"{bad}\"] }}\n");
+            let err = ConfigFile::parse(&toml).unwrap_err();
+            assert!(
+                err.contains("is not a host name or host:port"),
+                "{bad}: {err}"
+            );
+        }
+        let ok = "[plugins.w]\nhttp = { allow = [\"a.example\", \"10.0.0.1:80\", \"[::1]\"] }\n";
+        assert!(ConfigFile::parse(ok).is_ok());
     }
 }

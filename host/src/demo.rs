@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use crate::config::{ConfigFile, Settings};
 use crate::dispatch::{self, HostEvent, RunOptions};
 use crate::{db, registry, schema, status};
 
@@ -44,27 +44,47 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
         db::describe_target(database_url)
     );
 
-    let started = Arc::new(AtomicUsize::new(0));
-    let seen = started.clone();
+    // The webhook example posts to a receiver the demo runs.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = receiver.local_addr()?.port();
+    tokio::spawn(receive_webhooks(receiver));
+    let mut settings = Settings::default();
+    ConfigFile::parse(&format!(
+        "[plugins.webhook]\n\
+         http = {{ allow = [\"127.0.0.1:{port}\"] }}\n\
+         config = {{ url = \"http://127.0.0.1:{port}/demo\", tables = \"public.orders\" }}\n"
+    ))
+    .map_err(anyhow::Error::msg)?
+    .apply(&mut settings);
+
+    let settled = Arc::new(AtomicUsize::new(0));
+    let seen = settled.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let options = RunOptions {
         database_url: database_url.to_owned(),
         plugins_dir: plugins.to_owned(),
-        settings: Settings::default(),
+        settings,
         observer: Some(Arc::new(move |event| {
-            if let HostEvent::PluginStarted { .. } = event {
+            if let HostEvent::PluginStarted { .. } | HostEvent::PluginRejected(_) = event {
                 seen.fetch_add(1, Ordering::SeqCst);
             }
         })),
     };
+    println!(
+        "demo: loading {} plugins (a first run compiles them; the Python and JavaScript ones take up to a minute)",
+        files.len()
+    );
     let host = tokio::spawn(dispatch::run(options, stop_rx));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while started.load(Ordering::SeqCst) == 0 {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while settled.load(Ordering::SeqCst) < files.len() {
         anyhow::ensure!(
             !host.is_finished(),
-            "the host stopped before any plugin started"
+            "the host stopped before every plugin started"
         );
-        anyhow::ensure!(Instant::now() < deadline, "no plugin started within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not every plugin started within 300 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -116,6 +136,54 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
         db::redact(database_url)
     );
     Ok(())
+}
+
+/// Answer the webhook plugin's requests with 204 and print what each carried.
+async fn receive_webhooks(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((mut stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 8192];
+            // Read the headers, then as much body as `content-length` says.
+            loop {
+                let Ok(n) = stream.read(&mut buf).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&request[end + 4..end + 4 + length])
+                                .unwrap_or_default();
+                        println!(
+                            "demo: webhook receiver got POST {} {}.{} id={}",
+                            body["operation"].as_str().unwrap_or("?"),
+                            body["schema"].as_str().unwrap_or("?"),
+                            body["table"].as_str().unwrap_or("?"),
+                            body["id"].as_str().unwrap_or("?"),
+                        );
+                        break;
+                    }
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                .await;
+        });
+    }
 }
 
 fn with_application_name(url: &str, name: &str) -> String {

@@ -1010,11 +1010,25 @@ impl Deliverer<'_> {
                     }
                 }
                 Next::Sleep(d) => {
-                    // A new version ends the wait: it may well be the fix.
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = self.plugins.changed() => {}
-                        _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
+                    // A new version of this plugin ends the wait: it may well be the fix.
+                    let until = tokio::time::Instant::now() + d;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            changed = self.plugins.changed() => {
+                                // A closed channel (shutting down) ends it too.
+                                let replaced = changed.is_err()
+                                    || self
+                                        .plugins
+                                        .borrow()
+                                        .get(&self.stream.plugin)
+                                        .is_none_or(|p| !Arc::ptr_eq(p, self.plugin));
+                                if replaced {
+                                    break;
+                                }
+                            }
+                            _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
+                        }
                     }
                 }
             }

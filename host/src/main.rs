@@ -62,6 +62,10 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Give the plugin its config values from this config file, as the
+        /// running host would (a plugin may subscribe by its config).
+        #[arg(long, env = "PGEVENTS_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Per plugin: cursor, events waiting, errors; and what holds delivery back.
     Status {
@@ -451,17 +455,30 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 println!("capturing {table}: {ops}");
             }
         }
-        Command::Inspect { file, json } => {
+        Command::Inspect { file, json, config } => {
+            let mut settings = Settings::default();
+            if let Some(path) = &config {
+                ConfigFile::load(path)?.apply(&mut settings);
+            }
             let runtime = Runtime::new(None)?;
+            let grants = move |name: &str| Grants {
+                config: settings.policy(name).config,
+                ..Grants::permissive()
+            };
             let plugin =
-                tokio::task::spawn_blocking(move || runtime.load(&file, &|_| Grants::permissive()))
-                    .await??;
+                tokio::task::spawn_blocking(move || runtime.load(&file, &grants)).await??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plugin.manifest)?);
             } else {
                 let m = &plugin.manifest;
                 println!("plugin:     {} {}", m.name, m.version);
                 println!("sha256:     {}", plugin.sha256);
+                for (capability, grant) in &plugin.capabilities {
+                    println!(
+                        "needs:      the {capability} capability (grant: [plugins.{}] {grant})",
+                        m.name
+                    );
+                }
                 println!("batch size: {}", m.batch_size);
                 for s in &m.subscriptions {
                     let filter = s

@@ -28,6 +28,16 @@ fn inspect_prints_a_manifest_or_says_what_is_wrong() {
         "{stdout}"
     );
 
+    assert!(!stdout.contains("needs:"), "{stdout}");
+    let (ok, stdout, stderr) = output(bin().arg("inspect").arg(plugin("ledger")));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(
+            "needs:      the sql capability (grant: [plugins.ledger] sql = { role = \"...\" })"
+        ),
+        "{stdout}"
+    );
+
     let (ok, stdout, _) = output(bin().args(["inspect", "--json"]).arg(plugin("filtered")));
     assert!(ok);
     let manifest: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -9,3 +9,4 @@ mod faults;
 mod guarantees;
 mod reload;
 mod support;
+mod webhook;

@@ -8,6 +8,7 @@ mod bindings {
         world: "plugin",
     });
 }
+mod http;
 mod manifest;
 
 pub use manifest::{Manifest, ManifestError, Subscription};
@@ -46,11 +47,9 @@ const OUTPUT_CAPACITY_BYTES: usize = 1 << 20;
 /// Why a file could not become a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // The cause is in the message, so it is not also a `source`.
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path} is not a WebAssembly file (it does not start with the `\\0asm` header)")]
     NotWasm { path: String },
     #[error(
@@ -64,8 +63,8 @@ pub enum LoadError {
     WrongWorld { path: String, message: String },
     #[error("{path}: `describe` failed: {message}")]
     Describe { path: String, message: String },
-    #[error("{path}: {source}")]
-    Manifest { path: String, source: ManifestError },
+    #[error("{path}: {error}")]
+    Manifest { path: String, error: ManifestError },
     #[error(
         "{path}: plugin `{plugin}` imports the `{capability}` capability, which the operator has not granted it; \
          to grant it, add to the host's config file:\n    [plugins.{plugin}]\n    {grant}"
@@ -95,12 +94,20 @@ struct Capability {
     granted: fn(&Grants) -> bool,
 }
 
-const CAPABILITIES: &[Capability] = &[Capability {
-    name: "sql",
-    interface: "pgevents:plugin/sql",
-    grant: "sql = { role = \"...\" }",
-    granted: |g| g.sql,
-}];
+const CAPABILITIES: &[Capability] = &[
+    Capability {
+        name: "sql",
+        interface: "pgevents:plugin/sql",
+        grant: "sql = { role = \"...\" }",
+        granted: |g| g.sql,
+    },
+    Capability {
+        name: "http",
+        interface: "wasi:http/outgoing-handler",
+        grant: "http = { allow = [\"host:port\"] }",
+        granted: |g| g.http.is_some(),
+    },
+];
 
 /// A value passed to or returned from the `sql` capability.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +186,8 @@ pub struct Grants {
     pub config: BTreeMap<String, String>,
     /// Whether the `sql` capability is granted.
     pub sql: bool,
+    /// Outbound HTTP, to the hosts it allows.
+    pub http: Option<crate::config::HttpGrant>,
 }
 
 impl From<&crate::config::Settings> for Limits {
@@ -214,6 +223,7 @@ impl Grants {
     pub fn permissive() -> Grants {
         Grants {
             sql: true,
+            http: Some(crate::config::HttpGrant { allow: vec![] }),
             ..Grants::default()
         }
     }
@@ -228,6 +238,7 @@ impl From<&crate::config::EffectivePolicy> for Grants {
             },
             config: policy.config.clone(),
             sql: policy.sql.is_some(),
+            http: policy.http.clone(),
         }
     }
 }
@@ -279,6 +290,7 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         // The ticker holds only a weak reference: it ends with the last engine clone.
         let weak = engine.weak();
@@ -370,9 +382,9 @@ impl Runtime {
         grants: &dyn Fn(&str) -> Grants,
     ) -> Result<LoadedPlugin, LoadError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: shown.clone(),
-            source,
+            error,
         })?;
         self.load_bytes(&shown, &bytes, grants)
     }
@@ -420,6 +432,11 @@ impl Runtime {
             manifest: Manifest::placeholder(),
             sha256,
             from_cache,
+            capabilities: CAPABILITIES
+                .iter()
+                .filter(|c| imports.iter().any(|i| i.starts_with(c.interface)))
+                .map(|c| (c.name, c.grant))
+                .collect(),
             grants: Arc::new(Grants::default()),
             stuck: Arc::new(AtomicUsize::new(0)),
         };
@@ -455,9 +472,9 @@ impl Runtime {
             }
         }
         plugin.manifest =
-            Manifest::from_wit(wit_manifest).map_err(|source| LoadError::Manifest {
+            Manifest::from_wit(wit_manifest).map_err(|error| LoadError::Manifest {
                 path: path.clone(),
-                source,
+                error,
             })?;
         for capability in CAPABILITIES {
             let imported = imports.iter().any(|i| i.starts_with(capability.interface));
@@ -484,6 +501,9 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// Whether the compiled code came from the compile cache.
     pub from_cache: bool,
+    /// The capabilities it imports (each needs the operator's grant), with
+    /// the config line that grants it.
+    pub capabilities: Vec<(&'static str, &'static str)>,
     grants: Arc<Grants>,
     /// Calls abandoned while blocked in a host call that have not returned yet.
     stuck: Arc<AtomicUsize>,
@@ -694,8 +714,15 @@ impl LoadedPlugin {
             .stdout(output.clone())
             .stderr(output.clone())
             .build();
+        let http = http::Outgoing::new(
+            plugin_name,
+            self.grants.http.clone(),
+            abandoned.clone(),
+            timeout,
+        );
         let state = State {
             wasi,
+            http,
             table: ResourceTable::new(),
             plugin: plugin_name.to_owned(),
             sink: self.runtime.sink.clone(),
@@ -873,6 +900,7 @@ fn render_fields(fields: &[(String, String)]) -> String {
 /// Per-instance state: a deny-by-default WASI context and the plugin's identity.
 struct State {
     wasi: WasiCtx,
+    http: http::Outgoing,
     table: ResourceTable,
     plugin: String,
     sink: Option<LogSink>,
@@ -934,6 +962,12 @@ impl WasiView for State {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for State {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        self.http.view(&mut self.table)
     }
 }
 
