@@ -7,6 +7,7 @@ mod delivery;
 mod errors;
 mod faults;
 mod guarantees;
+mod polyglot;
 mod reload;
 mod support;
 mod webhook;

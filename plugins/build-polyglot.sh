@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the example plugins written in Python and JavaScript into
+# plugins/greeter-py.wasm and plugins/greeter-js.wasm (`./dev build-plugins` calls this).
+#
+# Their toolchains are installed, pinned, into .tools/ (untracked) on first use:
+#   .tools/py   a venv with componentize-py (COMPONENTIZE_PY_VERSION below)
+#   .tools/js   componentize-js, exactly as in plugins/greeter-js/package-lock.json
+# A component is rebuilt only when its source, the WIT or its toolchain is newer than it.
+#
+# Both build against the `handler-only` world: these tools import every interface
+# of their world, and importing `sql` would need the operator's grant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COMPONENTIZE_PY_VERSION=0.25.1
+TOOLS=.tools
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need() {
+    if ! command -v "$1" >/dev/null; then
+        echo "error: $1 not found; it is needed to build the $2 example plugin ($3)" >&2
+        exit 1
+    fi
+}
+
+# True if $1 exists and no file in the remaining files and folders is newer.
+up_to_date() {
+    local out=$1
+    shift
+    [ -f "$out" ] && [ -z "$(find "$@" -type f -newer "$out" -print -quit)" ]
+}
+
+# Build with "$@" (which writes $tmp), then rename into place: the host watching
+# plugins/ never reads a half-written file.
+build_into() {
+    local out=$1
+    shift
+    local tmp
+    tmp="$(dirname "$out")/.$(basename "$out").tmp"
+    if ! "$@" -o "$tmp" >/dev/null; then
+        rm -f "$tmp"
+        echo "error: building $out failed" >&2
+        exit 1
+    fi
+    mv "$tmp" "$out"
+}
+
+python_plugin() {
+    local tool="$TOOLS/py/bin/componentize-py"
+    if [ "$("$tool" --version 2>/dev/null)" != "componentize-py $COMPONENTIZE_PY_VERSION" ]; then
+        need python3 Python "3.10 or newer, with venv"
+        say "installing componentize-py $COMPONENTIZE_PY_VERSION into $TOOLS/py"
+        rm -rf "$TOOLS/py"
+        python3 -m venv "$TOOLS/py"
+        "$TOOLS/py/bin/pip" install --quiet --disable-pip-version-check \
+            "componentize-py==$COMPONENTIZE_PY_VERSION"
+    fi
+    local out=plugins/greeter-py.wasm
+    if up_to_date "$out" plugins/greeter-py wit "$tool"; then
+        return
+    fi
+    say "building $out (componentize-py, about 30 s)"
+    build_into "$out" "$tool" -d wit -w handler-only componentize \
+        -p plugins/greeter-py app
+    # The build imports app.py, which leaves bytecode next to the source.
+    rm -rf plugins/greeter-py/__pycache__
+}
+
+js_plugin() {
+    local lock=plugins/greeter-js/package-lock.json
+    local tool="$TOOLS/js/node_modules/.bin/componentize-js"
+    local stamp="$TOOLS/js/installed-package-lock.json"
+    if ! { [ -x "$tool" ] && cmp -s "$lock" "$stamp"; }; then
+        need npm JavaScript "Node.js 20 or newer"
+        say "installing componentize-js into $TOOLS/js"
+        rm -rf "$TOOLS/js"
+        mkdir -p "$TOOLS/js"
+        cp plugins/greeter-js/package.json "$lock" "$TOOLS/js/"
+        # `npm install` rather than `npm ci`: the lock may lack other platforms'
+        # optional native binaries, which `npm ci` refuses. Versions and
+        # integrity hashes still come from the lock.
+        npm install --prefix "$TOOLS/js" --no-audit --no-fund --loglevel=error
+        cp "$lock" "$stamp"
+    fi
+    local out=plugins/greeter-js.wasm
+    if up_to_date "$out" plugins/greeter-js/greeter.js wit "$stamp"; then
+        return
+    fi
+    say "building $out (componentize-js, about 50 s)"
+    # Without http and fetch-event the component does not import wasi:http,
+    # which the host treats as a capability the operator must grant.
+    build_into "$out" "$tool" plugins/greeter-js/greeter.js -w wit -n handler-only \
+        -d http fetch-event
+}
+
+python_plugin
+js_plugin
