@@ -700,6 +700,7 @@ async fn worker(
                 stream: &mut stream,
                 stop: &mut stop,
                 lease: &mut lease,
+                prefetched: None,
             };
             d.run(cursor, &mut state).await
         }
@@ -805,6 +806,17 @@ struct Deliverer<'a> {
     stop: &'a mut watch::Receiver<bool>,
     /// Until when the lease is certain to hold (renewed by the coordinator).
     lease: &'a mut watch::Receiver<Instant>,
+    /// The window after the batch in the plugin's hands, read meanwhile.
+    prefetched: Option<Prefetched>,
+}
+
+/// A window read ahead, from `from`, of `window` rows: used if the next read
+/// would be exactly that one (the batch before it was handled in full and
+/// the plugin's version did not change).
+struct Prefetched {
+    from: Position,
+    window: u32,
+    batch: log::Batch,
 }
 
 impl Deliverer<'_> {
@@ -837,6 +849,7 @@ impl Deliverer<'_> {
                     );
                     *self.plugin = p;
                     state.failures.clear();
+                    self.prefetched = None;
                 }
                 Some(_) => {}
             }
@@ -853,16 +866,23 @@ impl Deliverer<'_> {
                 continue;
             }
             let started = Instant::now();
-            let mut batch = self
-                .reader
-                .read(
-                    self.client,
-                    self.stream,
-                    cursor,
-                    batch_size,
-                    state.horizon.take(),
-                )
-                .await?;
+            let mut batch = match self.prefetched.take() {
+                Some(ahead) if ahead.from == cursor && ahead.window == batch_size => {
+                    state.horizon = None;
+                    ahead.batch
+                }
+                _ => {
+                    self.reader
+                        .read(
+                            self.client,
+                            self.stream,
+                            cursor,
+                            batch_size,
+                            state.horizon.take(),
+                        )
+                        .await?
+                }
+            };
             if batch.full {
                 state.horizon = Some(batch.horizon);
             }
@@ -940,6 +960,9 @@ impl Deliverer<'_> {
                 state.idle_poll = Duration::ZERO;
                 state.held_since = None;
                 let end = batch.end.expect("a batch with events has an end");
+                // A full window means more rows wait below the same horizon:
+                // read the next window while the plugin handles this one.
+                let ahead = batch.full.then_some((batch_size, batch.horizon));
                 let events: Vec<(LoggedEvent, u32)> = batch
                     .events
                     .into_iter()
@@ -950,7 +973,7 @@ impl Deliverer<'_> {
                     .collect();
                 let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
                 let handled_from = started.elapsed();
-                let result = self.handle(events, end).await?;
+                let result = self.handle(events, end, ahead).await?;
                 let (to, failed) = match result {
                     Handled::Refused => match self.after_refusal().await? {
                         Some(c) => {
@@ -1040,17 +1063,20 @@ impl Deliverer<'_> {
     /// acknowledgement commit together; after a failure at index i > 0 the
     /// transaction is rolled back and events before i are handed over again on
     /// their own, so that exactly their effects commit.
+    ///
+    /// `ahead` (window, horizon): read the window after `end` during the call.
     async fn handle(
         &mut self,
         events: Vec<(LoggedEvent, u32)>,
         end: Position,
+        mut ahead: Option<(u32, u64)>,
     ) -> Result<Handled, WorkerError> {
         let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
         let Some(sql) = self.sql.clone() else {
             if !self.lease_covers_a_call().await {
                 return Ok(Handled::Stopped);
             }
-            return Ok(match self.plugin.handle(events, None).await {
+            return Ok(match self.call(events, None, end, ahead).await {
                 Outcome::Handled => {
                     if !self.reader.ack(&*self.client, self.stream, end).await? {
                         return Ok(Handled::Refused);
@@ -1091,8 +1117,7 @@ impl Deliverer<'_> {
             sql.begin(self.policy.handle_timeout).await?;
             let access: Arc<dyn SqlAccess> = sql.clone();
             let outcome = self
-                .plugin
-                .handle(events[..take].to_vec(), Some(access))
+                .call(events[..take].to_vec(), Some(access), end, ahead.take())
                 .await;
             match sql.checked(outcome) {
                 Outcome::Handled => {
@@ -1155,6 +1180,32 @@ impl Deliverer<'_> {
                 }
             }
         }
+    }
+
+    /// Call the plugin; meanwhile, with `ahead`, read the window after `end`
+    /// on this connection (the sql capability has a session of its own). A
+    /// failed read-ahead is dropped: the next read is made again and reports.
+    async fn call(
+        &mut self,
+        events: Vec<(LoggedEvent, u32)>,
+        sql: Option<Arc<dyn SqlAccess>>,
+        end: Position,
+        ahead: Option<(u32, u64)>,
+    ) -> Outcome {
+        let plugin = self.plugin.clone();
+        let Some((window, horizon)) = ahead else {
+            return plugin.handle(events, sql).await;
+        };
+        let read = self
+            .reader
+            .read(&*self.client, self.stream, end, window, Some(horizon));
+        let (outcome, read) = tokio::join!(plugin.handle(events, sql), read);
+        self.prefetched = read.ok().map(|batch| Prefetched {
+            from: end,
+            window,
+            batch,
+        });
+        outcome
     }
 
     /// The event at `at` failed: count the attempt, then retry later, or give
