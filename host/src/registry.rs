@@ -75,7 +75,11 @@ pub async fn load_bytes(
     let shown = file.display().to_string();
     let policies = settings.clone();
     let result = tokio::task::spawn_blocking(move || {
-        loader.load_bytes(&shown, &bytes, &|name| Grants::from(&policies.policy(name)))
+        let result =
+            loader.load_bytes(&shown, &bytes, &|name| Grants::from(&policies.policy(name)));
+        drop(bytes);
+        crate::runtime::release_free_memory();
+        result
     })
     .await
     .expect("plugin compilation panicked");
