@@ -28,6 +28,13 @@ pub const MIN_POLL_INTERVAL_MS: u64 = 5;
 /// While a transaction older than the newest event holds the horizon back,
 /// poll this often: its commit may not send a notification.
 pub const HORIZON_WAIT_POLL_MS: u64 = 50;
+/// With NOTIFY on, writers notify only while a waiting host keeps
+/// `pgevents.wake_until` ahead of the clock (migration 4): it sets it this far
+/// ahead, renews it at most this often, and waits at most this long between
+/// reads (so that it renews well before the lease runs out).
+pub const WAKE_LEASE_MS: u64 = 5_000;
+pub const WAKE_RENEW_MS: u64 = 1_000;
+pub const WAKE_MAX_WAIT_MS: u64 = 2_000;
 
 /// Retry schedule for a failed batch: `RETRY_BASE_MS * 2^(attempt-1)`, capped at
 /// `RETRY_MAX_MS`, with ±20% jitter: 0.5 s, 1 s, 2 s, 4 s, ... 60 s.

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::config::{
     self, EffectivePolicy, HORIZON_WAIT_POLL_MS, LEASE_CHECK_MS, LEASE_MARGIN_MS,
     MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, OnFailure, PARTITION_REST_MS, RETENTION_BATCH_ROWS,
-    SCHEMA, Settings, WORKER_GIVE_UP_FAILURES,
+    SCHEMA, Settings, WAKE_LEASE_MS, WAKE_MAX_WAIT_MS, WAKE_RENEW_MS, WORKER_GIVE_UP_FAILURES,
 };
 use crate::log::{self, LoggedEvent, Position, Reader, Stream};
 use crate::registry::{self, Rejected};
@@ -116,7 +117,22 @@ struct Shared {
     settings: Settings,
     observer: Option<Observer>,
     wake: watch::Receiver<u64>,
+    wake_lease: WakeLease,
     shutdown: watch::Receiver<bool>,
+}
+
+/// This host's hold on `pgevents.wake_until` (migration 4): while it lies
+/// ahead, writers notify; once every host has been busy (or gone) for
+/// `WAKE_LEASE_MS`, they stop paying for NOTIFY.
+#[derive(Debug, Default)]
+struct WakeLease {
+    /// When this host last began renewing it.
+    renewed: Mutex<Option<Instant>>,
+    /// The snapshot's xmax at a renewal that found the lease lapsed. A writer
+    /// that looked before the renewal commits without notifying, and every
+    /// such writer's transaction is below this: until the horizon passes it,
+    /// idle waits are short.
+    catch_up_to: AtomicU64,
 }
 
 impl Shared {
@@ -164,6 +180,7 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         settings: settings.clone(),
         observer: options.observer.clone(),
         wake: wake_rx,
+        wake_lease: WakeLease::default(),
         shutdown: shutdown.clone(),
     });
     for r in &loaded.rejected {
@@ -940,8 +957,10 @@ impl Deliverer<'_> {
                 if woken && self.redeliver(state).await? {
                     continue;
                 }
+                let mut catching_up = false;
                 state.idle_poll = if self.shared.settings.notify {
-                    poll
+                    catching_up = self.keep_notifications_on(batch.horizon).await?;
+                    poll.min(Duration::from_millis(WAKE_MAX_WAIT_MS))
                 } else {
                     (state.idle_poll * 2).clamp(Duration::from_millis(MIN_POLL_INTERVAL_MS), poll)
                 };
@@ -952,6 +971,9 @@ impl Deliverer<'_> {
                             .idle_poll
                             .min(Duration::from_millis(HORIZON_WAIT_POLL_MS)),
                     )
+                } else if catching_up {
+                    state.held_since = None;
+                    Next::Wait(Duration::from_millis(HORIZON_WAIT_POLL_MS))
                 } else {
                     state.held_since = None;
                     Next::Wait(state.idle_poll)
@@ -1397,6 +1419,41 @@ impl Deliverer<'_> {
                 _ = stopped(self.stop) => return false,
             }
         }
+    }
+
+    /// Before an idle wait with NOTIFY on: renew the wake lease if due, so
+    /// that writers notify. Returns whether to wait only briefly, because
+    /// writers that looked while the lease had lapsed may still be running.
+    async fn keep_notifications_on(&mut self, horizon: u64) -> Result<bool, WorkerError> {
+        let lease = &self.shared.wake_lease;
+        let last = *lease.renewed.lock().expect("wake lease lock");
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_millis(WAKE_RENEW_MS)) {
+            let started = Instant::now();
+            // The lease runs from the server's clock at the call, which is
+            // after `started`: so judged from `started`, a lapse is never missed.
+            let lapsed = last.is_none_or(|at| {
+                at.elapsed() >= Duration::from_millis(WAKE_LEASE_MS - WAKE_RENEW_MS)
+            });
+            let row = self
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT setval('{SCHEMA}.wake_until',
+                                       (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1),
+                                pg_snapshot_xmax(pg_current_snapshot())::text"
+                    ),
+                    &[&(WAKE_LEASE_MS as i64)],
+                )
+                .await?;
+            *lease.renewed.lock().expect("wake lease lock") = Some(started);
+            if lapsed {
+                let xmax: String = row.get(1);
+                lease
+                    .catch_up_to
+                    .fetch_max(xmax.parse().unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
+        }
+        Ok(horizon < lease.catch_up_to.load(Ordering::Relaxed))
     }
 
     /// Say in the log which transaction holds delivery back, once it has for a while.

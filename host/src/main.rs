@@ -217,12 +217,13 @@ struct RunArgs {
     /// Folder of plugin `.wasm` files (default: the config file's `plugins_dir`, else `plugins`).
     #[arg(long, env = "PGEVENTS_PLUGINS")]
     plugins: Option<PathBuf>,
-    /// How often to poll the log (a safety net with NOTIFY on; the ceiling of
-    /// the adaptive interval with NOTIFY off). Default 1s.
+    /// How often to poll the log (a safety net with NOTIFY on, at most 2s
+    /// then; the ceiling of the adaptive interval with NOTIFY off). Default 1s.
     #[arg(long, env = "PGEVENTS_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     poll_interval: Option<Duration>,
-    /// Wake on LISTEN/NOTIFY (one notification per writing transaction). With
-    /// `false` the capture triggers send none and the host polls adaptively.
+    /// Wake on LISTEN/NOTIFY (one notification per writing transaction, sent
+    /// only while a host waits for it). With `false` the capture triggers send
+    /// none and the host polls adaptively.
     #[arg(long, env = "PGEVENTS_NOTIFY", action = clap::ArgAction::Set)]
     notify: Option<bool>,
     /// Watch the plugins folder and reload plugins whose files change (default true).

@@ -595,3 +595,110 @@ async fn a_restart_loads_plugins_from_the_compile_cache() {
     assert_eq!(from_cache(&host), Some(false));
     host.stop().await;
 }
+
+/// A connection that LISTENs on the host's channel; each notification is sent on.
+async fn listener(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("listener connection");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                let _ = tx.send(());
+            }
+        }
+    });
+    client.batch_execute("LISTEN pgevents").await.unwrap();
+    (client, rx)
+}
+
+/// Whether a notification arrives within `d`.
+async fn notified(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, d: Duration) -> bool {
+    tokio::time::timeout(d, rx.recv()).await.is_ok()
+}
+
+#[tokio::test]
+async fn writers_notify_only_while_a_host_waits_for_it() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    let (_listening, mut rx) = listener(&db.url).await;
+    // Once the host is idle it has set the wake lease, and a writer notifies.
+    eventually(
+        &c,
+        "the host sets the wake lease",
+        "SELECT coalesce(pg_sequence_last_value('pgevents.wake_until')
+                         > extract(epoch FROM clock_timestamp()) * 1000, false)",
+    )
+    .await;
+    c.batch_execute("INSERT INTO items (name) VALUES ('while waiting')")
+        .await
+        .unwrap();
+    assert!(
+        notified(&mut rx, Duration::from_secs(5)).await,
+        "no NOTIFY while a host waits"
+    );
+    host.wait_seen("recorder", 1).await;
+    host.stop().await;
+    // No host renews the lease: once it has run out, writers skip the NOTIFY
+    // (here it is made to run out at once, rather than in WAKE_LEASE_MS).
+    c.batch_execute("SELECT setval('pgevents.wake_until', 1)")
+        .await
+        .unwrap();
+    while rx.try_recv().is_ok() {}
+    c.batch_execute("INSERT INTO items (name) VALUES ('nobody waits')")
+        .await
+        .unwrap();
+    assert!(
+        !notified(&mut rx, Duration::from_millis(500)).await,
+        "a NOTIFY although no host waits"
+    );
+    // The events are in the log all the same, and the next host delivers them.
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let seen = host.wait_seen("recorder", 1).await;
+    assert_eq!(seen[0].row_str("name").as_deref(), Some("nobody waits"));
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_writer_that_looked_before_the_host_waited_is_not_left_to_the_poll() {
+    let db = TestDb::new().await;
+    // Install the schema and triggers, then let the wake lease run out.
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let c = db.client().await;
+    c.batch_execute("SELECT setval('pgevents.wake_until', 1)")
+        .await
+        .unwrap();
+    // This writer's trigger runs now, while no host waits: it will not notify.
+    let mut writer = db.client().await;
+    let tx = writer.transaction().await.unwrap();
+    tx.batch_execute("INSERT INTO items (name) VALUES ('looked early')")
+        .await
+        .unwrap();
+    // A host starts, finds the lease lapsed, and must watch the transactions
+    // that were running then rather than wait for a notification.
+    let settings = Settings {
+        poll_interval: Duration::from_secs(60),
+        ..test_settings()
+    };
+    let mut host = Host::start_with(&db, plugins_dir(&["recorder"]), settings).await;
+    host.settle(Duration::from_millis(300)).await;
+    let committed = std::time::Instant::now();
+    tx.commit().await.unwrap();
+    host.wait_seen("recorder", 1).await;
+    // Idle waits last up to WAKE_MAX_WAIT_MS (2 s); the catch-up polls every 50 ms.
+    assert!(
+        committed.elapsed() < Duration::from_millis(1500),
+        "delivered {:?} after the commit: the host waited for a poll",
+        committed.elapsed()
+    );
+    host.stop().await;
+}

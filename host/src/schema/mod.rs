@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0001_log.sql"),
     include_str!("0002_delivery.sql"),
     include_str!("0003_reload.sql"),
+    include_str!("0004_wake.sql"),
 ];
 
 /// Serializes installs and trigger changes across hosts sharing a database.
