@@ -357,6 +357,7 @@ impl RunArgs {
 }
 
 fn main() -> ExitCode {
+    pgevents_host::runtime::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGEVENTS_LOG")

@@ -104,8 +104,18 @@ impl Reloader {
         let (tx, mut changes) = mpsc::unbounded_channel();
         let watcher = {
             use notify::Watcher;
-            notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-                let _ = tx.send(());
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reading a file or listing the folder is an event too: the
+                // scan's own reads must not start another scan.
+                if !matches!(
+                    event,
+                    Ok(notify::Event {
+                        kind: notify::EventKind::Access(_),
+                        ..
+                    })
+                ) {
+                    let _ = tx.send(());
+                }
             })
             .and_then(|mut w| {
                 w.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
@@ -154,6 +164,7 @@ impl Reloader {
         };
         let mut again: Option<Duration> = None;
         let mut soon = |d: Duration| again = Some(again.map_or(d, |a| a.min(d)));
+        let mut read_any = false;
         for file in &present {
             let Some((len, modified)) = stat(file) else {
                 continue;
@@ -173,6 +184,7 @@ impl Reloader {
             let Ok(bytes) = std::fs::read(file) else {
                 continue;
             };
+            read_any = true;
             if stat(file) != Some((len, modified)) || bytes.len() as u64 != len {
                 soon(quiet);
                 continue;
@@ -203,6 +215,11 @@ impl Reloader {
             {
                 soon(wait.min(settle - age.min(settle)).max(quiet));
             }
+        }
+        if read_any {
+            // Whole files were read (the first scan reads every one): give
+            // the buffers back rather than let the allocator keep them.
+            crate::runtime::release_free_memory();
         }
         let gone: Vec<PathBuf> = self
             .files
