@@ -457,7 +457,8 @@ def p3_drain():
         cur = conn.cursor()
         done_sql = ("SELECT count(*) FROM pgevents.cursors WHERE plugin = 'noop' "
                     "AND (txid, seq) >= (%s::xid8, %s)")
-        host = Host(url, d, "p3", log="info,tokio_postgres=warn,pgevents_host::dispatch=debug")
+        host = Host(url, d, "p3", log="info,tokio_postgres=warn,pgevents_host::dispatch=debug,"
+                                       "pgevents_host::runtime=debug")
         t0 = host.started
         try:
             while True:
@@ -482,6 +483,11 @@ def p3_drain():
             r["handle_ack_ms"] = statistics.median(b[3] for b in batches) / 1000
             r["batch_events"] = statistics.median(b[1] for b in batches)
             r["startup_s"] = first - t0
+            calls = [dict(re.findall(r"(\w+)=(\d+)", line)) for line in host.lines()
+                     if "plugin call" in line and "plugin=noop" in line]
+            if calls:
+                r["instantiate_us"] = statistics.median(int(c.get("instantiate_us", 0)) for c in calls)
+                r["call_us"] = statistics.median(int(c.get("call_us", 0)) for c in calls)
             r["source"] = "host per-batch log"
         else:  # the debug line changed: fall back to when the poll saw the cursor at the end
             r["from_start"] = P3_ROWS / (t_seen - t0)
@@ -935,6 +941,10 @@ def table():
         print(f"P3 per batch (median of {p['batches']} batches of {p['batch_events']:.0f}): "
               f"read {p['read_ms']:.1f} ms, handle+ack {p['handle_ack_ms']:.1f} ms; "
               f"host start to first ack {p['startup_s']:.2f} s")
+        if "instantiate_us" in p:
+            print(f"P3 fresh instance per batch: instantiating takes {p['instantiate_us']:.0f} us, "
+                  f"the handle call {p['call_us']:.0f} us (medians): reusing instances could save "
+                  f"at most {100 * p['instantiate_us'] / (1000 * p['handle_ack_ms']):.1f}% of a batch")
 
 
 ERRORS = {}

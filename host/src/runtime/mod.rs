@@ -769,10 +769,18 @@ impl LoadedPlugin {
         let ticks = (timeout.as_millis() as u64).div_ceil(EPOCH_TICK_MS).max(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|plugin| f(&plugin, &mut store));
+        // A fresh instance per call keeps calls isolated from each other; the
+        // debug line shows what that costs beside the call itself.
+        let started = std::time::Instant::now();
+        let instance = self.pre.instantiate(&mut store);
+        let instantiated = started.elapsed();
+        let result = instance.and_then(|plugin| f(&plugin, &mut store));
+        tracing::debug!(
+            plugin = %plugin_name,
+            instantiate_us = instantiated.as_micros() as u64,
+            call_us = (started.elapsed() - instantiated).as_micros() as u64,
+            "plugin call"
+        );
         let printed = String::from_utf8_lossy(&output.contents())
             .trim()
             .to_owned();
