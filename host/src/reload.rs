@@ -164,7 +164,6 @@ impl Reloader {
         };
         let mut again: Option<Duration> = None;
         let mut soon = |d: Duration| again = Some(again.map_or(d, |a| a.min(d)));
-        let mut read_any = false;
         for file in &present {
             let Some((len, modified)) = stat(file) else {
                 continue;
@@ -184,7 +183,6 @@ impl Reloader {
             let Ok(bytes) = std::fs::read(file) else {
                 continue;
             };
-            read_any = true;
             if stat(file) != Some((len, modified)) || bytes.len() as u64 != len {
                 soon(quiet);
                 continue;
@@ -215,11 +213,6 @@ impl Reloader {
             {
                 soon(wait.min(settle - age.min(settle)).max(quiet));
             }
-        }
-        if read_any {
-            // Whole files were read (the first scan reads every one): give
-            // the buffers back rather than let the allocator keep them.
-            crate::runtime::release_free_memory();
         }
         let gone: Vec<PathBuf> = self
             .files
