@@ -957,9 +957,9 @@ impl Deliverer<'_> {
                 if woken && self.redeliver(state).await? {
                     continue;
                 }
-                let mut catching_up = false;
-                state.idle_poll = if self.shared.settings.notify {
-                    catching_up = self.keep_notifications_on(batch.horizon).await?;
+                let notify = self.shared.settings.notify;
+                let catching_up = notify && self.keep_notifications_on(batch.horizon).await?;
+                state.idle_poll = if notify {
                     poll.min(Duration::from_millis(WAKE_MAX_WAIT_MS))
                 } else {
                     (state.idle_poll * 2).clamp(Duration::from_millis(MIN_POLL_INTERVAL_MS), poll)
@@ -971,12 +971,13 @@ impl Deliverer<'_> {
                             .idle_poll
                             .min(Duration::from_millis(HORIZON_WAIT_POLL_MS)),
                     )
-                } else if catching_up {
-                    state.held_since = None;
-                    Next::Wait(Duration::from_millis(HORIZON_WAIT_POLL_MS))
                 } else {
                     state.held_since = None;
-                    Next::Wait(state.idle_poll)
+                    Next::Wait(if catching_up {
+                        Duration::from_millis(HORIZON_WAIT_POLL_MS)
+                    } else {
+                        state.idle_poll
+                    })
                 }
             } else {
                 state.idle_poll = Duration::ZERO;
