@@ -151,6 +151,12 @@ def fresh_db(name):
     return url
 
 
+def bulk_insert(n, table="bench_items"):
+    """One statement inserting `n` rows, as every bulk scenario writes them."""
+    return (f"INSERT INTO {table} (name, email) SELECT 'user ' || g, 'user' || g || '@example.com' "
+            f"FROM generate_series(1, {n}) g")
+
+
 def drop_db(name):
     try:
         run_sql(SERVER, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -417,8 +423,7 @@ def p2_bulk_insert(table_setup=None, label="P2"):
 
         def timed(table):
             t0 = time.perf_counter()
-            cur.execute(f"INSERT INTO {table} (name, email) SELECT 'user ' || g, 'user' || g || '@example.com' "
-                        f"FROM generate_series(1, {P2_ROWS}) g")
+            cur.execute(bulk_insert(P2_ROWS, table))
             return 1000 * (time.perf_counter() - t0)
 
         plain, captured, floor = [], [], []
@@ -450,8 +455,7 @@ def p3_drain():
         warm = Host(url, d, "p3_warm")
         warm.wait_for(r"partition acquired", 120)
         warm.stop()
-        run_sql(url, f"INSERT INTO bench_items (name, email) SELECT 'user ' || g, 'user' || g || '@example.com' "
-                     f"FROM generate_series(1, {P3_ROWS}) g")
+        run_sql(url, bulk_insert(P3_ROWS))
         txid, seq = run_sql(url, "SELECT txid::text, seq FROM pgevents.events ORDER BY txid DESC, seq DESC LIMIT 1")[0]
         conn = connect(url)
         cur = conn.cursor()
@@ -725,8 +729,7 @@ def p7_other():
         listener = Listener(url, out)
         try:
             t0 = time.time()
-            run_sql(url, f"INSERT INTO bench_items (name, email) SELECT 'user ' || g, 'user' || g || '@example.com' "
-                         f"FROM generate_series(1, {P7_BURST}) g")
+            run_sql(url, bulk_insert(P7_BURST))
             t_commit = time.time()
             deadline = time.time() + 300
             while time.time() < deadline:
@@ -754,8 +757,7 @@ def p7_other():
         host = Host(url, d, "p7_burst_ours", log="info,tokio_postgres=warn,pgevents_host::dispatch=debug")
         try:
             host.wait_for(r"partition acquired", 120)
-            run_sql(url, f"INSERT INTO bench_items (name, email) SELECT 'user ' || g, 'user' || g || '@example.com' "
-                         f"FROM generate_series(1, {P7_BURST}) g")
+            run_sql(url, bulk_insert(P7_BURST))
             t_commit = time.time()
             deadline = time.time() + 300
             while time.time() < deadline and sum(b[1] for b in batch_lines(host)) < P7_BURST:
