@@ -32,8 +32,9 @@ awk -v n="$N" -v p="$plain" -v c="$captured" 'BEGIN {
 }'
 
 waiting() {
-    psql -Atq "$URL" -c "SELECT count(*) FROM pgevents.events e, pgevents.cursors c
-                         WHERE c.plugin = 'audit' AND (e.txid, e.seq) > (c.txid, c.seq)"
+    psql -Atq "$URL" -c "SELECT count(*) FROM pgevents.events e
+                         LEFT JOIN pgevents.commits k ON k.txid = e.txid, pgevents.cursors c
+                         WHERE c.plugin = 'audit' AND (k.ord IS NULL OR (k.ord, e.seq) > (c.ord, c.seq))"
 }
 now() { date +%s.%N; }
 

@@ -25,9 +25,13 @@ pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
 /// With NOTIFY off, an idle worker polls at an interval that doubles from this
 /// floor up to the poll interval, and drops back to it as soon as it finds work.
 pub const MIN_POLL_INTERVAL_MS: u64 = 5;
-/// While a transaction older than the newest event holds the horizon back,
-/// poll this often: its commit may not send a notification.
+/// After the wake lease lapsed (below), poll this often until every
+/// transaction that was running then has ended: its commit may not have sent
+/// a notification.
 pub const HORIZON_WAIT_POLL_MS: u64 = 50;
+/// A deliverer that asked for a tick waits at most this long for it (the
+/// ticker may be reconnecting), then reads anyway.
+pub const TICK_WAIT_MS: u64 = 1_000;
 /// With NOTIFY on, writers notify only while a waiting host keeps
 /// `pgevents.wake_until` ahead of the clock (migration 4): it sets it this far
 /// ahead, renews it at most this often, and waits at most this long between
@@ -76,8 +80,9 @@ pub const RETENTION_BATCH_ROWS: i64 = 10_000;
 /// Partitions a plugin may be split into.
 pub const MAX_PARTITIONS: u32 = 64;
 
-/// While a transaction holds delivery back longer than this, say which one in
-/// the log (and again every time this much more has passed).
+/// While a transaction that wrote stays open longer than this, say which one
+/// in the log (and again every time this much more has passed): its events
+/// wait for its commit, and it keeps deleted log rows from being vacuumed.
 pub const DEFAULT_HORIZON_WARN_AFTER_MS: u64 = 10_000;
 
 /// Reconnect schedule after a lost or refused database connection: doubling

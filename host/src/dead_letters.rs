@@ -8,13 +8,9 @@ use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{NOTIFY_CHANNEL, SCHEMA};
-use crate::log::{self, LoggedEvent, Position, Stream};
-
-/// Columns in the order `LoggedEvent::from_row` reads them.
-const EVENT_COLUMNS: &str = "txid::text, seq, op, schema_name, table_name, pk::text,
-    new_row::text, old_row::text,
-    to_char(captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-    db_user, app_name, tag";
+use crate::log::{
+    self, AFTER_EVENT_COLUMNS, EVENT_COLUMNS, EventRef, LoggedEvent, Position, Stream,
+};
 
 /// Failed attempts so far of the stream's events that failed at least once.
 pub async fn failures(
@@ -24,7 +20,7 @@ pub async fn failures(
     let rows = client
         .query(
             &format!(
-                "SELECT txid::text, seq, failures FROM {SCHEMA}.attempts WHERE plugin = $1 AND part = $2"
+                "SELECT ord, seq, failures FROM {SCHEMA}.attempts WHERE plugin = $1 AND part = $2"
             ),
             &[&stream.plugin, &(stream.part as i32)],
         )
@@ -34,7 +30,7 @@ pub async fn failures(
         .map(|r| {
             (
                 Position {
-                    txid: r.get::<_, &str>(0).parse().unwrap_or(0),
+                    ord: r.get(0),
                     seq: r.get(1),
                 },
                 r.get::<_, i32>(2) as u32,
@@ -43,18 +39,19 @@ pub async fn failures(
         .collect())
 }
 
-/// Count one more failed attempt of the event at `at`; returns the total.
+/// Count one more failed attempt of `event` (at `at`); returns the total.
 pub async fn record_failure(
     client: &impl GenericClient,
     stream: &Stream,
     at: Position,
+    event: EventRef,
     error: &str,
 ) -> Result<u32, tokio_postgres::Error> {
     let row = client
         .query_one(
             &format!(
-                "INSERT INTO {SCHEMA}.attempts AS a (plugin, part, txid, seq, failures, last_error)
-                 VALUES ($1, $2, $3::text::xid8, $4, 1, $5)
+                "INSERT INTO {SCHEMA}.attempts AS a (plugin, part, txid, seq, ord, failures, last_error)
+                 VALUES ($1, $2, $3::text::xid8, $4, $6, 1, $5)
                  ON CONFLICT (plugin, part, txid, seq) DO UPDATE
                  SET failures = a.failures + 1, last_failed_at = now(), last_error = $5
                  RETURNING failures"
@@ -62,21 +59,23 @@ pub async fn record_failure(
             &[
                 &stream.plugin,
                 &(stream.part as i32),
-                &at.txid.to_string(),
-                &at.seq,
+                &event.txid.to_string(),
+                &event.seq,
                 &error,
+                &at.ord,
             ],
         )
         .await?;
     Ok(row.get::<_, i32>(0) as u32)
 }
 
-/// Move the event at `at` to the dead letters and the cursor past it, in one
+/// Move `event` (at `at`) to the dead letters and the cursor past it, in one
 /// transaction. Returns false (and changes nothing) if the lease is gone.
 pub async fn bury(
     client: &mut Client,
     stream: &Stream,
     at: Position,
+    event: EventRef,
     error: &str,
     attempts: u32,
 ) -> Result<bool, tokio_postgres::Error> {
@@ -98,8 +97,8 @@ pub async fn bury(
         &[
             &stream.plugin,
             &(stream.part as i32),
-            &at.txid.to_string(),
-            &at.seq,
+            &event.txid.to_string(),
+            &event.seq,
             &error,
             &(attempts as i32),
         ],
@@ -130,11 +129,12 @@ pub async fn pending(
     let rows = client
         .query(
             &format!(
-                "SELECT {EVENT_COLUMNS}, id, attempts FROM {SCHEMA}.dead_letters
-                 WHERE plugin = $1 AND redeliver
-                   AND CASE WHEN op = 'T' THEN $3 = 0
-                            ELSE {SCHEMA}.part_of(schema_name, table_name, pk, $2) = $3 END
-                 ORDER BY txid, seq LIMIT $4"
+                "SELECT 0::bigint, {EVENT_COLUMNS}, e.id, e.attempts FROM {SCHEMA}.dead_letters e
+                 WHERE e.plugin = $1 AND e.redeliver
+                   AND CASE WHEN {} THEN $3 = 0
+                            ELSE {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $2) = $3 END
+                 ORDER BY e.id LIMIT $4",
+                log::barrier("e")
             ),
             &[
                 &stream.plugin,
@@ -148,8 +148,8 @@ pub async fn pending(
         .iter()
         .map(|r| Redelivery {
             event: LoggedEvent::from_row(r),
-            id: r.get(12),
-            attempts: r.get::<_, i32>(13) as u32,
+            id: r.get(AFTER_EVENT_COLUMNS),
+            attempts: r.get::<_, i32>(AFTER_EVENT_COLUMNS + 1) as u32,
         })
         .collect())
 }
@@ -210,7 +210,8 @@ pub async fn failed_again(
 pub struct DeadLetter {
     pub id: i64,
     pub plugin: String,
-    pub position: Position,
+    /// The event (`TXID/SEQ`).
+    pub event: EventRef,
     pub event_id: String,
     pub operation: String,
     pub table: String,
@@ -229,7 +230,7 @@ pub struct Selection {
     pub id: Option<i64>,
 }
 
-const SELECTED: &str = "($1::text IS NULL OR plugin = $1) AND ($2::bigint IS NULL OR id = $2)";
+const SELECTED: &str = "($1::text IS NULL OR e.plugin = $1) AND ($2::bigint IS NULL OR e.id = $2)";
 
 pub async fn list(
     client: &impl GenericClient,
@@ -238,11 +239,11 @@ pub async fn list(
     let rows = client
         .query(
             &format!(
-                "SELECT {EVENT_COLUMNS}, id, plugin, error, attempts,
-                        to_char(first_failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        to_char(dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        redeliver
-                 FROM {SCHEMA}.dead_letters WHERE {SELECTED} ORDER BY plugin, txid, seq"
+                "SELECT 0::bigint, {EVENT_COLUMNS}, e.id, e.plugin, e.error, e.attempts,
+                        to_char(e.first_failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        to_char(e.dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        e.redeliver
+                 FROM {SCHEMA}.dead_letters e WHERE {SELECTED} ORDER BY e.plugin, e.id"
             ),
             &[&which.plugin, &which.id],
         )
@@ -251,19 +252,20 @@ pub async fn list(
         .iter()
         .map(|r| {
             let event = LoggedEvent::from_row(r);
+            let at = |i: usize| AFTER_EVENT_COLUMNS + i;
             DeadLetter {
-                id: r.get(12),
-                plugin: r.get(13),
-                position: event.position,
+                id: r.get(at(0)),
+                plugin: r.get(at(1)),
+                event: event.event_ref(),
                 event_id: event.id().to_string(),
                 operation: format!("{:?}", event.op).to_lowercase(),
                 table: crate::schema::quote_table(&event.schema, &event.table),
                 key: event.key,
-                error: r.get(14),
-                attempts: r.get::<_, i32>(15) as u32,
-                first_failed_at: r.get(16),
-                dead_at: r.get(17),
-                redeliver: r.get(18),
+                error: r.get(at(2)),
+                attempts: r.get::<_, i32>(at(3)) as u32,
+                first_failed_at: r.get(at(4)),
+                dead_at: r.get(at(5)),
+                redeliver: r.get(at(6)),
             }
         })
         .collect())
@@ -277,7 +279,7 @@ pub async fn redeliver(
 ) -> Result<u64, tokio_postgres::Error> {
     let marked = client
         .execute(
-            &format!("UPDATE {SCHEMA}.dead_letters SET redeliver = true WHERE {SELECTED}"),
+            &format!("UPDATE {SCHEMA}.dead_letters e SET redeliver = true WHERE {SELECTED}"),
             &[&which.plugin, &which.id],
         )
         .await?;
@@ -294,7 +296,7 @@ pub async fn purge(
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            &format!("DELETE FROM {SCHEMA}.dead_letters WHERE {SELECTED}"),
+            &format!("DELETE FROM {SCHEMA}.dead_letters e WHERE {SELECTED}"),
             &[&which.plugin, &which.id],
         )
         .await

@@ -39,7 +39,7 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
     create_database_if_missing(database_url).await?;
     let client = db::connect(database_url, Some(Duration::from_secs(10))).await?;
     client.batch_execute(TABLES).await?;
-    println!(
+    crate::outln!(
         "demo: database {} with tables user_accounts and orders",
         db::describe_target(database_url)
     );
@@ -70,7 +70,7 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
             }
         })),
     };
-    println!(
+    crate::outln!(
         "demo: loading {} plugins (a first run compiles them; the Python and JavaScript ones take up to a minute)",
         files.len()
     );
@@ -90,7 +90,7 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
 
     let writer_url = with_application_name(database_url, "demo-writer");
     let writer = db::connect(&writer_url, Some(Duration::from_secs(10))).await?;
-    println!("demo: writing rows as application `demo-writer` (think: your web app, or psql)");
+    crate::outln!("demo: writing rows as application `demo-writer` (think: your web app, or psql)");
     // Separate transactions, as an application would make them.
     for statement in [
         "INSERT INTO user_accounts (name, email) VALUES ('Ada Lovelace', 'ada@example.com'), ('Grace Hopper', 'grace@example.com')",
@@ -102,7 +102,7 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
         "UPDATE user_accounts SET email = 'grace@navy.example' WHERE name = 'Grace Hopper'",
         "DELETE FROM user_accounts WHERE name = 'Ada Lovelace'",
     ] {
-        println!("demo: {}", statement.split_whitespace().collect::<Vec<_>>().join(" "));
+        crate::outln!("demo: {}", statement.split_whitespace().collect::<Vec<_>>().join(" "));
         writer
             .batch_execute(statement)
             .await
@@ -119,19 +119,19 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
             .filter(|p| p.active)
             .map(|p| p.waiting)
             .sum();
-        if waiting == 0 && report.held_back == 0 {
-            println!("\ndemo: every event delivered. `pgevents-host status` says:\n{report}");
+        if waiting == 0 && report.unticked == 0 {
+            crate::outln!("\ndemo: every event delivered. `pgevents-host status` says:\n{report}");
             break;
         }
         if Instant::now() > deadline {
-            println!("\ndemo: events still waiting after 30 s:\n{report}");
+            crate::outln!("\ndemo: events still waiting after 30 s:\n{report}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = stop_tx.send(true);
     host.await??;
-    println!(
+    crate::outln!(
         "demo: done. Try it yourself: run `pgevents-host run --database-url {}` and change rows from psql.",
         db::redact(database_url)
     );
@@ -168,7 +168,7 @@ async fn receive_webhooks(listener: tokio::net::TcpListener) {
                         let body: serde_json::Value =
                             serde_json::from_slice(&request[end + 4..end + 4 + length])
                                 .unwrap_or_default();
-                        println!(
+                        crate::outln!(
                             "demo: webhook receiver got POST {} {}.{} id={}",
                             body["operation"].as_str().unwrap_or("?"),
                             body["schema"].as_str().unwrap_or("?"),
@@ -213,7 +213,7 @@ async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
         client
             .batch_execute(&format!("CREATE DATABASE {}", schema::quote_ident(&name)))
             .await?;
-        println!("demo: created database `{name}`");
+        crate::outln!("demo: created database `{name}`");
     }
     Ok(())
 }

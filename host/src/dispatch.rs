@@ -1,6 +1,8 @@
 //! The host's main loop: one worker per plugin reads the log after the
 //! plugin's cursor, calls `handle` on a batch in a fresh sandbox, and moves the
-//! cursor only after success. Workers wake on NOTIFY, or poll.
+//! cursor only after success. The ticker numbers newly committed
+//! transactions (see `log.rs`) when NOTIFY wakes it or a worker asks; workers
+//! read after each tick, or poll.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,9 +18,10 @@ use uuid::Uuid;
 use crate::config::{
     self, EffectivePolicy, HORIZON_WAIT_POLL_MS, LEASE_CHECK_MS, LEASE_MARGIN_MS,
     MIN_POLL_INTERVAL_MS, NOTIFY_CHANNEL, OnFailure, PARTITION_REST_MS, RETENTION_BATCH_ROWS,
-    SCHEMA, Settings, WAKE_LEASE_MS, WAKE_MAX_WAIT_MS, WAKE_RENEW_MS, WORKER_GIVE_UP_FAILURES,
+    SCHEMA, Settings, TICK_WAIT_MS, WAKE_LEASE_MS, WAKE_MAX_WAIT_MS, WAKE_RENEW_MS,
+    WORKER_GIVE_UP_FAILURES,
 };
-use crate::log::{self, LoggedEvent, Position, Reader, Stream};
+use crate::log::{self, EventRef, LoggedEvent, Position, Reader, Stream};
 use crate::registry::{self, Rejected};
 use crate::reload::{PluginSet, Reloader};
 use crate::runtime::{LoadedPlugin, LogSink, Outcome, PluginLog, Pool, Retry, Runtime, SqlAccess};
@@ -65,7 +68,7 @@ pub enum HostEvent {
     /// An event was moved to the dead letters and the cursor past it.
     DeadLettered {
         plugin: String,
-        event: Position,
+        event: EventRef,
         attempts: u32,
         message: String,
     },
@@ -74,10 +77,10 @@ pub enum HostEvent {
         plugin: String,
         events: usize,
     },
-    /// Open transactions have held this plugin's events back for a while.
-    HeldBack {
-        plugin: String,
-        blockers: Vec<crate::status::Blocker>,
+    /// Transactions that wrote have been open for a while (longer than
+    /// `horizon_warn_after`): their events arrive when they commit.
+    LongTransactions {
+        writers: Vec<crate::status::OpenWriter>,
     },
     PartitionAcquired {
         plugin: String,
@@ -116,7 +119,10 @@ struct Shared {
     url: String,
     settings: Settings,
     observer: Option<Observer>,
-    wake: watch::Receiver<u64>,
+    /// Bumped after every tick of this host's ticker.
+    ticked: watch::Receiver<u64>,
+    /// Asks the ticker for a tick.
+    tick_requests: Arc<tokio::sync::Notify>,
     wake_lease: WakeLease,
     shutdown: watch::Receiver<bool>,
 }
@@ -133,6 +139,8 @@ struct WakeLease {
     /// such writer's transaction is below this: until the horizon passes it,
     /// idle waits are short.
     catch_up_to: AtomicU64,
+    /// The highest horizon seen since (once past `catch_up_to`, no need to look).
+    horizon_seen: AtomicU64,
 }
 
 impl Shared {
@@ -175,11 +183,14 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
     drop(client);
 
     let (wake_tx, wake_rx) = watch::channel(0u64);
+    let (ticked_tx, ticked_rx) = watch::channel(0u64);
+    let tick_requests = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(Shared {
         url: options.database_url.clone(),
         settings: settings.clone(),
         observer: options.observer.clone(),
-        wake: wake_rx,
+        ticked: ticked_rx,
+        tick_requests: tick_requests.clone(),
         wake_lease: WakeLease::default(),
         shutdown: shutdown.clone(),
     });
@@ -225,6 +236,12 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
             shutdown.clone(),
         ))
     });
+    let ticker = tokio::spawn(keep_ticking(
+        shared.clone(),
+        wake_rx,
+        tick_requests,
+        ticked_tx,
+    ));
     let reconciler = tokio::spawn(keep_triggers_reconciled(
         shared.url.clone(),
         settings.notify,
@@ -251,6 +268,7 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
         reloader.abort();
     }
     drop(set_tx);
+    ticker.abort();
     reconciler.abort();
     pruner.abort();
     tracing::info!("stopped");
@@ -296,6 +314,91 @@ async fn keep_triggers_reconciled(
             Ok(_) => {}
             Err(e) => tracing::warn!("could not re-check the capture triggers: {e}"),
         }
+    }
+}
+
+/// Take a tick (see `log.rs`) whenever a notification arrives or a
+/// deliverer asks, and bump `ticked` after each; requests that arrive during
+/// a tick get another one after it. Also says in the log which transactions
+/// that wrote have been open longer than `horizon_warn_after`.
+async fn keep_ticking(
+    shared: Arc<Shared>,
+    mut wake: watch::Receiver<u64>,
+    requests: Arc<tokio::sync::Notify>,
+    ticked: watch::Sender<u64>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    let warn_every = shared.settings.horizon_warn_after;
+    let mut client: Option<Client> = None;
+    let mut failures = 0;
+    let mut next_look = Instant::now() + warn_every;
+    loop {
+        let look_in = next_look.saturating_duration_since(Instant::now());
+        // After a NOTIFY something surely committed: no need to look first.
+        let notified = tokio::select! {
+            changed = wake.changed() => if changed.is_err() { return } else { true },
+            _ = requests.notified() => false,
+            _ = tokio::time::sleep(look_in) => false,
+            _ = stopped(&mut shutdown) => return,
+        };
+        let result = async {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                let c = db::connect_once(&shared.url).await?;
+                // See `pgevents.tick()`: an acknowledgement flushes it.
+                c.batch_execute(
+                    "SET synchronous_commit = off; SET application_name = 'pgevents-host ticker'",
+                )
+                .await?;
+                client = Some(c);
+            }
+            let c = client.as_ref().expect("connected");
+            log::tick(c, !notified).await?;
+            if Instant::now() >= next_look {
+                next_look = Instant::now() + warn_every;
+                tell_of_long_transactions(c, &shared).await;
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                failures = 0;
+                ticked.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                failures += 1;
+                client = None;
+                let delay = db::reconnect_delay(failures);
+                tracing::warn!("ticker: {}; reconnecting in {delay:?}", db::error_text(&e));
+                // Whoever asked is still waiting: tick again after the delay.
+                requests.notify_one();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(&mut shutdown) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Say in the log which transactions that wrote have been open for long.
+async fn tell_of_long_transactions(client: &Client, shared: &Shared) {
+    match crate::status::open_writers(client, shared.settings.horizon_warn_after).await {
+        Ok(writers) if !writers.is_empty() => {
+            for w in &writers {
+                tracing::warn!(
+                    pid = w.pid,
+                    user = w.user.as_deref().unwrap_or("?"),
+                    application = w.application_name.as_deref().unwrap_or(""),
+                    age_s = w.age_seconds.round() as u64,
+                    query = w.query.as_deref().unwrap_or(""),
+                    "a transaction that wrote has been open for long: its events arrive when it commits, and it keeps deleted log rows from being vacuumed"
+                );
+            }
+            shared.observe(HostEvent::LongTransactions { writers });
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("could not look for long transactions: {e}"),
     }
 }
 
@@ -759,11 +862,6 @@ struct WorkerState {
     /// Failed attempts of events that failed at least once (mirrors `pgevents.attempts`).
     failures: HashMap<Position, u32>,
     idle_poll: Duration,
-    /// The last horizon, reusable while windows come back full (see `Reader::read`).
-    horizon: Option<u64>,
-    /// Since when a running transaction holds events back, and when we last said so.
-    held_since: Option<Instant>,
-    warned_at: Option<Instant>,
     /// When dead letters were last checked for redelivery requests.
     redelivery_checked: Option<Instant>,
 }
@@ -771,7 +869,6 @@ struct WorkerState {
 impl WorkerState {
     /// A replay moved the cursor back (and cleared the attempt counts).
     fn rewound(&mut self) {
-        self.horizon = None;
         self.failures.clear();
     }
 }
@@ -779,7 +876,7 @@ impl WorkerState {
 enum Next {
     /// Read again at once.
     Continue,
-    /// Wait for a notification or this long.
+    /// Wait for a tick, or this long (then ask for one).
     Wait(Duration),
     /// Sleep this long regardless of notifications (retry backoff).
     Sleep(Duration),
@@ -843,7 +940,7 @@ impl Deliverer<'_> {
         mut cursor: Position,
         state: &mut WorkerState,
     ) -> Result<WorkerEnd, WorkerError> {
-        let mut wake = self.shared.wake.clone();
+        let mut ticked = self.shared.ticked.clone();
         let poll = self.shared.settings.poll_interval;
         loop {
             if *self.stop.borrow() {
@@ -871,8 +968,8 @@ impl Deliverer<'_> {
                 Some(_) => {}
             }
             let batch_size = self.plugin.manifest.batch_size;
-            let woken = wake.has_changed().unwrap_or(false);
-            wake.borrow_and_update();
+            let woken = ticked.has_changed().unwrap_or(false);
+            ticked.borrow_and_update();
             // Redelivery requests: looked for every poll interval, and when woken
             // with nothing new to read (`dead-letters redeliver` notifies).
             if state
@@ -884,25 +981,13 @@ impl Deliverer<'_> {
             }
             let started = Instant::now();
             let mut batch = match self.prefetched.take() {
-                Some(ahead) if ahead.from == cursor && ahead.window == batch_size => {
-                    state.horizon = None;
-                    ahead.batch
-                }
+                Some(ahead) if ahead.from == cursor && ahead.window == batch_size => ahead.batch,
                 _ => {
                     self.reader
-                        .read(
-                            self.client,
-                            self.stream,
-                            cursor,
-                            batch_size,
-                            state.horizon.take(),
-                        )
+                        .read(self.client, self.stream, cursor, batch_size)
                         .await?
                 }
             };
-            if batch.full {
-                state.horizon = Some(batch.horizon);
-            }
             if let Some(truncate) = batch.barrier.take() {
                 let at = truncate.position;
                 if !log::barrier_open(&*self.client, self.stream, at).await? {
@@ -957,35 +1042,28 @@ impl Deliverer<'_> {
                 if woken && self.redeliver(state).await? {
                     continue;
                 }
+                // Nothing numbered after the cursor. Writers notify while a
+                // host waits, and a NOTIFY makes a tick; without NOTIFY, or
+                // while catching up after the wake lease lapsed, poll: tick,
+                // then read.
                 let notify = self.shared.settings.notify;
-                let catching_up = notify && self.keep_notifications_on(batch.horizon).await?;
+                let catching_up = notify && self.keep_notifications_on().await?;
                 state.idle_poll = if notify {
                     poll.min(Duration::from_millis(WAKE_MAX_WAIT_MS))
                 } else {
                     (state.idle_poll * 2).clamp(Duration::from_millis(MIN_POLL_INTERVAL_MS), poll)
                 };
-                if batch.held_back {
-                    self.tell_who_holds_back(batch.horizon, state).await;
-                    Next::Wait(
-                        state
-                            .idle_poll
-                            .min(Duration::from_millis(HORIZON_WAIT_POLL_MS)),
-                    )
+                Next::Wait(if catching_up {
+                    Duration::from_millis(HORIZON_WAIT_POLL_MS)
                 } else {
-                    state.held_since = None;
-                    Next::Wait(if catching_up {
-                        Duration::from_millis(HORIZON_WAIT_POLL_MS)
-                    } else {
-                        state.idle_poll
-                    })
-                }
+                    state.idle_poll
+                })
             } else {
                 state.idle_poll = Duration::ZERO;
-                state.held_since = None;
                 let end = batch.end.expect("a batch with events has an end");
-                // A full window means more rows wait below the same horizon:
-                // read the next window while the plugin handles this one.
-                let ahead = batch.full.then_some((batch_size, batch.horizon));
+                // More rows wait: read the next window while the plugin
+                // handles this one.
+                let ahead = batch.more.then_some(batch_size);
                 let events: Vec<(LoggedEvent, u32)> = batch
                     .events
                     .into_iter()
@@ -994,7 +1072,10 @@ impl Deliverer<'_> {
                         (e, attempt)
                     })
                     .collect();
-                let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
+                let positions: Vec<(Position, EventRef)> = events
+                    .iter()
+                    .map(|(e, _)| (e.position, e.event_ref()))
+                    .collect();
                 let handled_from = started.elapsed();
                 let result = self.handle(events, end, ahead).await?;
                 let (to, failed) = match result {
@@ -1030,8 +1111,8 @@ impl Deliverer<'_> {
                         Next::Continue
                     }
                     Some(failed) => {
-                        let at = positions[failed.index];
-                        self.failed(at, failed, state).await?
+                        let (at, event) = positions[failed.index];
+                        self.failed(at, event, failed, state).await?
                     }
                 }
             };
@@ -1039,7 +1120,6 @@ impl Deliverer<'_> {
                 Next::Continue => {}
                 Next::Resume(at) => {
                     cursor = at;
-                    state.horizon = None;
                     state.failures.retain(|p, _| *p > cursor);
                 }
                 Next::Rewound(at) => {
@@ -1049,10 +1129,14 @@ impl Deliverer<'_> {
                 Next::End(end) => return Ok(end),
                 Next::Wait(d) => {
                     tokio::select! {
-                        _ = wake.changed() => {}
+                        _ = ticked.changed() => continue,
                         _ = tokio::time::sleep(d) => {}
-                        _ = self.plugins.changed() => {}
+                        _ = self.plugins.changed() => continue,
                         _ = stopped(self.stop) => return Ok(WorkerEnd::Stopped),
+                    }
+                    // Polling: a tick, then read again.
+                    if !self.wait_for_tick(&mut ticked).await {
+                        return Ok(WorkerEnd::Stopped);
                     }
                 }
                 Next::Sleep(d) => {
@@ -1087,12 +1171,12 @@ impl Deliverer<'_> {
     /// transaction is rolled back and events before i are handed over again on
     /// their own, so that exactly their effects commit.
     ///
-    /// `ahead` (window, horizon): read the window after `end` during the call.
+    /// `ahead` (window): read the window after `end` during the call.
     async fn handle(
         &mut self,
         events: Vec<(LoggedEvent, u32)>,
         end: Position,
-        mut ahead: Option<(u32, u64)>,
+        mut ahead: Option<u32>,
     ) -> Result<Handled, WorkerError> {
         let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
         let Some(sql) = self.sql.clone() else {
@@ -1213,15 +1297,13 @@ impl Deliverer<'_> {
         events: Vec<(LoggedEvent, u32)>,
         sql: Option<Arc<dyn SqlAccess>>,
         end: Position,
-        ahead: Option<(u32, u64)>,
+        ahead: Option<u32>,
     ) -> Outcome {
         let plugin = self.plugin.clone();
-        let Some((window, horizon)) = ahead else {
+        let Some(window) = ahead else {
             return plugin.handle(events, sql).await;
         };
-        let read = self
-            .reader
-            .read(&*self.client, self.stream, end, window, Some(horizon));
+        let read = self.reader.read(&*self.client, self.stream, end, window);
         let (outcome, read) = tokio::join!(plugin.handle(events, sql), read);
         self.prefetched = read.ok().map(|batch| Prefetched {
             from: end,
@@ -1236,6 +1318,7 @@ impl Deliverer<'_> {
     async fn failed(
         &mut self,
         at: Position,
+        event: EventRef,
         failed: Failed,
         state: &mut WorkerState,
     ) -> Result<Next, WorkerError> {
@@ -1245,7 +1328,7 @@ impl Deliverer<'_> {
             message,
         } = failed;
         let attempts =
-            dead_letters::record_failure(&*self.client, self.stream, at, &message).await?;
+            dead_letters::record_failure(&*self.client, self.stream, at, event, &message).await?;
         state.failures.insert(at, attempts);
         let policy = self.policy;
         let plugin = self.stream.plugin.clone();
@@ -1261,7 +1344,7 @@ impl Deliverer<'_> {
             };
             record_error(&*self.client, &plugin, &message, false).await?;
             tracing::warn!(
-                stream = %self.stream, event = %at, attempt = attempts,
+                stream = %self.stream, %event, attempt = attempts,
                 "batch failed at event {index}: {message}; retrying in {delay:?}"
             );
             self.shared.observe(HostEvent::BatchFailed {
@@ -1285,7 +1368,9 @@ impl Deliverer<'_> {
         };
         match self.policy.on_failure {
             OnFailure::DeadLetter => {
-                if !dead_letters::bury(self.client, self.stream, at, &message, attempts).await? {
+                if !dead_letters::bury(self.client, self.stream, at, event, &message, attempts)
+                    .await?
+                {
                     return Ok(match self.after_refusal().await? {
                         Some(rewound) => Next::Rewound(rewound),
                         None => Next::End(WorkerEnd::LeaseLost),
@@ -1293,12 +1378,12 @@ impl Deliverer<'_> {
                 }
                 record_error(&*self.client, &plugin, &message, false).await?;
                 tracing::error!(
-                    stream = %self.stream, event = %at,
+                    stream = %self.stream, %event,
                     "{why}: {message}; moved to the dead letters (see `pgevents-host dead-letters list`)"
                 );
                 self.shared.observe(HostEvent::DeadLettered {
                     plugin,
-                    event: at,
+                    event,
                     attempts,
                     message,
                 });
@@ -1307,7 +1392,7 @@ impl Deliverer<'_> {
             OnFailure::Halt => {
                 record_error(&*self.client, &plugin, &message, true).await?;
                 tracing::error!(
-                    stream = %self.stream, event = %at,
+                    stream = %self.stream, %event,
                     "{why}: {message}; plugin halted there (it resumes when restarted or replaced)"
                 );
                 self.shared
@@ -1425,7 +1510,7 @@ impl Deliverer<'_> {
     /// Before an idle wait with NOTIFY on: renew the wake lease if due, so
     /// that writers notify. Returns whether to wait only briefly, because
     /// writers that looked while the lease had lapsed may still be running.
-    async fn keep_notifications_on(&mut self, horizon: u64) -> Result<bool, WorkerError> {
+    async fn keep_notifications_on(&mut self) -> Result<bool, WorkerError> {
         let lease = &self.shared.wake_lease;
         let last = *lease.renewed.lock().expect("wake lease lock");
         if last.is_none_or(|at| at.elapsed() >= Duration::from_millis(WAKE_RENEW_MS)) {
@@ -1452,42 +1537,28 @@ impl Deliverer<'_> {
                 lease
                     .catch_up_to
                     .fetch_max(xmax.parse().unwrap_or(u64::MAX), Ordering::Relaxed);
+                // A writer may have committed unnoticed since the last tick.
+                return Ok(true);
             }
         }
-        Ok(horizon < lease.catch_up_to.load(Ordering::Relaxed))
+        let catch_up_to = lease.catch_up_to.load(Ordering::Relaxed);
+        if lease.horizon_seen.load(Ordering::Relaxed) >= catch_up_to {
+            return Ok(false);
+        }
+        let horizon = log::horizon(&*self.client).await?;
+        lease.horizon_seen.fetch_max(horizon, Ordering::Relaxed);
+        Ok(horizon < catch_up_to)
     }
 
-    /// Say in the log which transaction holds delivery back, once it has for a while.
-    async fn tell_who_holds_back(&mut self, horizon: u64, state: &mut WorkerState) {
-        let since = *state.held_since.get_or_insert_with(Instant::now);
-        let every = self.shared.settings.horizon_warn_after;
-        if self.stream.part != 0
-            || since.elapsed() < every
-            || state.warned_at.is_some_and(|at| at.elapsed() < every)
-        {
-            return;
-        }
-        state.warned_at = Some(Instant::now());
-        match crate::status::blockers(&*self.client, horizon).await {
-            Ok(blockers) => {
-                self.shared.observe(HostEvent::HeldBack {
-                    plugin: self.stream.plugin.clone(),
-                    blockers: blockers.clone(),
-                });
-                for b in blockers {
-                    tracing::warn!(
-                        plugin = %self.stream.plugin,
-                        pid = b.pid,
-                        database = b.database.as_deref().unwrap_or("?"),
-                        user = b.user.as_deref().unwrap_or("?"),
-                        application = b.application_name.as_deref().unwrap_or(""),
-                        age_s = b.age_seconds.round() as u64,
-                        query = b.query.as_deref().unwrap_or(""),
-                        "an open transaction holds delivery back: events committed after it began wait until it ends"
-                    );
-                }
-            }
-            Err(e) => tracing::debug!("could not look up what holds delivery back: {e}"),
+    /// Ask the ticker for a tick and wait until one has been taken (at most
+    /// `TICK_WAIT_MS`: the ticker may be reconnecting). False if asked to stop.
+    async fn wait_for_tick(&mut self, ticked: &mut watch::Receiver<u64>) -> bool {
+        ticked.borrow_and_update();
+        self.shared.tick_requests.notify_one();
+        tokio::select! {
+            _ = ticked.changed() => true,
+            _ = tokio::time::sleep(Duration::from_millis(TICK_WAIT_MS)) => true,
+            _ = stopped(self.stop) => false,
         }
     }
 }

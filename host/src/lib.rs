@@ -8,6 +8,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod leases;
 pub mod log;
+pub mod out;
 pub mod registry;
 pub mod reload;
 pub mod runtime;

@@ -1,25 +1,68 @@
-//! Reading the event log after a cursor, and acknowledging.
+//! The event log in commit order: ticks, reading after a cursor, acknowledging,
+//! replay, retention.
 //!
-//! Ordering without gaps: sequence values become visible out of commit order,
-//! so reading `seq > cursor` would skip a late-committing transaction. The log
-//! is read only below the snapshot horizon (every transaction with a smaller
-//! id has finished), in `(txid, seq)` order, with the cursor `(txid, seq)`.
+//! A transaction's id is taken at its first write, not at commit, so neither
+//! `txid` nor `seq` order is the order in which rows changed. A *tick*
+//! (`pgevents.tick()`, migration 5) takes a snapshot and numbers the
+//! transactions that became visible since the last tick (`ord` in
+//! `pgevents.commits`); within one tick by their last event's `seq`. A
+//! position is `(ord, seq)`: the transaction's number and the event's
+//! sequence number. Events are delivered in position order, which is every
+//! row's own history and, across rows, commit order at tick granularity, with
+//! each transaction's events together. A long-running transaction holds
+//! nobody back: it gets its number in the tick after it commits.
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Statement};
 
 use crate::config::SCHEMA;
 
-/// A log position. `(txid, seq)` ordered; `seq` 0 is before every event of `txid`.
+/// A delivery position: the committed transaction's number in delivery
+/// order (`ord`) and the event's sequence number. `(ord, 0)` is before every
+/// event of transaction `ord`; `(0, 0)` is the start of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 pub struct Position {
-    pub txid: u64,
+    pub ord: i64,
     pub seq: i64,
 }
 
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}/{}", self.ord, self.seq)
+    }
+}
+
+/// An event's identity: its writing transaction and sequence number, what a
+/// plugin sees as `event.position`, written `TXID/SEQ` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+pub struct EventRef {
+    pub txid: u64,
+    pub seq: i64,
+}
+
+impl std::fmt::Display for EventRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.txid, self.seq)
+    }
+}
+
+impl std::str::FromStr for EventRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<EventRef, String> {
+        let (txid, seq) = text.split_once('/').ok_or_else(|| {
+            format!("`{text}` is not an event; write TXID/SEQ, as `status` shows cursors (e.g. 7741/1200)")
+        })?;
+        Ok(EventRef {
+            txid: txid
+                .trim()
+                .parse()
+                .map_err(|e| format!("transaction id `{txid}`: {e}"))?,
+            seq: seq
+                .trim()
+                .parse()
+                .map_err(|e| format!("sequence `{seq}`: {e}"))?,
+        })
     }
 }
 
@@ -57,6 +100,8 @@ impl Op {
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub position: Position,
+    /// The writing transaction (with `position.seq`, the event's identity).
+    pub txid: u64,
     pub op: Op,
     pub schema: String,
     pub table: String,
@@ -69,33 +114,54 @@ pub struct LoggedEvent {
     pub tag: Option<String>,
 }
 
+/// The columns [`LoggedEvent::from_row`] reads, from the log (or the dead
+/// letters) as `e`, after the position's `ord`.
+pub(crate) const EVENT_COLUMNS: &str = "e.txid::text, e.seq, e.op, e.schema_name, e.table_name,
+    e.pk::text, e.new_row::text, e.old_row::text,
+    to_char(e.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+    e.db_user, e.app_name, e.tag";
+
+/// Columns of a row after [`EVENT_COLUMNS`] (and the `ord` before them) start here.
+pub(crate) const AFTER_EVENT_COLUMNS: usize = 13;
+
 impl LoggedEvent {
-    /// Stable id: a name-based UUID of the position, identical on every delivery.
+    pub fn event_ref(&self) -> EventRef {
+        EventRef {
+            txid: self.txid,
+            seq: self.position.seq,
+        }
+    }
+
+    /// Stable id: a name-based UUID of the event's transaction and sequence
+    /// number, identical on every delivery (and across the upgrade to commit
+    /// order, which kept both).
     pub fn id(&self) -> uuid::Uuid {
         const NAMESPACE: uuid::Uuid =
             uuid::Uuid::from_u128(0x5d0c_1b6e_8a7e_4f1c_9c3e_2f4b_7a61_0e11);
         let mut name = [0u8; 16];
-        name[..8].copy_from_slice(&self.position.txid.to_be_bytes());
+        name[..8].copy_from_slice(&self.txid.to_be_bytes());
         name[8..].copy_from_slice(&self.position.seq.to_be_bytes());
         uuid::Uuid::new_v5(&NAMESPACE, &name)
     }
 
+    /// From `ord, EVENT_COLUMNS`.
     pub(crate) fn from_row(row: &Row) -> LoggedEvent {
         LoggedEvent {
             position: Position {
-                txid: parse_txid(row.get(0)),
-                seq: row.get(1),
+                ord: row.get(0),
+                seq: row.get(2),
             },
-            op: Op::from_code(row.get(2)),
-            schema: row.get(3),
-            table: row.get(4),
-            key: row.get(5),
-            new_row: row.get(6),
-            old_row: row.get(7),
-            captured_at: row.get(8),
-            user: row.get(9),
-            application_name: row.get(10),
-            tag: row.get(11),
+            txid: parse_txid(row.get(1)),
+            op: Op::from_code(row.get(3)),
+            schema: row.get(4),
+            table: row.get(5),
+            key: row.get(6),
+            new_row: row.get(7),
+            old_row: row.get(8),
+            captured_at: row.get(9),
+            user: row.get(10),
+            application_name: row.get(11),
+            tag: row.get(12),
         }
     }
 }
@@ -104,10 +170,11 @@ fn parse_txid(text: &str) -> u64 {
     text.parse().unwrap_or(0)
 }
 
-/// The first transaction id whose rows may not all be visible yet: the
-/// snapshot's xmin, except that in-progress transactions known to belong to
-/// other databases of the cluster are skipped (they cannot write our log). An
-/// in-progress id whose owner cannot be seen still counts.
+/// The first transaction id that may still be running and writing to this
+/// database: the snapshot's xmin, except that in-progress transactions known
+/// to belong to other databases of the cluster are skipped. An in-progress id
+/// whose owner cannot be seen still counts. Delivery does not wait for it
+/// (see the module doc); `status` and the wake-up catch-up use it.
 const HORIZON_SQL: &str = "
     WITH snap AS MATERIALIZED (SELECT pg_current_snapshot() AS s)
     SELECT (CASE
@@ -138,144 +205,177 @@ pub(crate) fn subscribed(e: &str, plugin: &str) -> String {
     )
 }
 
+/// SQL condition: event `e` orders every partition of a stream: a TRUNCATE,
+/// or an update that changed the row's primary key (it belongs to two keys,
+/// perhaps of two partitions). With partitions, every partition stops before
+/// it, partition 0 delivers it, then all go on (see [`Reader::read`]).
+pub(crate) fn barrier(e: &str) -> String {
+    format!(
+        "({e}.op = 'T' OR ({e}.op = 'U' AND {e}.pk IS NOT NULL
+            AND {e}.pk IS DISTINCT FROM {SCHEMA}.key_of({e}.old_row, ARRAY(SELECT jsonb_object_keys({e}.pk)))))"
+    )
+}
+
 /// SQL condition: event `e` is delivered by partition row `c` (with `part`
-/// and `parts`): by key hash, and TRUNCATE by partition 0.
+/// and `parts`): by key hash, and a [`barrier`] by partition 0.
 pub(crate) fn in_partition(e: &str, c: &str) -> String {
     format!(
-        "({c}.parts = 1 OR CASE WHEN {e}.op = 'T' THEN {c}.part = 0
-                              ELSE {SCHEMA}.part_of({e}.schema_name, {e}.table_name, {e}.pk, {c}.parts) = {c}.part END)"
+        "({c}.parts = 1 OR CASE WHEN {} THEN {c}.part = 0
+                              ELSE {SCHEMA}.part_of({e}.schema_name, {e}.table_name, {e}.pk, {c}.parts) = {c}.part END)",
+        barrier(e)
     )
+}
+
+/// SQL FROM item: the log rows `e` of numbered transactions `k`.
+pub(crate) const NUMBERED_EVENTS: &str =
+    "(pgevents.commits k JOIN pgevents.events e ON e.txid = k.txid)";
+
+/// SQL condition on [`NUMBERED_EVENTS`]: the position `(k.ord, e.seq)` is
+/// in `(from, to]`, both given as `(ord, seq)` SQL expressions.
+pub(crate) fn between(from: (&str, &str), to: (&str, &str)) -> String {
+    let ((from_ord, from_seq), (to_ord, to_seq)) = (from, to);
+    format!(
+        "k.ord >= {from_ord} AND k.ord <= {to_ord}
+         AND (k.ord, e.seq) > ({from_ord}, {from_seq}) AND (k.ord, e.seq) <= ({to_ord}, {to_seq})"
+    )
+}
+
+/// The last tick's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tick {
+    /// The highest transaction number handed out so far.
+    pub last_ord: i64,
+    /// How many ticks have numbered transactions (changes when one did).
+    pub ticks: i64,
+}
+
+/// Take a tick (see the module doc): number the transactions that became
+/// visible since the last one. With `look_first`, cheap and without writes
+/// when there are none; without, a little quicker when there surely are
+/// (after a NOTIFY).
+pub async fn tick(
+    client: &impl GenericClient,
+    look_first: bool,
+) -> Result<Tick, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            &format!("SELECT last_ord, ticks FROM {SCHEMA}.tick($1)"),
+            &[&look_first],
+        )
+        .await?;
+    Ok(Tick {
+        last_ord: row.get(0),
+        ticks: row.get(1),
+    })
 }
 
 /// Prepared statements of one reader connection.
 #[derive(Debug, Clone)]
 pub struct Reader {
-    horizon: Statement,
     batch: Statement,
-    held_back: Statement,
     ack: Statement,
 }
 
 impl Reader {
     pub async fn prepare(client: &Client) -> Result<Reader, tokio_postgres::Error> {
-        // A window of the next rows in index order, then the plugin's filter:
-        // the plan is the primary-key index scan whatever the statistics say
-        // (right after a bulk insert they say the log is empty, and a
-        // filter-then-sort plan re-reads the whole backlog for every batch).
-        // The subscription is joined once per window rather than tested per
-        // row (a correlated EXISTS cost ~20 us a row, ten times the rest of
-        // the read); the key (plugin, schema, table) makes it one row at most.
+        // The next transactions after the cursor in order, as many as may
+        // hold `window` rows (a transaction's rows are at most last - first
+        // + 1), each read in `seq` order off the log's primary key; then the
+        // plugin's filter. The plan is index range scans whatever the
+        // statistics say, and sorts at most about two windows of rows. The
+        // subscription is joined once per window rather than tested per row
+        // (a correlated EXISTS cost ~20 us a row); the key (plugin, schema,
+        // table) makes it one row at most.
+        let barrier = barrier("e");
         let batch_sql = format!(
-            "SELECT w.txid::text AS txid_text, w.seq, w.op, w.schema_name, w.table_name,
-                    w.pk::text, w.new_row::text, w.old_row::text,
-                    to_char(w.captured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                    w.db_user, w.app_name, w.tag,
-                    s.plugin IS NOT NULL AND w.op = ANY (s.ops)
-                      AND (w.op <> 'U' OR s.changed_columns IS NULL OR EXISTS (
-                            SELECT 1 FROM unnest(s.changed_columns) AS c
-                            WHERE w.new_row -> c IS DISTINCT FROM w.old_row -> c))
-                      AND ($6 = 1 OR w.op = 'T'
-                           OR {SCHEMA}.part_of(w.schema_name, w.table_name, w.pk, $6) = $7)
-                      AS wanted
-             FROM (SELECT e.txid, e.seq, e.op, e.schema_name, e.table_name, e.captured_at,
-                          e.db_user, e.app_name, e.tag, e.pk, e.new_row, e.old_row
-                   FROM {SCHEMA}.events e
-                   WHERE (e.txid, e.seq) > ($1::text::xid8, $2) AND e.txid < $3::text::xid8
-                   ORDER BY e.txid, e.seq
-                   LIMIT $5) AS w
+            "SELECT c.ord, {EVENT_COLUMNS},
+                    s.plugin IS NOT NULL AND e.op = ANY (s.ops)
+                      AND (e.op <> 'U' OR s.changed_columns IS NULL OR EXISTS (
+                            SELECT 1 FROM unnest(s.changed_columns) AS col
+                            WHERE e.new_row -> col IS DISTINCT FROM e.old_row -> col))
+                      AND ($5::int = 1 OR {barrier}
+                           OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $5::int) = $6::int)
+                      AS wanted,
+                    $5::int > 1 AND {barrier} AS barrier,
+                    (SELECT t.last_ord FROM {SCHEMA}.ticker t WHERE t.id = 1) AS ticked_to
+             FROM (SELECT k.ord, k.txid, k.after
+                   FROM (SELECT k0.ord, k0.txid, k0.after,
+                                sum(k0.rows) OVER (ORDER BY k0.ord) - k0.rows AS before
+                         FROM (SELECT ord, txid,
+                                      CASE WHEN ord = $1::bigint THEN $2::bigint ELSE 0 END AS after,
+                                      greatest(0, last_seq - greatest(first_seq - 1,
+                                                   CASE WHEN ord = $1::bigint THEN $2::bigint ELSE 0 END)) AS rows
+                               FROM {SCHEMA}.commits WHERE ord >= $1::bigint
+                               ORDER BY ord LIMIT $4::bigint) AS k0) AS k
+                   WHERE k.before < $4::bigint) AS c
+             CROSS JOIN LATERAL (
+                   SELECT * FROM {SCHEMA}.events e
+                   WHERE e.txid = c.txid AND e.seq > c.after
+                   ORDER BY e.seq LIMIT $4::bigint) AS e
              LEFT JOIN {SCHEMA}.subscriptions s
-                    ON s.plugin = $4 AND s.schema_name = w.schema_name
-                   AND s.table_name = w.table_name
-             ORDER BY w.txid, w.seq"
+                    ON s.plugin = $3 AND s.schema_name = e.schema_name
+                   AND s.table_name = e.table_name
+             ORDER BY c.ord, e.seq
+             LIMIT $4::bigint"
         );
-        // Whether events wait at or above the horizon (an open transaction holds
-        // them). As `max()`, a one-row backward index probe under any plan; as
-        // `EXISTS (... WHERE txid >= $1)` a generic plan may scan the whole log.
-        let held_back_sql =
-            format!("SELECT coalesce(max(e.txid) >= $1::text::xid8, false) FROM {SCHEMA}.events e");
-
-        let ack_sql = ACK_SQL;
-        let (horizon, batch, held_back, ack) = tokio::try_join!(
-            client.prepare(HORIZON_SQL),
-            client.prepare(&batch_sql),
-            client.prepare(&held_back_sql),
-            client.prepare(ack_sql),
-        )?;
-        Ok(Reader {
-            horizon,
-            batch,
-            held_back,
-            ack,
-        })
+        let (batch, ack) = tokio::try_join!(client.prepare(&batch_sql), client.prepare(ACK_SQL))?;
+        Ok(Reader { batch, ack })
     }
 
-    /// The next `window` log rows after `cursor` (below the horizon), and of
-    /// those the events `plugin` subscribes to, in log order.
-    ///
-    /// `known_horizon` may pass the horizon of an earlier read: rows below an
-    /// old horizon are final, so while a backlog drains in full windows the
-    /// horizon need not be recomputed for every batch.
+    /// The next `window` log rows after `cursor` (of transactions numbered
+    /// by a tick so far), and of those the events `plugin` subscribes to, in
+    /// delivery order.
     pub async fn read(
         &self,
         client: &Client,
         stream: &Stream,
         cursor: Position,
         window: u32,
-        known_horizon: Option<u64>,
     ) -> Result<Batch, tokio_postgres::Error> {
-        let horizon = match known_horizon {
-            Some(h) => h.to_string(),
-            None => client.query_one(&self.horizon, &[]).await?.get(0),
-        };
-        let txid = cursor.txid.to_string();
         let window = i64::from(window);
         let parts = stream.parts as i32;
         let part = stream.part as i32;
-        let batch_params: [&(dyn ToSql + Sync); 7] = [
-            &txid,
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &cursor.ord,
             &cursor.seq,
-            &horizon,
             &stream.plugin,
             &window,
             &parts,
             &part,
         ];
-        let held_back_params: [&(dyn ToSql + Sync); 1] = [&horizon];
-        let (rows, held_back) = tokio::try_join!(
-            client.query(&self.batch, &batch_params),
-            client.query_one(&self.held_back, &held_back_params),
-        )?;
-        let mut full = rows.len() as i64 == window;
+        let rows = client.query(&self.batch, &params).await?;
+        let wanted = |r: &Row| r.get::<_, bool>(AFTER_EVENT_COLUMNS);
+        let is_barrier = |r: &Row| r.get::<_, bool>(AFTER_EVENT_COLUMNS + 1);
+        let ticked_to: Option<i64> = rows.last().map(|r| r.get(AFTER_EVENT_COLUMNS + 2));
+        let last_ord: Option<i64> = rows.last().map(|r| r.get(0));
+        // More wait after this window: it is full, or it stopped short of the
+        // last numbered transaction (the row estimate is an upper bound).
+        let mut more = rows.len() as i64 == window || last_ord < ticked_to;
         let mut rows = rows.as_slice();
         let mut barrier = None;
-        // With partitions, a TRUNCATE is a barrier: every partition stops
-        // before it, partition 0 delivers it alone, then all go on past it.
-        if stream.parts > 1
-            && let Some(k) = rows
-                .iter()
-                .position(|r| r.get::<_, bool>(12) && Op::from_code(r.get(2)) == Op::Truncate)
-        {
+        // With partitions, a barrier (a TRUNCATE, a key change): every
+        // partition stops before it, partition 0 delivers it alone, then all
+        // go on past it.
+        if let Some(k) = rows.iter().position(|r| wanted(r) && is_barrier(r)) {
             if k == 0 {
                 barrier = Some(LoggedEvent::from_row(&rows[0]));
             }
             rows = &rows[..k];
-            full = false;
+            more = false;
         }
         let end = rows.last().map(|row| Position {
-            txid: parse_txid(row.get(0)),
-            seq: row.get(1),
+            ord: row.get(0),
+            seq: row.get(2),
         });
         let events = rows
             .iter()
-            .filter(|row| row.get::<_, bool>(12))
+            .filter(|r| wanted(r))
             .map(LoggedEvent::from_row)
             .collect();
         Ok(Batch {
             events,
             end,
-            full,
-            held_back: held_back.get(0),
-            horizon: parse_txid(&horizon),
+            more,
             barrier,
         })
     }
@@ -292,11 +392,11 @@ impl Reader {
     }
 }
 
-/// `pgevents.ack`: guarded by the lease token and the rewind count.
-/// Types are schema-qualified: this also runs on a plugin's sql session,
-/// where the plugin could shadow unqualified type names in `pg_temp`.
-const ACK_SQL: &str =
-    "SELECT pgevents.ack($1, $2, $3, $4, $5, $6::pg_catalog.text::pg_catalog.xid8, $7)";
+/// `pgevents.ack`: guarded by the lease token and the rewind count. Every
+/// parameter is of a built-in type the server infers from the function's
+/// signature: this also runs on a plugin's sql session, where the plugin
+/// could shadow unqualified type names in `pg_temp`.
+const ACK_SQL: &str = "SELECT pgevents.ack($1, $2, $3, $4, $5, $6, $7)";
 
 /// [`Reader::ack`] on any client (a plugin's SQL session acks in its own
 /// transaction), with a prepared statement if the caller has one.
@@ -308,14 +408,13 @@ pub async fn ack_with(
 ) -> Result<bool, tokio_postgres::Error> {
     let part = stream.part as i32;
     let parts = stream.parts as i32;
-    let txid = to.txid.to_string();
     let params: [&(dyn ToSql + Sync); 7] = [
         &stream.plugin,
         &part,
         &parts,
         &stream.token,
         &stream.rewinds,
-        &txid,
+        &to.ord,
         &to.seq,
     ];
     let row = match prepared {
@@ -355,17 +454,14 @@ pub struct Batch {
     /// The window's last row: where the cursor goes once `events` are handled
     /// (past the rows the plugin does not subscribe to). `None`: nothing new.
     pub end: Option<Position>,
-    /// The window was full: more rows may wait below the same horizon.
-    pub full: bool,
-    /// Events exist at or above the horizon: a running transaction holds them back.
-    pub held_back: bool,
-    pub horizon: u64,
-    /// With partitions: the next event is a TRUNCATE, which waits for every
-    /// partition (see [`barrier_open`]).
+    /// More numbered rows wait after `end`: read again at once.
+    pub more: bool,
+    /// With partitions: the next event is a [`barrier`], which waits for
+    /// every partition (see [`barrier_open`]).
     pub barrier: Option<LoggedEvent>,
 }
 
-/// Whether the stream may pass the TRUNCATE at `at`: partition 0 (which
+/// Whether the stream may pass the [`barrier`] at `at`: partition 0 (which
 /// delivers it) once every other partition has nothing left before it; the
 /// others once partition 0 has acknowledged it.
 pub async fn barrier_open(
@@ -378,36 +474,47 @@ pub async fn barrier_open(
             "SELECT NOT EXISTS (
                  SELECT 1 FROM {SCHEMA}.cursors c
                  WHERE c.plugin = $1 AND c.parts = $4 AND c.part <> 0
-                   AND EXISTS (SELECT 1 FROM {SCHEMA}.events e
-                               WHERE (e.txid, e.seq) > (c.txid, c.seq)
-                                 AND (e.txid, e.seq) < ($2::text::xid8, $3)))"
+                   AND EXISTS (SELECT 1 FROM {NUMBERED_EVENTS}
+                               WHERE {} AND (k.ord, e.seq) < ($2, $3)))",
+            between(("c.ord", "c.seq"), ("$2", "$3"))
         )
     } else {
         format!(
-            "SELECT coalesce((SELECT (txid, seq) >= ($2::text::xid8, $3) FROM {SCHEMA}.cursors
+            "SELECT coalesce((SELECT (ord, seq) >= ($2, $3) FROM {SCHEMA}.cursors
                               WHERE plugin = $1 AND part = 0 AND parts = $4), false)"
         )
     };
     let row = client
         .query_one(
             &sql,
-            &[
-                &stream.plugin,
-                &at.txid.to_string(),
-                &at.seq,
-                &(stream.parts as i32),
-            ],
+            &[&stream.plugin, &at.ord, &at.seq, &(stream.parts as i32)],
         )
         .await?;
     Ok(row.get(0))
 }
 
+/// The position after the last event of the last numbered transaction.
+async fn end_of_log(client: &impl GenericClient) -> Result<Position, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT t.last_ord, coalesce(k.last_seq, 0) FROM {SCHEMA}.ticker t
+                 LEFT JOIN {SCHEMA}.commits k ON k.ord = t.last_ord WHERE t.id = 1"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(Position {
+        ord: row.get(0),
+        seq: row.get(1),
+    })
+}
+
 /// Make sure `plugin` has cursors. A plugin seen for the first time gets
-/// `parts` partitions starting at the current horizon, so it gets every event
-/// captured from now on, or, `from_beginning`, before the oldest event the
-/// log holds. A known plugin keeps the partition
-/// count it has (changing it is [`repartition`]'s job): returns that count
-/// when it differs from `parts`.
+/// `parts` partitions starting now (after a tick: every transaction that
+/// commits from here on), or, `from_beginning`, before the oldest event the
+/// log holds. A known plugin keeps the partition count it has (changing it
+/// is [`repartition`]'s job): returns that count when it differs from `parts`.
 pub async fn ensure_cursors(
     client: &impl GenericClient,
     plugin: &str,
@@ -424,14 +531,13 @@ pub async fn ensure_cursors(
     if let Some(existing) = existing {
         return Ok((existing as u32 != parts).then_some(existing as u32));
     }
-    // From the beginning: before every event (txid 0). Otherwise from now:
-    // before every transaction that may still commit.
-    let txid = if from_beginning {
-        "0".to_owned()
+    let start = if from_beginning {
+        Position::default()
     } else {
-        horizon(client).await?.to_string()
+        tick(client, true).await?;
+        end_of_log(client).await?
     };
-    insert_cursors(client, plugin, parts, &txid, 0).await?;
+    insert_cursors(client, plugin, parts, start).await?;
     Ok(None)
 }
 
@@ -439,16 +545,15 @@ async fn insert_cursors(
     client: &impl GenericClient,
     plugin: &str,
     parts: u32,
-    txid: &str,
-    seq: i64,
+    at: Position,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             &format!(
-                "INSERT INTO {SCHEMA}.cursors (plugin, part, parts, txid, seq)
-                 SELECT $1, p, $2, $3::text::xid8, $4 FROM generate_series(0, $2 - 1) AS p"
+                "INSERT INTO {SCHEMA}.cursors (plugin, part, parts, ord, seq)
+                 SELECT $1, p, $2, $3, $4 FROM generate_series(0, $2 - 1) AS p"
             ),
-            &[&plugin, &(parts as i32), &txid, &seq],
+            &[&plugin, &(parts as i32), &at.ord, &at.seq],
         )
         .await?;
     Ok(())
@@ -503,8 +608,8 @@ pub async fn repartition(
     let Some(oldest) = tx
         .query_opt(
             &format!(
-                "SELECT txid::text, seq, parts FROM {SCHEMA}.cursors WHERE plugin = $1
-                 ORDER BY txid, seq LIMIT 1 FOR UPDATE"
+                "SELECT ord, seq, parts FROM {SCHEMA}.cursors WHERE plugin = $1
+                 ORDER BY ord, seq LIMIT 1 FOR UPDATE"
             ),
             &[&plugin],
         )
@@ -512,7 +617,11 @@ pub async fn repartition(
     else {
         return Err(RepartitionError::Unknown(plugin.to_owned()));
     };
-    let (txid, seq, old): (String, i64, i32) = (oldest.get(0), oldest.get(1), oldest.get(2));
+    let at = Position {
+        ord: oldest.get(0),
+        seq: oldest.get(1),
+    };
+    let old: i32 = oldest.get(2);
     // Leases before cursors: the order `pgevents.ack` locks them in.
     for table in ["leases", "cursors", "attempts"] {
         tx.execute(
@@ -521,7 +630,7 @@ pub async fn repartition(
         )
         .await?;
     }
-    insert_cursors(&tx, plugin, parts, &txid, seq).await?;
+    insert_cursors(&tx, plugin, parts, at).await?;
     tx.commit().await?;
     Ok(old as u32)
 }
@@ -535,7 +644,7 @@ pub async fn cursor(
     let row = client
         .query_opt(
             &format!(
-                "SELECT txid::text, seq, rewinds FROM {SCHEMA}.cursors
+                "SELECT ord, seq, rewinds FROM {SCHEMA}.cursors
                  WHERE plugin = $1 AND part = $2 AND parts = $3"
             ),
             &[
@@ -548,7 +657,7 @@ pub async fn cursor(
     Ok(row.map(|r| {
         (
             Position {
-                txid: parse_txid(r.get(0)),
+                ord: r.get(0),
                 seq: r.get(1),
             },
             r.get(2),
@@ -556,14 +665,42 @@ pub async fn cursor(
     }))
 }
 
+/// A position as the command line shows it: the last event before it
+/// (`TXID/SEQ`, what `replay --after` takes), or the start of the log.
+pub async fn describe(
+    client: &impl GenericClient,
+    at: Position,
+) -> Result<String, tokio_postgres::Error> {
+    let txid: Option<String> = client
+        .query_opt(
+            &format!("SELECT txid::text FROM {SCHEMA}.commits WHERE ord = $1"),
+            &[&at.ord],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(position_text(at, txid.as_deref()))
+}
+
+/// [`describe`], given the position's transaction id if it is still known.
+pub(crate) fn position_text(at: Position, txid: Option<&str>) -> String {
+    match txid {
+        _ if at.ord == 0 => "the start of the log".into(),
+        Some(txid) if at.seq == 0 => format!("{txid}/0 (before transaction {txid})"),
+        Some(txid) => format!("{txid}/{}", at.seq),
+        None => format!("transaction number {} (pruned), seq {}", at.ord, at.seq),
+    }
+}
+
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayFrom {
-    /// Every event captured at or after this time (and, since the log is in
-    /// transaction order, possibly some captured shortly before).
+    /// Every transaction that committed (was numbered) at or after this time:
+    /// every event captured since, and possibly some captured shortly before
+    /// in transactions that committed after it.
     Time(std::time::SystemTime),
-    /// Every event after this position.
-    After(Position),
+    /// Every event after this one, in delivery order (`TXID/0`: the whole
+    /// transaction `TXID` and everything after it).
+    After(EventRef),
     /// Everything the log still holds.
     Start,
 }
@@ -572,6 +709,8 @@ pub enum ReplayFrom {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Replayed {
     pub cursor: Position,
+    /// `cursor` as the command line writes it (see [`describe`]).
+    pub cursor_text: String,
     /// Partitions moved back (those already at or before `cursor` stay).
     pub partitions: u32,
     /// Events that will be delivered again.
@@ -580,49 +719,75 @@ pub struct Replayed {
     pub oldest_retained: Option<Position>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no plugin named `{0}` has a cursor (see `pgevents-host status`)")]
+    Unknown(String),
+    #[error(
+        "no event {0} in the log: its transaction was pruned, has not committed, or does not exist (`status` shows cursors as TXID/SEQ)"
+    )]
+    NoSuchEvent(EventRef),
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for ReplayError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ReplayError::Db(crate::db::error_text(&e))
+    }
+}
+
 /// Rewind every partition of `plugin` that is past `from` to it. Running
 /// deliverers notice at once (when idle) or at their next acknowledgement
-/// (which then fails), and continue from there. Returns `None` if the plugin
-/// has no cursor.
+/// (which then fails), and continue from there.
 pub async fn replay(
     client: &mut Client,
     plugin: &str,
     from: ReplayFrom,
-) -> Result<Option<Replayed>, tokio_postgres::Error> {
+) -> Result<Replayed, ReplayError> {
     let tx = client.transaction().await?;
     let oldest = tx
         .query_opt(
-            &format!("SELECT txid::text, seq FROM {SCHEMA}.events ORDER BY txid, seq LIMIT 1"),
+            &format!("SELECT ord FROM {SCHEMA}.commits ORDER BY ord LIMIT 1"),
             &[],
         )
         .await?
         .map(|r| Position {
-            txid: parse_txid(r.get(0)),
-            seq: r.get(1),
+            ord: r.get(0),
+            seq: 0,
         });
     let cursor = match from {
-        ReplayFrom::After(p) => p,
         ReplayFrom::Start => Position::default(),
+        ReplayFrom::After(event) => {
+            let ord: Option<i64> = tx
+                .query_opt(
+                    &format!("SELECT ord FROM {SCHEMA}.commits WHERE txid = $1::text::xid8"),
+                    &[&event.txid.to_string()],
+                )
+                .await?
+                .map(|r| r.get(0));
+            match ord {
+                Some(ord) => Position {
+                    ord,
+                    seq: event.seq,
+                },
+                None => return Err(ReplayError::NoSuchEvent(event)),
+            }
+        }
         ReplayFrom::Time(at) => {
-            let first = tx
+            let first: Option<i64> = tx
                 .query_opt(
                     &format!(
-                        "SELECT txid::text, seq FROM {SCHEMA}.events WHERE captured_at >= $1
-                         ORDER BY txid, seq LIMIT 1"
+                        "SELECT ord FROM {SCHEMA}.commits WHERE ticked_at >= $1 ORDER BY ord LIMIT 1"
                     ),
                     &[&at],
                 )
-                .await?;
+                .await?
+                .map(|r| r.get(0));
             match first {
-                Some(r) => Position {
-                    txid: parse_txid(r.get(0)),
-                    seq: r.get::<_, i64>(1) - 1,
-                },
-                // Nothing captured since: replay nothing, from the current end.
-                None => Position {
-                    txid: horizon(&tx).await?,
-                    seq: 0,
-                },
+                Some(ord) => Position { ord, seq: 0 },
+                // Nothing committed since: replay nothing, from the end.
+                None => end_of_log(&tx).await?,
             }
         }
     };
@@ -634,7 +799,7 @@ pub async fn replay(
         .await?
         .get(0);
     if known == 0 {
-        return Ok(None);
+        return Err(ReplayError::Unknown(plugin.to_owned()));
     }
     // Only backwards: a partition already before the target keeps its place
     // (moving it forward would skip events it has not had). Every partition's
@@ -644,23 +809,22 @@ pub async fn replay(
         .query_one(
             &format!(
                 "WITH old AS (
-                     SELECT part, parts, txid, seq FROM {SCHEMA}.cursors WHERE plugin = $1 FOR UPDATE),
+                     SELECT part, parts, ord, seq FROM {SCHEMA}.cursors WHERE plugin = $1 FOR UPDATE),
                  moved AS (
                      UPDATE {SCHEMA}.cursors c
-                     SET txid = CASE WHEN (c.txid, c.seq) > ($2::text::xid8, $3) THEN $2::text::xid8 ELSE c.txid END,
-                         seq = CASE WHEN (c.txid, c.seq) > ($2::text::xid8, $3) THEN $3 ELSE c.seq END,
+                     SET ord = CASE WHEN (c.ord, c.seq) > ($2, $3) THEN $2 ELSE c.ord END,
+                         seq = CASE WHEN (c.ord, c.seq) > ($2, $3) THEN $3 ELSE c.seq END,
                          rewinds = c.rewinds + 1, updated_at = now()
                      WHERE c.plugin = $1
                      RETURNING c.part)
-                 SELECT (SELECT count(*) FROM old WHERE (txid, seq) > ($2::text::xid8, $3)),
+                 SELECT (SELECT count(*) FROM old WHERE (ord, seq) > ($2, $3)),
                         (SELECT count(*) FROM moved),
-                        (SELECT count(*) FROM old o JOIN {SCHEMA}.events e
-                             ON (e.txid, e.seq) > ($2::text::xid8, $3) AND (e.txid, e.seq) <= (o.txid, o.seq)
-                         WHERE {} AND {})",
+                        (SELECT count(*) FROM old o JOIN {NUMBERED_EVENTS} ON {} WHERE {} AND {})",
+                between(("$2", "$3"), ("o.ord", "o.seq")),
                 subscribed("e", "$1"),
                 in_partition("e", "o")
             ),
-            &[&plugin, &cursor.txid.to_string(), &cursor.seq],
+            &[&plugin, &cursor.ord, &cursor.seq],
         )
         .await?;
     let (partitions, events): (i64, i64) = (row.get(0), row.get(2));
@@ -669,22 +833,25 @@ pub async fn replay(
         &[&plugin],
     )
     .await?;
+    let cursor_text = describe(&tx, cursor).await?;
     // Wake idle deliverers: they look for a rewind when they find nothing new.
     tx.batch_execute(&format!("NOTIFY {}", crate::config::NOTIFY_CHANNEL))
         .await?;
     tx.commit().await?;
-    Ok(Some(Replayed {
+    Ok(Replayed {
         cursor,
+        cursor_text,
         partitions: partitions as u32,
         events,
         oldest_retained: oldest,
-    }))
+    })
 }
 
-/// Delete the log rows, among the oldest `RETENTION_BATCH_ROWS`, that every
-/// cursor has passed and that are older than `min_age`. Returns how many went
-/// (call again while it returns a full batch). Only one host
-/// prunes at a time; the others return 0 at once.
+/// Delete up to `RETENTION_BATCH_ROWS` log rows of the oldest transactions
+/// that every cursor has passed (paused plugins' included) and that
+/// committed longer than `min_age` ago, and the numbers of transactions left
+/// without rows. Returns how many rows went (call again while it returns a
+/// full batch). Only one host prunes at a time; the others return 0 at once.
 pub async fn prune(
     client: &mut Client,
     min_age: std::time::Duration,
@@ -700,40 +867,60 @@ pub async fn prune(
     if !mine {
         return Ok(0);
     }
-    // The oldest cursor, including those of paused plugins: their events must
-    // wait. Without any cursor, nothing will read below the horizon.
-    let floor = tx
+    // Up to the oldest cursor. Without any cursor, everything numbered.
+    let oldest = tx
         .query_opt(
-            &format!("SELECT txid::text, seq FROM {SCHEMA}.cursors ORDER BY txid, seq LIMIT 1"),
+            &format!("SELECT ord, seq FROM {SCHEMA}.cursors ORDER BY ord, seq LIMIT 1"),
             &[],
         )
         .await?;
-    let (txid, seq): (String, i64) = match floor {
-        Some(row) => (row.get(0), row.get(1)),
-        None => (horizon(&tx).await?.to_string(), 0),
+    let floor = match oldest {
+        Some(row) => Position {
+            ord: row.get(0),
+            seq: row.get(1),
+        },
+        None => Position {
+            ord: end_of_log(&tx).await?.ord + 1,
+            seq: 0,
+        },
     };
-    // The oldest window of the log, of which the rows old enough go: the scan
-    // is bounded by the window whatever the age of the rows.
+    let doomed = |ord: &str| {
+        format!(
+            "SELECT ord, txid FROM {SCHEMA}.commits
+             WHERE ord <= {ord} AND ticked_at < now() - make_interval(secs => $2)
+             ORDER BY ord LIMIT $1"
+        )
+    };
+    let limit = crate::config::RETENTION_BATCH_ROWS;
+    let min_age = min_age.as_secs_f64();
     let deleted = tx
         .execute(
             &format!(
                 "WITH doomed AS (
-                     SELECT e.txid, e.seq, e.captured_at FROM {SCHEMA}.events e
-                     WHERE (e.txid, e.seq) <= ($1::text::xid8, $2)
-                     ORDER BY e.txid, e.seq
-                     LIMIT $3)
+                     SELECT e.txid, e.seq FROM ({}) AS k
+                     CROSS JOIN LATERAL (SELECT e.txid, e.seq FROM {SCHEMA}.events e
+                                         WHERE e.txid = k.txid AND (k.ord < $3 OR e.seq <= $4)
+                                         ORDER BY e.seq LIMIT $1) AS e
+                     LIMIT $1)
                  DELETE FROM {SCHEMA}.events e USING doomed d
-                 WHERE e.txid = d.txid AND e.seq = d.seq
-                   AND d.captured_at < now() - make_interval(secs => $4)"
+                 WHERE e.txid = d.txid AND e.seq = d.seq",
+                doomed("$3::bigint")
             ),
-            &[
-                &txid,
-                &seq,
-                &crate::config::RETENTION_BATCH_ROWS,
-                &min_age.as_secs_f64(),
-            ],
+            &[&limit, &min_age, &floor.ord, &floor.seq],
         )
         .await?;
+    // Numbers of transactions left without rows go too; a cursor's own stays
+    // (`status` names the cursor by it).
+    tx.execute(
+        &format!(
+            "DELETE FROM {SCHEMA}.commits k USING ({}) AS d
+             WHERE k.ord = d.ord
+               AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.events e WHERE e.txid = k.txid)",
+            doomed("$3::bigint - 1")
+        ),
+        &[&limit, &min_age, &floor.ord],
+    )
+    .await?;
     tx.commit().await?;
     Ok(deleted)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use pgevents_host::config::{self, ConfigFile, Settings};
 use pgevents_host::dispatch::{self, RunOptions};
-use pgevents_host::log::{self, Position, ReplayFrom};
+use pgevents_host::log::{self, EventRef, ReplayFrom};
 use pgevents_host::runtime::{Grants, Runtime};
 use pgevents_host::{db, dead_letters, demo, registry, schema, status};
 use tokio::sync::watch;
@@ -90,9 +90,11 @@ enum Command {
         /// Replay events captured within this long (e.g. 15m).
         #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["after", "from_start"])]
         ago: Option<Duration>,
-        /// Replay events after this log position (TXID/SEQ, as `status` shows cursors).
-        #[arg(long, value_parser = parse_position, conflicts_with = "from_start")]
-        after: Option<Position>,
+        /// Replay the events after this one, in delivery order (TXID/SEQ, as
+        /// events, dead letters and `status` cursors show it; TXID/0: from
+        /// that transaction on).
+        #[arg(long, conflicts_with = "from_start")]
+        after: Option<EventRef>,
         /// Replay everything the log still holds.
         #[arg(long)]
         from_start: bool,
@@ -176,22 +178,6 @@ impl Which {
             id: self.id,
         })
     }
-}
-
-fn parse_position(text: &str) -> Result<Position, String> {
-    let (txid, seq) = text
-        .split_once('/')
-        .ok_or_else(|| format!("`{text}` is not a log position; write TXID/SEQ, e.g. 7741/1200"))?;
-    Ok(Position {
-        txid: txid
-            .trim()
-            .parse()
-            .map_err(|e| format!("transaction id `{txid}`: {e}"))?,
-        seq: seq
-            .trim()
-            .parse()
-            .map_err(|e| format!("sequence `{seq}`: {e}"))?,
-    })
 }
 
 #[derive(Debug, Args)]
@@ -400,7 +386,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let version = schema::install(&mut client).await?;
-            println!("schema `{}` installed (version {version})", config::SCHEMA);
+            pgevents_host::outln!("schema `{}` installed (version {version})", config::SCHEMA);
             if let Some(dir) = plugins {
                 let runtime = Runtime::new(None)?;
                 let mut settings = Settings {
@@ -412,16 +398,17 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 let loaded = registry::load_folder(&runtime, &mut client, &dir, &settings).await?;
                 for (_, p) in &loaded.plugins {
-                    println!(
+                    pgevents_host::outln!(
                         "registered plugin {} {}",
-                        p.manifest.name, p.manifest.version
+                        p.manifest.name,
+                        p.manifest.version
                     );
                 }
                 for r in &loaded.rejected {
                     eprintln!("error: plugin not registered: {}", r.error);
                 }
                 for (table, ops) in schema::by_table(&schema::installed_triggers(&client).await?) {
-                    println!("capturing {table}: {ops}");
+                    pgevents_host::outln!("capturing {table}: {ops}");
                 }
                 if !loaded.rejected.is_empty() {
                     return Ok(ExitCode::FAILURE);
@@ -439,7 +426,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let dropped = schema::uninstall(&mut client).await?;
-            println!(
+            pgevents_host::outln!(
                 "dropped {dropped} capture trigger(s) and the `{}` schema",
                 config::SCHEMA
             );
@@ -452,9 +439,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            println!("forgot plugin `{name}`");
+            pgevents_host::outln!("forgot plugin `{name}`");
             for (table, ops) in schema::by_table(&schema::installed_triggers(&client).await?) {
-                println!("capturing {table}: {ops}");
+                pgevents_host::outln!("capturing {table}: {ops}");
             }
         }
         Command::Inspect { file, json, config } => {
@@ -470,25 +457,25 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let plugin =
                 tokio::task::spawn_blocking(move || runtime.load(&file, &grants)).await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plugin.manifest)?);
+                pgevents_host::outln!("{}", serde_json::to_string_pretty(&plugin.manifest)?);
             } else {
                 let m = &plugin.manifest;
-                println!("plugin:     {} {}", m.name, m.version);
-                println!("sha256:     {}", plugin.sha256);
+                pgevents_host::outln!("plugin:     {} {}", m.name, m.version);
+                pgevents_host::outln!("sha256:     {}", plugin.sha256);
                 for (capability, grant) in &plugin.capabilities {
-                    println!(
+                    pgevents_host::outln!(
                         "needs:      the {capability} capability (grant: [plugins.{}] {grant})",
                         m.name
                     );
                 }
-                println!("batch size: {}", m.batch_size);
+                pgevents_host::outln!("batch size: {}", m.batch_size);
                 for s in &m.subscriptions {
                     let filter = s
                         .changed_columns
                         .as_ref()
                         .map(|c| format!(" (updates only when {} change)", c.join(", ")))
                         .unwrap_or_default();
-                    println!(
+                    pgevents_host::outln!(
                         "subscribes: {} {}{filter}",
                         schema::quote_table(&s.schema, &s.table),
                         s.operations.join(", ")
@@ -500,9 +487,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let report = status::status(&client).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                pgevents_host::outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{report}");
+                pgevents_host::out!("{report}");
             }
         }
         Command::DeadLetters(command) => return dead_letter_command(command).await,
@@ -524,29 +511,33 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ),
             };
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let Some(done) = log::replay(&mut client, &plugin, from).await? else {
-                eprintln!(
-                    "error: no plugin named `{plugin}` has a cursor (see `pgevents-host status`)"
-                );
-                return Ok(ExitCode::FAILURE);
+            let done = match log::replay(&mut client, &plugin, from).await {
+                Ok(done) => done,
+                Err(e @ (log::ReplayError::Unknown(_) | log::ReplayError::NoSuchEvent(_))) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
             };
             if done.partitions == 0 {
-                println!(
+                pgevents_host::outln!(
                     "nothing to replay: plugin `{plugin}` is already at or before {}",
-                    done.cursor
+                    done.cursor_text
                 );
             } else {
-                println!(
+                pgevents_host::outln!(
                     "plugin `{plugin}` rewound to {} ({} partition(s)): {} event(s) will be delivered again",
-                    done.cursor, done.partitions, done.events
+                    done.cursor_text,
+                    done.partitions,
+                    done.events
                 );
             }
             if let Some(oldest) = done.oldest_retained
                 && oldest > done.cursor
                 && from != ReplayFrom::Start
             {
-                println!(
-                    "note: the log was pruned up to {oldest}; older events are gone (see --retention-min-age)"
+                pgevents_host::outln!(
+                    "note: the log was pruned: older events are gone (see --retention-min-age)"
                 );
             }
         }
@@ -557,7 +548,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let old = log::repartition(&mut client, &plugin, partitions).await?;
-            println!(
+            pgevents_host::outln!(
                 "plugin `{plugin}`: {old} partition(s) -> {partitions}; every partition starts at the oldest old cursor"
             );
         }
@@ -578,19 +569,19 @@ async fn dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<ExitC
             let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let letters = dead_letters::list(&client, &selection).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+                pgevents_host::outln!("{}", serde_json::to_string_pretty(&letters)?);
             } else if letters.is_empty() {
-                println!("no dead letters");
+                pgevents_host::outln!("no dead letters");
             } else {
                 for d in &letters {
-                    println!(
+                    pgevents_host::outln!(
                         "#{} {} {} {} key {} at {} (event {}): {} attempt(s), first failed {}, dead since {}{}\n    {}",
                         d.id,
                         d.plugin,
                         d.operation,
                         d.table,
                         d.key.as_deref().unwrap_or("-"),
-                        d.position,
+                        d.event,
                         d.event_id,
                         d.attempts,
                         d.first_failed_at,
@@ -609,7 +600,9 @@ async fn dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<ExitC
             let selection = which.selection("redeliver")?;
             let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let n = dead_letters::redeliver(&client, &selection).await?;
-            println!("{n} dead letter(s) will be delivered again by the running host(s)");
+            pgevents_host::outln!(
+                "{n} dead letter(s) will be delivered again by the running host(s)"
+            );
             if n == 0 {
                 return Ok(ExitCode::FAILURE);
             }
@@ -618,7 +611,7 @@ async fn dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<ExitC
             let selection = which.selection("purge")?;
             let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let n = dead_letters::purge(&client, &selection).await?;
-            println!("purged {n} dead letter(s)");
+            pgevents_host::outln!("purged {n} dead letter(s)");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -421,7 +421,7 @@ pub async fn grant_acknowledgement(
     let role = quote_ident(&grant.role);
     tx.batch_execute(&format!(
             "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
-             GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, int, uuid, bigint, xid8, bigint) TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, int, uuid, bigint, bigint, bigint) TO {role};
              GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};"
     ))
     .await

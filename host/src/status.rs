@@ -14,21 +14,25 @@ use crate::schema::{self, SchemaError};
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub installed: bool,
-    /// Transactions with smaller ids are finished; events at or above wait.
-    pub horizon: u64,
-    /// Open transactions at the horizon, oldest first.
-    pub blockers: Vec<Blocker>,
-    /// Events captured at or above the horizon (held back until it moves).
-    pub held_back: i64,
+    /// Transactions numbered for delivery so far (see `log.rs`), and when the
+    /// last tick did.
+    pub last_ord: i64,
+    pub last_tick_at: Option<String>,
+    /// Committed transactions with events that no tick has numbered yet
+    /// (a running host ticks within milliseconds of a commit).
+    pub unticked: i64,
+    /// Transactions open in this database that have written, oldest first:
+    /// their events arrive once they commit; meanwhile they keep deleted log
+    /// rows from being vacuumed.
+    pub open_writers: Vec<OpenWriter>,
     pub plugins: Vec<PluginStatus>,
     /// `"schema"."table"` -> operations captured (`I`, `U`, `D`, `T`).
     pub triggers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Blocker {
+pub struct OpenWriter {
     pub pid: i32,
-    pub database: Option<String>,
     pub user: Option<String>,
     pub application_name: Option<String>,
     pub state: Option<String>,
@@ -45,7 +49,10 @@ pub struct PluginStatus {
     pub sha256: String,
     pub active: bool,
     pub loaded_at: String,
+    /// The oldest partition cursor, and as the command line writes it
+    /// (`TXID/SEQ`: the last event acknowledged).
     pub cursor: Option<Position>,
+    pub cursor_text: Option<String>,
     /// Events after the cursor that this plugin subscribes to.
     pub waiting: i64,
     pub halted: Option<String>,
@@ -64,6 +71,7 @@ pub struct PluginStatus {
 pub struct PartitionStatus {
     pub part: u32,
     pub cursor: Position,
+    pub cursor_text: String,
     /// The host delivering it (none: no live lease).
     pub host: Option<String>,
     pub lease_expires_in_seconds: Option<f64>,
@@ -73,39 +81,44 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
     if !schema::is_installed(client).await? {
         return Ok(Status {
             installed: false,
-            horizon: log::horizon(client).await?,
-            blockers: Vec::new(),
-            held_back: 0,
+            last_ord: 0,
+            last_tick_at: None,
+            unticked: 0,
+            open_writers: Vec::new(),
             plugins: Vec::new(),
             triggers: BTreeMap::new(),
         });
     }
-    let horizon = log::horizon(client).await?;
-    let horizon_text = horizon.to_string();
-    let blockers = blockers(client, horizon).await?;
-    let held_back: i64 = client
+    let open_writers = open_writers(client, std::time::Duration::ZERO).await?;
+    let tick = client
         .query_one(
-            &format!("SELECT count(*) FROM {SCHEMA}.events WHERE txid >= $1::text::xid8"),
-            &[&horizon_text],
+            &format!(
+                "SELECT t.last_ord,
+                        to_char(t.ticked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        (SELECT count(*) FROM {SCHEMA}.newly_visible(t.snapshot, pg_current_snapshot()))
+                 FROM {SCHEMA}.ticker t WHERE t.id = 1"
+            ),
+            &[],
         )
-        .await?
-        .get(0);
+        .await?;
     let plugins = client
         .query(
             &format!(
                 "SELECT p.name, p.version, p.file, p.sha256, p.active,
                         to_char(p.loaded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        c.txid::text, c.seq, p.halted, p.last_error,
-                        (SELECT count(*) FROM {SCHEMA}.cursors pc JOIN {SCHEMA}.events e
-                             ON (e.txid, e.seq) > (pc.txid, pc.seq)
+                        c.ord, c.seq, p.halted, p.last_error,
+                        (SELECT count(*) FROM {SCHEMA}.cursors pc JOIN {} ON {}
                          WHERE pc.plugin = p.name AND {} AND {}),
                         (SELECT count(*) FROM {SCHEMA}.dead_letters d WHERE d.plugin = p.name),
                         p.load_error,
-                        to_char(p.load_error_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                        to_char(p.load_error_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        (SELECT k.txid::text FROM {SCHEMA}.commits k WHERE k.ord = c.ord)
                  FROM {SCHEMA}.plugins p
-                 LEFT JOIN LATERAL (SELECT txid, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
-                                    ORDER BY txid, seq LIMIT 1) c ON true
+                 LEFT JOIN LATERAL (SELECT ord, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
+                                    ORDER BY ord, seq LIMIT 1) c ON true
                  ORDER BY p.name",
+                log::NUMBERED_EVENTS,
+                log::between(("pc.ord", "pc.seq"), ("9223372036854775807", "0")),
                 log::subscribed("e", "p.name"),
                 log::in_partition("e", "pc")
             ),
@@ -113,32 +126,37 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
         )
         .await?
         .iter()
-        .map(|r| PluginStatus {
-            name: r.get(0),
-            version: r.get(1),
-            file: r.get(2),
-            sha256: r.get(3),
-            active: r.get(4),
-            loaded_at: r.get(5),
-            cursor: r.get::<_, Option<String>>(6).map(|t| Position {
-                txid: t.parse().unwrap_or(0),
+        .map(|r| {
+            let cursor = r.get::<_, Option<i64>>(6).map(|ord| Position {
+                ord,
                 seq: r.get(7),
-            }),
-            halted: r.get(8),
-            last_error: r.get(9),
-            waiting: r.get(10),
-            dead_letters: r.get(11),
-            load_error: r.get(12),
-            load_error_at: r.get(13),
-            partitions: Vec::new(),
+            });
+            PluginStatus {
+                name: r.get(0),
+                version: r.get(1),
+                file: r.get(2),
+                sha256: r.get(3),
+                active: r.get(4),
+                loaded_at: r.get(5),
+                cursor,
+                cursor_text: cursor.map(|c| log::position_text(c, r.get(14))),
+                halted: r.get(8),
+                last_error: r.get(9),
+                waiting: r.get(10),
+                dead_letters: r.get(11),
+                load_error: r.get(12),
+                load_error_at: r.get(13),
+                partitions: Vec::new(),
+            }
         })
         .collect::<Vec<_>>();
     let mut plugins = plugins;
     for r in client
         .query(
             &format!(
-                "SELECT c.plugin, c.part, c.txid::text, c.seq, l.owner,
-                        extract(epoch FROM l.expires_at - clock_timestamp())::float8
+                "SELECT c.plugin, c.part, c.ord, c.seq, l.owner,
+                        extract(epoch FROM l.expires_at - clock_timestamp())::float8,
+                        (SELECT k.txid::text FROM {SCHEMA}.commits k WHERE k.ord = c.ord)
                  FROM {SCHEMA}.cursors c
                  LEFT JOIN {SCHEMA}.leases l ON l.plugin = c.plugin AND l.part = c.part
                       AND l.expires_at > clock_timestamp()
@@ -150,12 +168,14 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
     {
         let name: String = r.get(0);
         if let Some(p) = plugins.iter_mut().find(|p| p.name == name) {
+            let cursor = Position {
+                ord: r.get(2),
+                seq: r.get(3),
+            };
             p.partitions.push(PartitionStatus {
                 part: r.get::<_, i32>(1) as u32,
-                cursor: Position {
-                    txid: r.get::<_, &str>(2).parse().unwrap_or(0),
-                    seq: r.get(3),
-                },
+                cursor,
+                cursor_text: log::position_text(cursor, r.get(6)),
                 host: r.get(4),
                 lease_expires_in_seconds: r.get(5),
             });
@@ -164,46 +184,48 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
     let installed_triggers = schema::installed_triggers(client).await?;
     Ok(Status {
         installed: true,
-        horizon,
-        blockers,
-        held_back,
+        last_ord: tick.get(0),
+        last_tick_at: tick.get(1),
+        unticked: tick.get(2),
+        open_writers,
         plugins,
         triggers: schema::by_table(&installed_triggers),
     })
 }
 
-/// The open transactions at `horizon` (what holds delivery back), oldest first.
-pub async fn blockers(
+/// Transactions of this database that have written (they hold a transaction
+/// id) and have been open longer than `older_than`, oldest first, including
+/// prepared ones.
+pub async fn open_writers(
     client: &impl GenericClient,
-    horizon: u64,
-) -> Result<Vec<Blocker>, tokio_postgres::Error> {
-    let horizon_text = horizon.to_string();
+    older_than: std::time::Duration,
+) -> Result<Vec<OpenWriter>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT pid, datname::text, usename::text, application_name, state,
-                    extract(epoch FROM now() - xact_start)::float8, query
-             FROM pg_stat_activity
-             WHERE backend_xid IS NOT NULL
-               AND backend_xid::text::bigint = $1::text::bigint % 4294967296
-             UNION ALL
-             SELECT 0, database::text, owner::text, 'prepared transaction ' || gid, 'prepared',
-                    extract(epoch FROM now() - prepared)::float8, NULL
-             FROM pg_prepared_xacts
-             WHERE transaction::text::bigint = $1::text::bigint % 4294967296
-             ORDER BY 6 DESC",
-            &[&horizon_text],
+            "SELECT * FROM (
+                 SELECT pid, usename::text, application_name, state,
+                        extract(epoch FROM now() - xact_start)::float8 AS age, query
+                 FROM pg_stat_activity
+                 WHERE backend_xid IS NOT NULL AND datname = current_database()
+                   AND pid <> pg_backend_pid()
+                 UNION ALL
+                 SELECT 0, owner::text, 'prepared transaction ' || gid, 'prepared',
+                        extract(epoch FROM now() - prepared)::float8, NULL
+                 FROM pg_prepared_xacts WHERE database = current_database()) AS w
+             WHERE w.age >= $1
+             ORDER BY w.age DESC LIMIT 20",
+            &[&older_than.as_secs_f64()],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Blocker {
+        .map(|r| OpenWriter {
             pid: r.get(0),
-            database: r.get(1),
-            user: r.get(2),
-            application_name: r.get(3),
-            state: r.get(4),
-            age_seconds: r.get::<_, Option<f64>>(5).unwrap_or(0.0),
-            query: r.get(6),
+            user: r.get(1),
+            application_name: r.get(2),
+            state: r.get(3),
+            age_seconds: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
+            query: r.get(5),
         })
         .collect())
 }
@@ -216,20 +238,25 @@ impl fmt::Display for Status {
                 "pgevents is not installed in this database (run `pgevents-host install` or `pgevents-host run`)"
             );
         }
-        writeln!(f, "horizon: transaction {}", self.horizon)?;
-        if self.held_back > 0 {
+        writeln!(
+            f,
+            "log: {} transaction(s) numbered for delivery, last tick {}{}",
+            self.last_ord,
+            self.last_tick_at.as_deref().unwrap_or("-"),
+            if self.unticked > 0 {
+                format!(
+                    "; {} committed transaction(s) wait for the next tick",
+                    self.unticked
+                )
+            } else {
+                String::new()
+            }
+        )?;
+        for b in &self.open_writers {
             writeln!(
                 f,
-                "held back: {} event(s) wait until every older transaction finishes",
-                self.held_back
-            )?;
-        }
-        for b in &self.blockers {
-            writeln!(
-                f,
-                "  oldest open transaction: pid {} (database {}, user {}, application `{}`), open for {:.1}s, {}: {}",
+                "  open writing transaction (its events arrive when it commits): pid {} (user {}, application `{}`), open for {:.1}s, {}: {}",
                 b.pid,
-                b.database.as_deref().unwrap_or("?"),
                 b.user.as_deref().unwrap_or("?"),
                 b.application_name.as_deref().unwrap_or(""),
                 b.age_seconds,
@@ -246,10 +273,7 @@ impl fmt::Display for Status {
                 (None, true) => "active",
                 (None, false) => "paused: file missing",
             };
-            let cursor = p
-                .cursor
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into());
+            let cursor = p.cursor_text.as_deref().unwrap_or("-");
             writeln!(
                 f,
                 "plugin {} {} [{state}] cursor {cursor}, {} event(s) waiting, {} dead letter(s); file {} (sha256 {}), loaded {}",
@@ -274,7 +298,7 @@ impl fmt::Display for Status {
                     "  partition {}/{}: cursor {}, delivered by {}",
                     part.part,
                     p.partitions.len(),
-                    part.cursor,
+                    part.cursor_text,
                     part.host.as_deref().unwrap_or("no host")
                 )?;
             }

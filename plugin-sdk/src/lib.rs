@@ -122,14 +122,16 @@ pub use bindings::pgevents::plugin::types::Subscription;
 /// ```
 pub use bindings::pgevents::plugin::types::Event;
 
-/// Where an event sits in the log: events are ordered by `(txid, seq)`.
+/// Which event this is: its writing transaction and sequence number. Events
+/// arrive in commit order, each transaction's together and by `seq`, not in
+/// `(txid, seq)` order; use `txid` to group a transaction's events.
 ///
 /// ```
 /// use pgevents_plugin_sdk::Position;
 ///
-/// let earlier = Position { txid: 7, seq: 41 };
-/// let later = Position { txid: 8, seq: 40 };
-/// assert!((earlier.txid, earlier.seq) < (later.txid, later.seq));
+/// let first = Position { txid: 8, seq: 40 };
+/// let second = Position { txid: 8, seq: 41 };
+/// assert!(first.txid == second.txid && first.seq < second.seq);
 /// ```
 pub use bindings::pgevents::plugin::types::Position;
 
@@ -210,7 +212,8 @@ pub trait Plugin {
     /// ```
     fn manifest() -> Manifest;
 
-    /// Handles one batch of events, in log order.
+    /// Handles one batch of events, in delivery order: every row's changes
+    /// in the order they happened, across rows commit order.
     ///
     /// `Ok(())` acknowledges the whole batch. `Err(failure)` acknowledges the
     /// events before `failure.index` and hands the rest back to the host. A

@@ -49,7 +49,7 @@ async fn insert_update_delete_truncate_carry_old_and_new_rows() {
         seen.iter()
             .all(|s| s.schema == "public" && s.table == "items" && s.attempt == 1)
     );
-    assert_log_order(&seen);
+    assert_delivery_order(&db.client().await, &seen).await;
     assert_unique(&seen);
     host.stop().await;
 }
@@ -217,7 +217,7 @@ async fn bulk_statements_capture_every_row() {
     let seen_all = host.seen("recorder");
     assert_eq!(seen_all.len(), 1500);
     assert_unique(&seen);
-    assert_log_order(&seen);
+    assert_delivery_order(&db.client().await, &seen).await;
     assert_eq!(seen.iter().filter(|s| s.op == "delete").count(), 500);
     host.stop().await;
 }
@@ -257,4 +257,85 @@ async fn a_table_recreated_or_rekeyed_while_the_host_runs_is_captured_again() {
     assert_eq!(seen[0].row_str("name").as_deref(), Some("after re-create"));
     assert_eq!(seen[1].key, Some(json!({"code": "k"})));
     host.stop().await;
+}
+
+/// The same values written by a session with odd settings are rendered
+/// exactly as by a default one: floats shortest-exact, times in UTC, dates
+/// ISO, intervals in PostgreSQL's style, bytea as hex, also inside composite
+/// values and arrays.
+#[tokio::test]
+async fn values_do_not_depend_on_the_writers_session_settings() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TYPE public.span AS (d date, i interval);
+         ALTER TABLE items ADD COLUMN f float8, ADD COLUMN ts timestamptz, ADD COLUMN d date,
+             ADD COLUMN i interval, ADD COLUMN b bytea, ADD COLUMN s public.span,
+             ADD COLUMN tss timestamptz[];",
+    )
+    .await
+    .unwrap();
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let insert = "INSERT INTO items (name, f, ts, d, i, b, s, tss) VALUES (
+        'x', 0.1::float8 + 0.2::float8, '2024-05-06 07:08:09.123456+00', '2024-05-06',
+        '1 hour 30 minutes', '\\x00ff', ROW('2024-05-06', '1 hour 30 minutes'),
+        ARRAY['2024-05-06 07:08:09+00'::timestamptz])";
+    c.batch_execute(insert).await.unwrap();
+    let odd = db.client().await;
+    odd.batch_execute(
+        "SET extra_float_digits = 0; SET TimeZone = 'America/St_Johns';
+         SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'; SET bytea_output = 'escape';",
+    )
+    .await
+    .unwrap();
+    odd.batch_execute(insert).await.unwrap();
+    // The writer's own settings are left as it set them.
+    let tz: String = odd.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+    assert_eq!(tz, "America/St_Johns");
+    let seen = host.wait_seen("recorder", 2).await;
+    let row = |i: usize| {
+        let mut row = seen[i].new.clone().unwrap();
+        row.as_object_mut().unwrap().remove("id");
+        row
+    };
+    assert_eq!(
+        row(0),
+        row(1),
+        "the writer's session changed how values render"
+    );
+    let expected = json!({
+        "name": "x", "note": null, "qty": null,
+        "f": 0.30000000000000004,
+        "ts": "2024-05-06T07:08:09.123456+00:00",
+        "d": "2024-05-06",
+        "i": "01:30:00",
+        "b": "\\x00ff",
+        "s": {"d": "2024-05-06", "i": "01:30:00"},
+        "tss": ["2024-05-06T07:08:09+00:00"],
+    });
+    assert_eq!(row(1), expected);
+    host.stop().await;
+}
+
+/// Delivery order across sessions needs the log's sequence to hand out
+/// values in time order; a cache (each session drawing from a block of its
+/// own) is taken back out at start.
+#[tokio::test]
+async fn a_cache_on_the_logs_sequence_is_taken_out_at_start() {
+    let db = TestDb::new().await;
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let c = db.client().await;
+    c.batch_execute("ALTER SEQUENCE pgevents.events_seq CACHE 50")
+        .await
+        .unwrap();
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let cache: i64 = c
+        .query_one(
+            "SELECT seqcache FROM pg_sequence WHERE seqrelid = 'pgevents.events_seq'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cache, 1);
 }

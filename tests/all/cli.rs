@@ -337,3 +337,38 @@ fn a_config_file_with_a_typo_or_an_impossible_lease_stops_the_host_with_the_reas
         "{stderr}"
     );
 }
+
+/// `pgevents-host inspect F | head -1`: a reader that goes away ends every
+/// subcommand quietly, with success, not with a broken-pipe panic.
+#[tokio::test]
+async fn a_closed_stdout_ends_each_command_quietly() {
+    let db = TestDb::new().await;
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let recorder = plugin("recorder");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["inspect", recorder.to_str().unwrap()],
+        vec!["inspect", "--json", recorder.to_str().unwrap()],
+        vec!["status", "--database-url", &db.url],
+        vec!["status", "--json", "--database-url", &db.url],
+        vec!["dead-letters", "list", "--database-url", &db.url],
+        vec!["install", "--database-url", &db.url],
+        vec!["--help"],
+    ];
+    for args in commands {
+        let mut child = bin()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader is gone before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}

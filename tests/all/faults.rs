@@ -124,13 +124,7 @@ async fn kill_9_mid_stream_loses_nothing_and_the_sql_plugin_applies_each_event_o
         STREAM_PATIENCE,
     )
     .await;
-    eventually(
-        &c,
-        "the recorder caught up",
-        "SELECT c.txid >= (SELECT max(txid) FROM pgevents.events)
-         FROM pgevents.cursors c WHERE c.plugin = 'recorder'",
-    )
-    .await;
+    eventually(&c, "the recorder caught up", &caught_up_sql("recorder")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Exactly once in effect for the sql plugin.

@@ -597,6 +597,17 @@ pub async fn eventually(client: &Client, what: &str, sql: &str) {
     }
 }
 
+/// SQL, one boolean: every partition of `plugin` has acknowledged every
+/// committed event (each numbered by a tick and at or before its cursor).
+pub fn caught_up_sql(plugin: &str) -> String {
+    format!(
+        "SELECT NOT EXISTS (
+             SELECT 1 FROM pgevents.events e LEFT JOIN pgevents.commits k ON k.txid = e.txid
+             JOIN pgevents.cursors c ON c.plugin = '{plugin}'
+             WHERE k.ord IS NULL OR (k.ord, e.seq) > (c.ord, c.seq))"
+    )
+}
+
 /// The first column of `sql`'s rows, as text.
 pub async fn texts(client: &Client, sql: &str) -> Vec<String> {
     client
@@ -620,14 +631,24 @@ pub fn assert_unique(seen: &[Seen]) {
     }
 }
 
-/// Assert events arrive in log order.
-pub fn assert_log_order(seen: &[Seen]) {
+/// Assert events arrive in delivery order: by the number a tick gave their
+/// transaction (commit order), then by sequence.
+pub async fn assert_delivery_order(client: &Client, seen: &[Seen]) {
+    let ords: std::collections::HashMap<u64, i64> = client
+        .query("SELECT txid::text, ord FROM pgevents.commits", &[])
+        .await
+        .expect("commits")
+        .iter()
+        .map(|r| (r.get::<_, &str>(0).parse().unwrap(), r.get(1)))
+        .collect();
+    let position = |s: &Seen| (ords.get(&s.txid).copied(), s.seq);
     for pair in seen.windows(2) {
+        let (a, b) = (position(&pair[0]), position(&pair[1]));
         assert!(
-            (pair[0].txid, pair[0].seq) < (pair[1].txid, pair[1].seq),
-            "out of order: {:?} then {:?}",
-            (pair[0].txid, pair[0].seq),
-            (pair[1].txid, pair[1].seq)
+            a.0.is_some() && a < b,
+            "out of delivery order: (ord, seq) {a:?} then {b:?} (txids {} then {})",
+            pair[0].txid,
+            pair[1].txid
         );
     }
 }

@@ -844,7 +844,7 @@ fn to_wit(e: LoggedEvent, attempt: u32) -> Event {
     Event {
         id: e.id().to_string(),
         position: Position {
-            txid: e.position.txid,
+            txid: e.txid,
             seq: e.position.seq as u64,
         },
         operation: match e.op {

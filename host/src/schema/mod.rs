@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0002_delivery.sql"),
     include_str!("0003_reload.sql"),
     include_str!("0004_wake.sql"),
+    include_str!("0005_commit_order.sql"),
 ];
 
 /// Serializes installs and trigger changes across hosts sharing a database.
@@ -67,6 +68,12 @@ pub fn quote_literal(value: &str) -> String {
 /// Apply every migration the database lacks, in one transaction. Idempotent;
 /// concurrent hosts wait on an advisory lock. Returns the schema version.
 pub async fn install(client: &mut Client) -> Result<usize, SchemaError> {
+    install_up_to(client, MIGRATIONS.len()).await
+}
+
+/// [`install`], stopping at schema `version`: a database as an older release
+/// left it (the upgrade tests build one).
+pub async fn install_up_to(client: &mut Client, version: usize) -> Result<usize, SchemaError> {
     let tx = client.transaction().await?;
     lock_install(&tx).await?;
     tx.batch_execute(&format!(
@@ -89,7 +96,12 @@ pub async fn install(client: &mut Client) -> Result<usize, SchemaError> {
             known: MIGRATIONS.len(),
         });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (index, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(version)
+        .skip(current as usize)
+    {
         let version = index + 1;
         tx.batch_execute(sql)
             .await
@@ -104,8 +116,35 @@ pub async fn install(client: &mut Client) -> Result<usize, SchemaError> {
         .await?;
         tracing::info!(version, "applied migration");
     }
+    if version >= 5 {
+        keep_sequence_in_time_order(&tx).await?;
+    }
     tx.commit().await?;
-    Ok(MIGRATIONS.len())
+    Ok(version.min(MIGRATIONS.len()))
+}
+
+/// Commit order within a tick relies on the log's sequence handing out
+/// values in time order across sessions, which a sequence cache would break
+/// (each session would draw from a block of its own).
+async fn keep_sequence_in_time_order(tx: &Transaction<'_>) -> Result<(), SchemaError> {
+    let cache: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT seqcache FROM pg_sequence WHERE seqrelid = '{SCHEMA}.events_seq'::regclass"
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    if cache != 1 {
+        tx.batch_execute(&format!("ALTER SEQUENCE {SCHEMA}.events_seq CACHE 1"))
+            .await?;
+        tracing::warn!(
+            cache,
+            "the log's sequence had a cache, which breaks delivery order across sessions; set it back to 1"
+        );
+    }
+    Ok(())
 }
 
 /// Whether the schema is installed (without changing anything).
