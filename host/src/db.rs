@@ -45,9 +45,19 @@ pub fn describe_target(url: &str) -> String {
     format!("{host}:{port} (user `{user}`, database `{db}`)")
 }
 
-/// One connection attempt; the connection is driven by a spawned task.
+/// One connection attempt; the connection is driven by a spawned task. The
+/// session is READ COMMITTED whatever the database's or role's default: the
+/// host's SQL relies on each statement seeing what committed before it (a
+/// tick's snapshot is taken after its lock; a stricter level would fail
+/// concurrent ticks).
 pub async fn connect_once(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    let options = format!(
+        "{} -c default_transaction_isolation=read\\ committed",
+        config.get_options().unwrap_or("")
+    );
+    config.options(options.trim_start());
+    let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");

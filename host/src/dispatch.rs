@@ -141,6 +141,10 @@ struct WakeLease {
     catch_up_to: AtomicU64,
     /// The highest horizon seen since (once past `catch_up_to`, no need to look).
     horizon_seen: AtomicU64,
+    /// Catching up ends by this time in any case: a writer that looked
+    /// before the renewal and is still open then is a long transaction, and
+    /// the idle poll finds its events (rather than a 50 ms poll while it lasts).
+    catch_up_until: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -1537,12 +1541,17 @@ impl Deliverer<'_> {
                 lease
                     .catch_up_to
                     .fetch_max(xmax.parse().unwrap_or(u64::MAX), Ordering::Relaxed);
+                *lease.catch_up_until.lock().expect("wake lease lock") =
+                    Some(started + Duration::from_millis(WAKE_LEASE_MS));
                 // A writer may have committed unnoticed since the last tick.
                 return Ok(true);
             }
         }
         let catch_up_to = lease.catch_up_to.load(Ordering::Relaxed);
-        if lease.horizon_seen.load(Ordering::Relaxed) >= catch_up_to {
+        let until = *lease.catch_up_until.lock().expect("wake lease lock");
+        if lease.horizon_seen.load(Ordering::Relaxed) >= catch_up_to
+            || until.is_none_or(|until| Instant::now() >= until)
+        {
             return Ok(false);
         }
         let horizon = log::horizon(&*self.client).await?;

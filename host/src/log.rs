@@ -278,17 +278,17 @@ pub struct Reader {
 
 impl Reader {
     pub async fn prepare(client: &Client) -> Result<Reader, tokio_postgres::Error> {
-        // The next transactions after the cursor in order, as many as may
-        // hold `window` rows (a transaction's rows are at most last - first
-        // + 1), each read in `seq` order off the log's primary key; then the
-        // plugin's filter. The plan is index range scans whatever the
-        // statistics say, and sorts at most about two windows of rows. The
-        // subscription is joined once per window rather than tested per row
-        // (a correlated EXISTS cost ~20 us a row); the key (plugin, schema,
-        // table) makes it one row at most.
+        // The next `window` rows in position order: the transactions after
+        // the cursor in order, each read in `seq` order off the log's primary
+        // key. Ordered by the transactions' numbers already, the rows need
+        // only an incremental sort within each transaction, so a window reads
+        // about one window of rows whatever the statistics say. Then the
+        // plugin's filter: the subscription is joined once per window rather
+        // than tested per row (a correlated EXISTS cost ~20 us a row); the
+        // key (plugin, schema, table) makes it one row at most.
         let barrier = barrier("e");
         let batch_sql = format!(
-            "SELECT c.ord, {EVENT_COLUMNS},
+            "SELECT e.ord, {EVENT_COLUMNS},
                     s.plugin IS NOT NULL AND e.op = ANY (s.ops)
                       AND (e.op <> 'U' OR s.changed_columns IS NULL OR EXISTS (
                             SELECT 1 FROM unnest(s.changed_columns) AS col
@@ -298,25 +298,20 @@ impl Reader {
                       AS wanted,
                     $5::int > 1 AND {barrier} AS barrier,
                     (SELECT t.last_ord FROM {SCHEMA}.ticker t WHERE t.id = 1) AS ticked_to
-             FROM (SELECT k.ord, k.txid, k.after
-                   FROM (SELECT k0.ord, k0.txid, k0.after,
-                                sum(k0.rows) OVER (ORDER BY k0.ord) - k0.rows AS before
-                         FROM (SELECT ord, txid,
-                                      CASE WHEN ord = $1::bigint THEN $2::bigint ELSE 0 END AS after,
-                                      greatest(0, last_seq - greatest(first_seq - 1,
-                                                   CASE WHEN ord = $1::bigint THEN $2::bigint ELSE 0 END)) AS rows
-                               FROM {SCHEMA}.commits WHERE ord >= $1::bigint
-                               ORDER BY ord LIMIT $4::bigint) AS k0) AS k
-                   WHERE k.before < $4::bigint) AS c
-             CROSS JOIN LATERAL (
-                   SELECT * FROM {SCHEMA}.events e
-                   WHERE e.txid = c.txid AND e.seq > c.after
-                   ORDER BY e.seq LIMIT $4::bigint) AS e
+             FROM (SELECT c.ord, ev.*
+                   FROM (SELECT ord, txid, CASE WHEN ord = $1::bigint THEN $2::bigint ELSE 0 END AS after
+                         FROM {SCHEMA}.commits WHERE ord >= $1::bigint
+                         ORDER BY ord LIMIT $4::bigint) AS c
+                   CROSS JOIN LATERAL (
+                         SELECT * FROM {SCHEMA}.events ev
+                         WHERE ev.txid = c.txid AND ev.seq > c.after
+                         ORDER BY ev.seq LIMIT $4::bigint) AS ev
+                   ORDER BY c.ord, ev.seq
+                   LIMIT $4::bigint) AS e
              LEFT JOIN {SCHEMA}.subscriptions s
                     ON s.plugin = $3 AND s.schema_name = e.schema_name
                    AND s.table_name = e.table_name
-             ORDER BY c.ord, e.seq
-             LIMIT $4::bigint"
+             ORDER BY e.ord, e.seq"
         );
         let (batch, ack) = tokio::try_join!(client.prepare(&batch_sql), client.prepare(ACK_SQL))?;
         Ok(Reader { batch, ack })
@@ -532,6 +527,7 @@ pub async fn ensure_cursors(
         return Ok((existing as u32 != parts).then_some(existing as u32));
     }
     let start = if from_beginning {
+        lock_retention(client).await?;
         Position::default()
     } else {
         tick(client, true).await?;
@@ -746,6 +742,8 @@ pub async fn replay(
     from: ReplayFrom,
 ) -> Result<Replayed, ReplayError> {
     let tx = client.transaction().await?;
+    // Not while the log is pruned: the prune would delete what this rewinds to.
+    lock_retention(&tx).await?;
     let oldest = tx
         .query_opt(
             &format!("SELECT ord FROM {SCHEMA}.commits ORDER BY ord LIMIT 1"),
@@ -898,9 +896,13 @@ pub async fn prune(
             &format!(
                 "WITH doomed AS (
                      SELECT e.txid, e.seq FROM ({}) AS k
-                     CROSS JOIN LATERAL (SELECT e.txid, e.seq FROM {SCHEMA}.events e
-                                         WHERE e.txid = k.txid AND (k.ord < $3 OR e.seq <= $4)
-                                         ORDER BY e.seq LIMIT $1) AS e
+                     CROSS JOIN LATERAL (
+                         SELECT e.txid, e.seq FROM {SCHEMA}.events e
+                         WHERE e.txid = k.txid
+                           -- The oldest cursor's own transaction up to it only:
+                           -- a bound of the index scan, not a filter.
+                           AND e.seq <= CASE WHEN k.ord < $3 THEN 9223372036854775807 ELSE $4 END
+                         ORDER BY e.seq LIMIT $1) AS e
                      LIMIT $1)
                  DELETE FROM {SCHEMA}.events e USING doomed d
                  WHERE e.txid = d.txid AND e.seq = d.seq",
@@ -923,6 +925,17 @@ pub async fn prune(
     .await?;
     tx.commit().await?;
     Ok(deleted)
+}
+
+/// Wait for the retention lock until the transaction ends: a rewind (or a
+/// new cursor at the start) must not race a prune that read the old cursors.
+async fn lock_retention(tx: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pgevents retention', 0))",
+        &[],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Current horizon (see `HORIZON_SQL`).

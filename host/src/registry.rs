@@ -298,6 +298,13 @@ async fn check_subscriptions(
                 )));
             }
         };
+        if facts.deferrable_key {
+            tracing::warn!(
+                plugin = %manifest.name,
+                table = %shown,
+                "the table's primary key is DEFERRABLE: when one transaction deletes a key and another inserts it at the same time, the two events may arrive in either order (every other change of a row arrives in order)"
+            );
+        }
         for column in s.changed_columns.iter().flatten() {
             if !facts.columns.contains(column) {
                 return Ok(Err(format!(

@@ -271,20 +271,21 @@ async fn values_do_not_depend_on_the_writers_session_settings() {
         "CREATE TYPE public.span AS (d date, i interval);
          ALTER TABLE items ADD COLUMN f float8, ADD COLUMN ts timestamptz, ADD COLUMN d date,
              ADD COLUMN i interval, ADD COLUMN b bytea, ADD COLUMN s public.span,
-             ADD COLUMN tss timestamptz[];",
+             ADD COLUMN tss timestamptz[], ADD COLUMN m money;",
     )
     .await
     .unwrap();
     let mut host = Host::start(&db, &["recorder"]).await;
-    let insert = "INSERT INTO items (name, f, ts, d, i, b, s, tss) VALUES (
+    let insert = "INSERT INTO items (name, f, ts, d, i, b, s, tss, m) VALUES (
         'x', 0.1::float8 + 0.2::float8, '2024-05-06 07:08:09.123456+00', '2024-05-06',
         '1 hour 30 minutes', '\\x00ff', ROW('2024-05-06', '1 hour 30 minutes'),
-        ARRAY['2024-05-06 07:08:09+00'::timestamptz])";
+        ARRAY['2024-05-06 07:08:09+00'::timestamptz], 1234.5)";
     c.batch_execute(insert).await.unwrap();
     let odd = db.client().await;
     odd.batch_execute(
         "SET extra_float_digits = 0; SET TimeZone = 'America/St_Johns';
-         SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'; SET bytea_output = 'escape';",
+         SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'; SET bytea_output = 'escape';
+         SET lc_monetary = 'C.utf8';",
     )
     .await
     .unwrap();
@@ -312,6 +313,7 @@ async fn values_do_not_depend_on_the_writers_session_settings() {
         "b": "\\x00ff",
         "s": {"d": "2024-05-06", "i": "01:30:00"},
         "tss": ["2024-05-06T07:08:09+00:00"],
+        "m": "$1,234.50",
     });
     assert_eq!(row(1), expected);
     host.stop().await;

@@ -16,6 +16,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio_postgres::Client;
 
+use pgevents_host::dispatch::HostEvent;
+
 use crate::support::*;
 
 /// Tables of these tests: a small key space, so that writers collide.
@@ -656,4 +658,178 @@ async fn the_previous_release_upgrades_in_place_with_nothing_lost_or_repeated() 
     host.settle(Duration::from_millis(200)).await;
     assert_eq!(host.seen("recorder").len(), 5);
     host.stop().await;
+}
+
+/// A backlog of transactions that interleaved (each spans many others' sequence
+/// numbers) is still read in full windows, not a transaction or two at a time.
+#[tokio::test]
+async fn a_backlog_of_interleaved_transactions_is_read_in_full_windows() {
+    let db = TestDb::new().await;
+    // Register the plugin (and install capture), then write with no host running.
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let writers: Vec<_> = (0..20)
+        .map(|w| {
+            let url = db.url.clone();
+            tokio::spawn(async move {
+                let c = connect(&url).await;
+                c.batch_execute("BEGIN").await.unwrap();
+                for i in 0..10 {
+                    c.execute(
+                        "INSERT INTO items (name) VALUES ($1)",
+                        &[&format!("w{w} {i}")],
+                    )
+                    .await
+                    .unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                c.batch_execute("COMMIT").await.unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut host = Host::start(&db, &["recorder"]).await;
+    host.wait_seen("recorder", 200).await;
+    host.settle(Duration::from_millis(200)).await;
+    let batches: Vec<usize> = host
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::BatchHandled { events, .. } => Some(*events),
+            _ => None,
+        })
+        .collect();
+    // The recorder asks for batches of 100.
+    assert_eq!(batches, [100, 100], "batch sizes");
+    host.stop().await;
+}
+
+/// A tick that finds nothing new writes nothing; a ticker state from another
+/// cluster (a logical dump restored here) stops ticking with the reason
+/// rather than skip events.
+#[tokio::test]
+async fn ticks_write_only_when_they_number_something_and_refuse_a_foreign_snapshot() {
+    let db = TestDb::new().await;
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let c = db.client().await;
+    let ticks = || async {
+        let c = db.client().await;
+        let row = c
+            .query_one("SELECT ticks, xmin::text FROM pgevents.ticker", &[])
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, String>(1))
+    };
+    let before = ticks().await;
+    for look_first in [true, false] {
+        c.query_one("SELECT * FROM pgevents.tick($1)", &[&look_first])
+            .await
+            .unwrap();
+    }
+    assert_eq!(ticks().await, before, "a tick with nothing to number wrote");
+    c.batch_execute("INSERT INTO items (name) VALUES ('x')")
+        .await
+        .unwrap();
+    c.query_one("SELECT * FROM pgevents.tick(false)", &[])
+        .await
+        .unwrap();
+    assert_eq!(ticks().await.0, before.0 + 1);
+
+    c.batch_execute(
+        "UPDATE pgevents.ticker SET snapshot = '999999999999:999999999999:';
+         INSERT INTO items (name) VALUES ('y')",
+    )
+    .await
+    .unwrap();
+    let error = c
+        .query_one("SELECT * FROM pgevents.tick(true)", &[])
+        .await
+        .unwrap_err();
+    let text = pgevents_host::db::error_text(&error);
+    assert!(text.contains("restored from another cluster"), "{text}");
+}
+
+/// A database (or role) whose default isolation is stricter than READ
+/// COMMITTED: the host's sessions still run READ COMMITTED, so two hosts'
+/// ticks do not fail each other, and everything arrives.
+#[tokio::test]
+async fn a_stricter_default_isolation_does_not_reach_the_hosts_sessions() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_isolation = 'serializable'",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let c = pgevents_host::db::connect_once(&db.url).await.unwrap();
+    let level: String = c
+        .query_one("SHOW transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(level, "read committed");
+    let mut one = Host::start(&db, &["recorder"]).await;
+    let two = Host::start(&db, &["recorder"]).await;
+    let writer = db.client().await;
+    for i in 0..50 {
+        writer
+            .execute(
+                "INSERT INTO items (name) VALUES ($1)",
+                &[&format!("row {i}")],
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let mut two = two;
+    loop {
+        one.settle(Duration::from_millis(100)).await;
+        two.settle(Duration::from_millis(100)).await;
+        let mut ids: HashSet<String> = one.seen("recorder").into_iter().map(|s| s.id).collect();
+        ids.extend(two.seen("recorder").into_iter().map(|s| s.id));
+        if ids.len() == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 50 delivered", ids.len());
+    }
+    one.stop().await;
+    two.stop().await;
+}
+
+/// With a DEFERRABLE primary key a writer inserting a key another deletes
+/// does not wait for it, so those two may arrive either way round: the host
+/// says so when it registers a plugin on such a table.
+#[tokio::test]
+async fn a_deferrable_primary_key_is_named_in_a_warning() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE public.deferred (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text)",
+        )
+        .await
+        .unwrap();
+    let dir = plugins_dir(&["hostile"]);
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        "[plugins.hostile]\nconfig = { table = \"deferred\" }\n",
+    )
+    .unwrap();
+    let out = host_bin()
+        .args(["install", "--database-url", &db.url, "--plugins"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("DEFERRABLE") && stderr.contains("\"public\".\"deferred\""),
+        "{stderr}"
+    );
 }

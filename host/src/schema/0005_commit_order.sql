@@ -14,9 +14,9 @@
 -- row), so all its own events for the row come after the other's last event
 -- in `seq` (the sequence hands out values in time order: CACHE 1), and it
 -- commits later, so it is in the same tick or a later one; in the same tick
--- its last `seq` is the larger.
-
-ALTER SEQUENCE pgevents.events_seq CACHE 1;
+-- its last `seq` is the larger. (The host checks at every install that the
+-- sequence has no cache; altering it here would lock out every writer for
+-- the length of the migration.)
 
 -- Committed transactions that wrote events, numbered in delivery order.
 CREATE TABLE pgevents.commits (
@@ -111,6 +111,13 @@ DECLARE
     prev pg_snapshot;
 BEGIN
     SELECT t.snapshot INTO prev FROM pgevents.ticker t WHERE t.id = 1;
+    IF pg_snapshot_xmax(pg_current_snapshot()) < pg_snapshot_xmax(prev) THEN
+        -- Transaction ids only grow: the log comes from another cluster (a
+        -- logical dump restored here). Numbering now would skip events.
+        RAISE EXCEPTION 'the last tick saw transaction %, but this server is only at %: the pgevents schema was restored from another cluster, and its events cannot be ordered here',
+            pg_snapshot_xmax(prev), pg_snapshot_xmax(pg_current_snapshot())
+            USING HINT = 'deliver every event before dumping, or run `pgevents-host uninstall --yes` and install again (cursors start over)';
+    END IF;
     IF look_first
        AND NOT EXISTS (SELECT 1 FROM pgevents.newly_visible(prev, pg_current_snapshot())) THEN
         RETURN QUERY SELECT t.last_ord, t.ticks FROM pgevents.ticker t WHERE t.id = 1;
@@ -132,12 +139,19 @@ BEGIN
     added AS (
         INSERT INTO pgevents.commits (ord, txid, first_seq, last_seq, ticked_at)
         SELECT f.ord, f.txid, f.first_seq, f.last_seq, clock_timestamp() FROM found f
+    ),
+    -- A tick that found nothing (another host's numbered it first) writes nothing.
+    moved AS (
+        UPDATE pgevents.ticker t
+        SET snapshot = s.cur, last_ord = s.base + (SELECT count(*) FROM found),
+            ticks = t.ticks + 1, ticked_at = clock_timestamp()
+        FROM snap s WHERE t.id = 1 AND EXISTS (SELECT 1 FROM found)
+        RETURNING t.last_ord, t.ticks
     )
-    UPDATE pgevents.ticker t
-    SET snapshot = s.cur, last_ord = s.base + (SELECT count(*) FROM found),
-        ticks = t.ticks + 1, ticked_at = clock_timestamp()
-    FROM snap s WHERE t.id = 1
-    RETURNING t.last_ord, t.ticks;
+    SELECT m.last_ord, m.ticks FROM moved m
+    UNION ALL
+    SELECT t.last_ord, t.ticks FROM pgevents.ticker t
+    WHERE t.id = 1 AND NOT EXISTS (SELECT 1 FROM found);
 END
 $$;
 REVOKE ALL ON FUNCTION pgevents.tick(boolean) FROM PUBLIC;
@@ -149,12 +163,15 @@ REVOKE ALL ON FUNCTION pgevents.tick(boolean) FROM PUBLIC;
 WITH snap AS MATERIALIZED (SELECT pg_current_snapshot() AS s),
 found AS MATERIALIZED (
     SELECT txid, min(seq) AS first_seq, max(seq) AS last_seq,
-           row_number() OVER (ORDER BY txid) AS ord
+           row_number() OVER (ORDER BY txid) AS ord,
+           max(captured_at) AS committed_by
     FROM pgevents.events GROUP BY txid
 ),
 added AS (
+    -- Commit times are unknown: the last capture time stands in (replay
+    -- --since and retention go by it).
     INSERT INTO pgevents.commits (ord, txid, first_seq, last_seq, ticked_at)
-    SELECT ord, txid, first_seq, last_seq, now() FROM found
+    SELECT ord, txid, first_seq, last_seq, committed_by FROM found
 )
 INSERT INTO pgevents.ticker (id, ticks, last_ord, snapshot, ticked_at)
 SELECT 1, 0, (SELECT count(*) FROM found), s, now() FROM snap;
@@ -212,8 +229,8 @@ REVOKE ALL ON FUNCTION pgevents.ack(text, int, int, uuid, bigint, bigint, bigint
 -- The capture function of migration 4, with two changes:
 -- - Values are rendered the same whatever the writer's session sets: floats
 --   shortest-exact, times in UTC, dates ISO, intervals PostgreSQL's own
---   style, bytea as hex (inside composite values and arrays too, which are
---   rendered as text).
+--   style, bytea as hex, money in the C locale (inside composite values and
+--   arrays too, which are rendered as text).
 -- - No transaction id is taken unless rows are logged (the column's default),
 --   so a statement that changed nothing does not make the writer take one.
 CREATE OR REPLACE FUNCTION pgevents.capture() RETURNS trigger
@@ -224,6 +241,7 @@ SET timezone = 'UTC'
 SET datestyle = 'ISO, YMD'
 SET intervalstyle = 'postgres'
 SET bytea_output = 'hex'
+SET lc_monetary = 'C'
 AS $$
 DECLARE
     key_columns text[] := TG_ARGV[1:TG_NARGS - 1];

@@ -226,6 +226,10 @@ pub async fn reconcile_triggers(
 #[derive(Debug, Clone)]
 pub struct TableFacts {
     pub columns: Vec<String>,
+    /// The primary key is DEFERRABLE: a writer inserting a key another one
+    /// deletes does not wait for it, so those two changes may arrive in
+    /// either order.
+    pub deferrable_key: bool,
 }
 
 /// Why a subscription's table cannot be captured.
@@ -246,7 +250,9 @@ pub async fn table_facts(
             "SELECT c.relkind::text, c.relispartition,
                     array(SELECT a.attname::text FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                          ORDER BY a.attnum)
+                          ORDER BY a.attnum),
+                    EXISTS (SELECT 1 FROM pg_index i
+                            WHERE i.indrelid = c.oid AND i.indisprimary AND NOT i.indimmediate)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&schema, &table],
@@ -274,6 +280,7 @@ pub async fn table_facts(
     }
     Ok(Ok(TableFacts {
         columns: row.get(2),
+        deferrable_key: row.get(3),
     }))
 }
 
