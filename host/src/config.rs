@@ -111,6 +111,13 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 64;
 pub const LOG_LINES_PER_CALL: u32 = 100;
 pub const LOG_LINES_PER_EVENT: u32 = 10;
 pub const LOG_LINE_MAX_BYTES: usize = 4096;
+/// A failure message (a plugin's own, or a trap's with the plugin's last
+/// output) is cut to this many bytes, in the log and in the database.
+pub const FAILURE_MESSAGE_MAX_BYTES: usize = 4096;
+
+/// Largest plugin file the host reads (the Python and JavaScript examples,
+/// which carry a language runtime, are 12 to 18 MiB).
+pub const MAX_PLUGIN_FILE_BYTES: u64 = 256 << 20;
 
 /// The plugins folder is watched for changes; after a change, it is read once
 /// nothing has changed in it for this long (so a file being copied is not

@@ -91,6 +91,11 @@ pub enum HostEvent {
         plugin: String,
         part: u32,
     },
+    /// A plugin received events its own sql writes caused (`events` so far).
+    OwnWrites {
+        plugin: String,
+        events: i64,
+    },
 }
 
 /// Receives every [`HostEvent`].
@@ -792,6 +797,7 @@ async fn worker(
     };
     let mut plugin = first;
     let mut failures = 0;
+    let mut connected: Option<Instant> = None;
     loop {
         let result = async {
             let mut client = db::connect_once(&shared.url).await?;
@@ -812,7 +818,7 @@ async fn worker(
                 None => None,
             };
             state.failures = dead_letters::failures(&client, &stream).await?;
-            failures = 0;
+            connected = Some(Instant::now());
             let mut d = Deliverer {
                 plugin: &mut plugin,
                 plugins: plugins.clone(),
@@ -832,6 +838,16 @@ async fn worker(
         match result {
             Ok(end) => return end,
             Err(e) => {
+                // The backoff starts over only after a session that worked
+                // (acknowledged a batch, or lasted a while): one that fails
+                // at once, every time, must not be retried every 250 ms.
+                if std::mem::take(&mut state.progressed)
+                    || connected
+                        .take()
+                        .is_some_and(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    failures = 0;
+                }
                 failures += 1;
                 if failures == 1 && matches!(e, WorkerError::Sql(_)) {
                     // A configuration problem: show it in `status` too.
@@ -868,6 +884,10 @@ struct WorkerState {
     idle_poll: Duration,
     /// When dead letters were last checked for redelivery requests.
     redelivery_checked: Option<Instant>,
+    /// A batch was acknowledged since the last connection error.
+    progressed: bool,
+    /// When the log last said that the plugin receives its own writes.
+    warned_own_writes: Option<Instant>,
 }
 
 impl WorkerState {
@@ -1080,6 +1100,9 @@ impl Deliverer<'_> {
                     .iter()
                     .map(|(e, _)| (e.position, e.event_ref()))
                     .collect();
+                if self.sql.is_some() {
+                    self.notice_own_writes(&events, state).await?;
+                }
                 let handled_from = started.elapsed();
                 let result = self.handle(events, end, ahead).await?;
                 let (to, failed) = match result {
@@ -1097,6 +1120,7 @@ impl Deliverer<'_> {
                 if let Some(to) = to {
                     cursor = to;
                     state.failures.retain(|p, _| *p > cursor);
+                    state.progressed = true;
                 }
                 match failed {
                     None => {
@@ -1489,6 +1513,52 @@ impl Deliverer<'_> {
         Ok(Some(cursor))
     }
 
+    /// Events that the plugin's own sql writes caused (its session's
+    /// application name says so): a plugin writing into a table it
+    /// subscribes to feeds itself, perhaps without end. Counted in
+    /// `pgevents.plugins.self_events` (`status` shows it) and said in the log
+    /// at most once a minute.
+    async fn notice_own_writes(
+        &mut self,
+        events: &[(LoggedEvent, u32)],
+        state: &mut WorkerState,
+    ) -> Result<(), WorkerError> {
+        let own = crate::sql::application_name(&self.stream.plugin);
+        let n = events
+            .iter()
+            .filter(|(e, attempt)| *attempt == 1 && e.application_name == own)
+            .count() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let total: i64 = self
+            .client
+            .query_one(
+                &format!(
+                    "UPDATE {SCHEMA}.plugins SET self_events = self_events + $2 WHERE name = $1
+                     RETURNING self_events"
+                ),
+                &[&self.stream.plugin, &n],
+            )
+            .await?
+            .get(0);
+        if state
+            .warned_own_writes
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            state.warned_own_writes = Some(Instant::now());
+            tracing::warn!(
+                stream = %self.stream, events = total,
+                "the plugin receives events of its own sql writes to a table it subscribes to: unless it stops writing at some point, it feeds itself without end"
+            );
+            self.shared.observe(HostEvent::OwnWrites {
+                plugin: self.stream.plugin.clone(),
+                events: total,
+            });
+        }
+        Ok(())
+    }
+
     /// Wait until the lease is certain to outlast a plugin call (the handle
     /// timeout plus `LEASE_MARGIN_MS`). Returns false if asked to stop first.
     async fn lease_covers_a_call(&mut self) -> bool {
@@ -1572,16 +1642,18 @@ impl Deliverer<'_> {
     }
 }
 
-/// Whether a database error at commit comes from what the batch wrote or set
-/// (integrity and data errors, serialization failures and deadlocks, a
-/// statement timeout the plugin set) rather than from the host's side.
+/// Whether a database error at the commit of a batch's sql transaction is
+/// that batch's failure (count an attempt, back off, dead-letter in the end)
+/// rather than the connection's (reconnect). Everything the server answers
+/// is the batch's, except a lost or refused connection (class 08), the
+/// server going away (57P), and its own resource and internal errors (53,
+/// 58, XX): counting those would dead-letter good events.
 fn caused_by_the_batch(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         let code = db.code().code();
-        ["22", "23", "40"]
+        !["08", "57P", "53", "58", "XX"]
             .iter()
             .any(|class| code.starts_with(class))
-            || code == "57014"
     })
 }
 

@@ -192,16 +192,26 @@ const HORIZON_SQL: &str = "
             (SELECT pg_snapshot_xmax(s) FROM snap))
         END)::text";
 
+/// SQL condition: subscription `s` is to the table event `e` came from: by
+/// identity (a renamed table stays subscribed), or, for events logged before
+/// tables were followed by identity, by name.
+pub(crate) fn same_table(s: &str, e: &str) -> String {
+    format!(
+        "({s}.relid = {e}.relid
+          OR ({e}.relid IS NULL AND {s}.schema_name = {e}.schema_name AND {s}.table_name = {e}.table_name))"
+    )
+}
+
 /// SQL condition: event `e` matches a subscription of the plugin named by `plugin`
 /// (operation, and for updates the changed-columns filter).
 pub(crate) fn subscribed(e: &str, plugin: &str) -> String {
     format!(
         "EXISTS (SELECT 1 FROM {SCHEMA}.subscriptions s
-                 WHERE s.plugin = {plugin} AND s.schema_name = {e}.schema_name
-                   AND s.table_name = {e}.table_name AND {e}.op = ANY (s.ops)
+                 WHERE s.plugin = {plugin} AND {} AND {e}.op = ANY (s.ops)
                    AND ({e}.op <> 'U' OR s.changed_columns IS NULL OR EXISTS (
                          SELECT 1 FROM unnest(s.changed_columns) AS c
-                         WHERE {e}.new_row -> c IS DISTINCT FROM {e}.old_row -> c)))"
+                         WHERE {e}.new_row -> c IS DISTINCT FROM {e}.old_row -> c)))",
+        same_table("s", e)
     )
 }
 
@@ -308,10 +318,9 @@ impl Reader {
                          ORDER BY ev.seq LIMIT $4::bigint) AS ev
                    ORDER BY c.ord, ev.seq
                    LIMIT $4::bigint) AS e
-             LEFT JOIN {SCHEMA}.subscriptions s
-                    ON s.plugin = $3 AND s.schema_name = e.schema_name
-                   AND s.table_name = e.table_name
-             ORDER BY e.ord, e.seq"
+             LEFT JOIN {SCHEMA}.subscriptions s ON s.plugin = $3 AND {}
+             ORDER BY e.ord, e.seq",
+            same_table("s", "e")
         );
         let (batch, ack) = tokio::try_join!(client.prepare(&batch_sql), client.prepare(ACK_SQL))?;
         Ok(Reader { batch, ack })
@@ -855,13 +864,15 @@ pub async fn prune(
     min_age: std::time::Duration,
 ) -> Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let mine: bool = tx
-        .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended('pgevents retention', 0))",
+    let mine = tx
+        .query_opt(
+            &format!(
+                "SELECT 1 FROM {SCHEMA}.locks WHERE name = 'retention' FOR UPDATE SKIP LOCKED"
+            ),
             &[],
         )
         .await?
-        .get(0);
+        .is_some();
     if !mine {
         return Ok(0);
     }
@@ -927,11 +938,12 @@ pub async fn prune(
     Ok(deleted)
 }
 
-/// Wait for the retention lock until the transaction ends: a rewind (or a
-/// new cursor at the start) must not race a prune that read the old cursors.
+/// Wait for the retention lock (a row only the host's role may lock) until
+/// the transaction ends: a rewind (or a new cursor at the start) must not
+/// race a prune that read the old cursors.
 async fn lock_retention(tx: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('pgevents retention', 0))",
+        &format!("SELECT 1 FROM {SCHEMA}.locks WHERE name = 'retention' FOR UPDATE"),
         &[],
     )
     .await?;

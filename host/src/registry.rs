@@ -55,7 +55,9 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+        // Not only regular files: a named pipe or a device called `x.wasm` is
+        // reported as such (reading one would block or never end).
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && !p.is_dir())
         .collect();
     files.sort();
     Ok(files)
@@ -135,10 +137,10 @@ pub async fn load_file(
     file: &Path,
     settings: &Settings,
 ) -> Result<LoadedPlugin, Rejected> {
-    let bytes = std::fs::read(file).map_err(|e| Rejected {
+    let bytes = crate::runtime::read_plugin_file(file).map_err(|e| Rejected {
         file: file.to_owned(),
         plugin: None,
-        error: format!("cannot read {}: {e}", file.display()),
+        error: e.to_string(),
     })?;
     load_bytes(runtime, file, bytes, settings).await
 }
@@ -394,8 +396,11 @@ async fn register_one(
     for s in &m.subscriptions {
         tx.execute(
             &format!(
-                "INSERT INTO {SCHEMA}.subscriptions (plugin, schema_name, table_name, ops, changed_columns)
-                 VALUES ($1, $2, $3, $4::\"char\"[], $5)"
+                "INSERT INTO {SCHEMA}.subscriptions (plugin, schema_name, table_name, ops, changed_columns, relid)
+                 SELECT $1, $2, $3, $4::\"char\"[], $5, c.oid
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN pg_namespace n ON n.nspname = $2
+                 LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = $3 AND c.relkind = 'r'"
             ),
             &[&m.name, &s.schema, &s.table, &s.op_codes(), &s.changed_columns],
         )

@@ -19,7 +19,7 @@ use crate::config::{RELOAD_QUIET_MS, RELOAD_RESCAN_MS, Settings};
 use crate::db;
 use crate::dispatch::{HostEvent, Observer};
 use crate::registry::{self, Rejected};
-use crate::runtime::{LoadedPlugin, Runtime};
+use crate::runtime::{LoadError, LoadedPlugin, Runtime};
 
 /// The plugins this host runs, by manifest name. Deliverers look their
 /// plugin up here before every batch.
@@ -80,7 +80,7 @@ impl Reloader {
         }
         // Files that did not load are not tried again until they change.
         for r in &loaded.rejected {
-            let sha256 = std::fs::read(&r.file)
+            let sha256 = crate::runtime::read_plugin_file(&r.file)
                 .map(|bytes| hex(&sha2::Sha256::digest(&bytes)))
                 .unwrap_or_default();
             files
@@ -175,13 +175,42 @@ impl Reloader {
             {
                 continue;
             }
-            let age = modified.elapsed().unwrap_or_default();
+            let age = match modified.elapsed() {
+                Ok(age) => age,
+                // A clock set back, or a copy that kept a future time: do not
+                // wait for a moment that may be far off.
+                Err(_) => {
+                    tracing::warn!(
+                        file = %file.display(),
+                        "the file's modification time is in the future; reading it now"
+                    );
+                    Duration::from_millis(SETTLE_MS)
+                }
+            };
             if age < quiet {
                 soon(quiet - age);
                 continue;
             }
-            let Ok(bytes) = std::fs::read(file) else {
-                continue;
+            let bytes = match crate::runtime::read_plugin_file(file) {
+                Ok(bytes) => bytes,
+                Err(e @ (LoadError::NotAFile { .. } | LoadError::TooLarge { .. })) => {
+                    let seen = Seen {
+                        len,
+                        modified,
+                        sha256: String::new(),
+                        serves: self.files.get(file).and_then(|s| s.serves.clone()),
+                    };
+                    let name = seen.serves.clone();
+                    self.files.insert(file.to_owned(), seen);
+                    let rejected = Rejected {
+                        file: file.to_owned(),
+                        plugin: None,
+                        error: e.to_string(),
+                    };
+                    self.report(rejected, name).await;
+                    continue;
+                }
+                Err(_) => continue,
             };
             if stat(file) != Some((len, modified)) || bytes.len() as u64 != len {
                 soon(quiet);

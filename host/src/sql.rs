@@ -137,7 +137,7 @@ impl SqlSession {
         client
             .batch_execute(&format!(
                 "SET application_name = {}; SET statement_timeout = {}",
-                crate::schema::quote_literal(&format!("pgevents-host sql {plugin}")),
+                crate::schema::quote_literal(&application_name(plugin)),
                 timeout.as_millis().max(1)
             ))
             .await
@@ -206,7 +206,8 @@ impl SqlSession {
     }
 
     // Session-level advisory locks a plugin took are released after every
-    // batch: held on, they could block the host's own coordination. Apart
+    // batch: one batch's locks must not outlive it (the host's own
+    // coordination takes none a plugin could hold against it). Apart
     // from the COMMIT, so that an error of the unlock is never taken for a
     // failed commit (the batch would be applied again).
     pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
@@ -239,12 +240,15 @@ impl SqlSession {
             &[&(dyn ToSql + Sync)],
         ) -> Result<R, tokio_postgres::Error>,
     ) -> Result<R, SqlFailure> {
-        if let Some(word) = transaction_control(statement) {
+        if let Some(word) = first_word_refused(statement) {
+            let why = if word == "COPY" {
+                "there is no COPY data channel for plugins; use INSERT ... SELECT or a statement with parameters"
+            } else {
+                "the host owns the batch transaction (each statement already runs under its own savepoint)"
+            };
             return Err(SqlFailure {
                 sqlstate: REFUSED.into(),
-                message: format!(
-                    "`{word}` is refused: the host owns the batch transaction (each statement already runs under its own savepoint)"
-                ),
+                message: format!("`{word}` is refused: {why}"),
             });
         }
         let params: Vec<TextParam> = params.iter().map(TextParam::from).collect();
@@ -258,20 +262,26 @@ impl SqlSession {
             .get(statement)
             .cloned();
         let work = async {
-            let prepared = match cached {
-                Some(s) => s,
-                None => {
-                    let s = client.prepare(statement).await?;
-                    let mut cache = self.statements.lock().expect("cache");
-                    if cache.len() >= STATEMENT_CACHE_SIZE {
-                        cache.clear();
-                    }
-                    cache.insert(statement.to_owned(), s.clone());
-                    s
-                }
-            };
+            // The savepoint first: a statement that fails to prepare (a typo,
+            // a missing table) must undo only itself, not abort the batch.
             client.batch_execute("SAVEPOINT pgevents_statement").await?;
-            match go(&client, &prepared, &refs).await {
+            let result = async {
+                let prepared = match cached {
+                    Some(s) => s,
+                    None => {
+                        let s = client.prepare(statement).await?;
+                        let mut cache = self.statements.lock().expect("cache");
+                        if cache.len() >= STATEMENT_CACHE_SIZE {
+                            cache.clear();
+                        }
+                        cache.insert(statement.to_owned(), s.clone());
+                        s
+                    }
+                };
+                go(&client, &prepared, &refs).await
+            }
+            .await;
+            match result {
                 Ok(r) => {
                     client
                         .batch_execute("RELEASE SAVEPOINT pgevents_statement")
@@ -345,13 +355,15 @@ impl SqlAccess for SqlSession {
     }
 }
 
-/// The first word of `statement` if it controls the transaction. Leading
-/// whitespace and comments are skipped as PostgreSQL's lexer does: any of
+/// The first word of `statement` if it controls the transaction, or is
+/// COPY (no data channel for plugins; `COPY ... FROM STDIN` would wait for
+/// data the session never sends). Leading whitespace and comments are
+/// skipped as PostgreSQL's lexer does: any of
 /// space, tab, CR, LF, form feed and vertical tab; `--` up to CR or LF;
 /// nested `/* */`. (A statement that hides transaction control anywhere else
 /// is rejected by the server inside our transaction block, or is refused by
 /// the extended protocol, which takes one statement only.)
-fn transaction_control(statement: &str) -> Option<String> {
+fn first_word_refused(statement: &str) -> Option<String> {
     let bytes = statement.as_bytes();
     let mut i = 0;
     loop {
@@ -397,8 +409,18 @@ fn transaction_control(statement: &str) -> Option<String> {
         "SAVEPOINT",
         "RELEASE",
         "PREPARE",
+        "COPY",
     ];
     CONTROL.contains(&word.as_str()).then_some(word)
+}
+
+/// The `application_name` of `plugin`'s sql session: events its writes
+/// cause carry it.
+pub fn application_name(plugin: &str) -> String {
+    let mut name = format!("pgevents-host sql {plugin}");
+    // As the server keeps it: at most 63 bytes (plugin names are ASCII).
+    name.truncate(63);
+    name
 }
 
 /// Let the grant's role acknowledge its plugin's batches: `USAGE` on the
@@ -661,21 +683,25 @@ mod tests {
 
     #[test]
     fn transaction_control_is_recognised() {
-        assert_eq!(transaction_control(" commit").as_deref(), Some("COMMIT"));
+        assert_eq!(first_word_refused(" commit").as_deref(), Some("COMMIT"));
         assert_eq!(
-            transaction_control("/* x */ -- y\n Rollback to s").as_deref(),
+            first_word_refused("/* x */ -- y\n Rollback to s").as_deref(),
             Some("ROLLBACK")
         );
-        assert_eq!(transaction_control("INSERT INTO t VALUES (1)"), None);
-        assert_eq!(transaction_control("select 'commit'"), None);
+        assert_eq!(first_word_refused("INSERT INTO t VALUES (1)"), None);
         assert_eq!(
-            transaction_control("/* /* nested */ */ COMMIT").as_deref(),
+            first_word_refused("/* data */ copy t FROM STDIN").as_deref(),
+            Some("COPY")
+        );
+        assert_eq!(first_word_refused("select 'commit'"), None);
+        assert_eq!(
+            first_word_refused("/* /* nested */ */ COMMIT").as_deref(),
             Some("COMMIT")
         );
         assert_eq!(
-            transaction_control("-- x\rCOMMIT").as_deref(),
+            first_word_refused("-- x\rCOMMIT").as_deref(),
             Some("COMMIT")
         );
-        assert_eq!(transaction_control("\x0b\x0cend").as_deref(), Some("END"));
+        assert_eq!(first_word_refused("\x0b\x0cend").as_deref(), Some("END"));
     }
 }

@@ -28,6 +28,10 @@ pub struct Status {
     pub plugins: Vec<PluginStatus>,
     /// `"schema"."table"` -> operations captured (`I`, `U`, `D`, `T`).
     pub triggers: BTreeMap<String, String>,
+    /// Capture triggers someone disabled (`"schema"."table" OP`): they
+    /// capture nothing until the host enables them again (at its next
+    /// reconcile).
+    pub disabled_triggers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +67,9 @@ pub struct PluginStatus {
     pub load_error_at: Option<String>,
     /// Events in the dead-letter table (see `pgevents-host dead-letters list`).
     pub dead_letters: i64,
+    /// Events it received that its own sql writes caused (see the README:
+    /// a plugin writing to a table it subscribes to).
+    pub own_writes: i64,
     pub partitions: Vec<PartitionStatus>,
 }
 
@@ -87,6 +94,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
             open_writers: Vec::new(),
             plugins: Vec::new(),
             triggers: BTreeMap::new(),
+            disabled_triggers: Vec::new(),
         });
     }
     let open_writers = open_writers(client, std::time::Duration::ZERO).await?;
@@ -112,7 +120,8 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                         (SELECT count(*) FROM {SCHEMA}.dead_letters d WHERE d.plugin = p.name),
                         p.load_error,
                         to_char(p.load_error_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        (SELECT k.txid::text FROM {SCHEMA}.commits k WHERE k.ord = c.ord)
+                        (SELECT k.txid::text FROM {SCHEMA}.commits k WHERE k.ord = c.ord),
+                        p.self_events
                  FROM {SCHEMA}.plugins p
                  LEFT JOIN LATERAL (SELECT ord, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
                                     ORDER BY ord, seq LIMIT 1) c ON true
@@ -146,6 +155,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                 dead_letters: r.get(11),
                 load_error: r.get(12),
                 load_error_at: r.get(13),
+                own_writes: r.get(15),
                 partitions: Vec::new(),
             }
         })
@@ -181,7 +191,13 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
             });
         }
     }
-    let installed_triggers = schema::installed_triggers(client).await?;
+    let with_state = schema::installed_triggers_with_state(client).await?;
+    let disabled_triggers = with_state
+        .iter()
+        .filter(|(_, enabled)| !enabled)
+        .map(|(t, _)| format!("{} {}", schema::quote_table(&t.schema, &t.table), t.op))
+        .collect();
+    let installed_triggers: Vec<_> = with_state.into_iter().map(|(t, _)| t).collect();
     Ok(Status {
         installed: true,
         last_ord: tick.get(0),
@@ -190,6 +206,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
         open_writers,
         plugins,
         triggers: schema::by_table(&installed_triggers),
+        disabled_triggers,
     })
 }
 
@@ -305,6 +322,13 @@ impl fmt::Display for Status {
             if let Some(e) = &p.last_error {
                 writeln!(f, "  last error: {e}")?;
             }
+            if p.own_writes > 0 {
+                writeln!(
+                    f,
+                    "  received {} event(s) its own sql writes caused: it writes to a table it subscribes to (a loop?)",
+                    p.own_writes
+                )?;
+            }
             if let Some(e) = &p.load_error {
                 writeln!(
                     f,
@@ -316,6 +340,12 @@ impl fmt::Display for Status {
         }
         for (table, ops) in &self.triggers {
             writeln!(f, "capturing {table}: {ops}")?;
+        }
+        for t in &self.disabled_triggers {
+            writeln!(
+                f,
+                "DISABLED capture trigger on {t}: that table's changes are not captured until the host enables it again"
+            )?;
         }
         Ok(())
     }

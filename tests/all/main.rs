@@ -7,6 +7,7 @@ mod delivery;
 mod errors;
 mod faults;
 mod guarantees;
+mod hardening;
 mod order;
 mod polyglot;
 mod reload;

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bindings::exports::pgevents::plugin::handler as wit;
 use super::bindings::pgevents::plugin::types::Operation;
-use crate::config::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
+use crate::config::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, SCHEMA};
 use crate::log::Op;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,61 @@ pub enum ManifestError {
     ColumnsWithoutUpdate { plugin: String, table: String },
     #[error("plugin `{plugin}` asks for batch size {size}; the maximum is {MAX_BATCH_SIZE}")]
     BatchTooLarge { plugin: String, size: u32 },
+    #[error("plugin `{plugin}`: its manifest's {what} {value:?} {problem}")]
+    BadText {
+        plugin: String,
+        what: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+    #[error(
+        "plugin `{plugin}` subscribes to `{table}`, in {whose}; a plugin may subscribe to application tables only"
+    )]
+    ForbiddenSchema {
+        plugin: String,
+        table: String,
+        whose: &'static str,
+    },
+    #[error("plugin `{plugin}` has {count} subscriptions; at most {MAX_SUBSCRIPTIONS} are allowed")]
+    TooManySubscriptions { plugin: String, count: usize },
+}
+
+/// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1 bytes); a longer one
+/// would be cut short, and name another table.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+/// Longest version string.
+const MAX_VERSION_CHARS: usize = 100;
+/// Most subscriptions one plugin may have, and most columns in one filter.
+const MAX_SUBSCRIPTIONS: usize = 1000;
+const MAX_FILTER_COLUMNS: usize = 1600;
+
+/// Why `text` cannot be stored or used as a PostgreSQL identifier, if it cannot.
+fn identifier_problem(text: &str) -> Option<&'static str> {
+    if text.is_empty() {
+        Some("is empty")
+    } else if text.contains('\0') {
+        Some("contains a NUL byte, which PostgreSQL text cannot hold")
+    } else if text.len() > MAX_IDENTIFIER_BYTES {
+        Some("is longer than PostgreSQL's 63-byte limit for names")
+    } else {
+        None
+    }
+}
+
+/// Whose schema `schema` is, if not the application's: the host's own, or
+/// the system's. Their tables are never captured (a trigger on the log would
+/// capture its own writes; on the cursors, every acknowledgement).
+fn reserved_schema(schema: &str) -> Option<&'static str> {
+    if schema == SCHEMA {
+        Some("the host's own schema")
+    } else if matches!(schema, "pg_catalog" | "information_schema")
+        || schema.starts_with("pg_toast")
+        || schema.starts_with("pg_temp")
+    {
+        Some("a system schema")
+    } else {
+        None
+    }
 }
 
 impl Manifest {
@@ -93,6 +148,36 @@ impl Manifest {
         if m.subscriptions.is_empty() {
             return Err(ManifestError::NoSubscriptions(name));
         }
+        if m.subscriptions.len() > MAX_SUBSCRIPTIONS {
+            return Err(ManifestError::TooManySubscriptions {
+                count: m.subscriptions.len(),
+                plugin: name,
+            });
+        }
+        let bad = |plugin: &str, what: &'static str, value: &str, problem: &'static str| {
+            ManifestError::BadText {
+                plugin: plugin.to_owned(),
+                what,
+                value: value.chars().take(80).collect(),
+                problem,
+            }
+        };
+        if m.version.chars().any(char::is_control) {
+            return Err(bad(
+                &name,
+                "version",
+                &m.version,
+                "contains a control character (a NUL byte, say)",
+            ));
+        }
+        if m.version.chars().count() > MAX_VERSION_CHARS {
+            return Err(bad(
+                &name,
+                "version",
+                &m.version,
+                "is longer than 100 characters",
+            ));
+        }
         if m.batch_size > MAX_BATCH_SIZE {
             return Err(ManifestError::BatchTooLarge {
                 plugin: name,
@@ -104,6 +189,34 @@ impl Manifest {
             let table = format!("{}.{}", s.schema, s.table);
             if s.schema.is_empty() || s.table.is_empty() {
                 return Err(ManifestError::EmptyTable { plugin: name });
+            }
+            for (what, text) in [("schema name", &s.schema), ("table name", &s.table)] {
+                if let Some(problem) = identifier_problem(text) {
+                    return Err(bad(&name, what, text, problem));
+                }
+            }
+            if let Some(whose) = reserved_schema(&s.schema) {
+                return Err(ManifestError::ForbiddenSchema {
+                    plugin: name,
+                    table,
+                    whose,
+                });
+            }
+            for column in s.changed_columns.iter().flatten() {
+                if let Some(problem) = identifier_problem(column) {
+                    return Err(bad(&name, "changed-columns entry", column, problem));
+                }
+            }
+            if s.changed_columns
+                .as_ref()
+                .is_some_and(|c| c.len() > MAX_FILTER_COLUMNS)
+            {
+                return Err(bad(
+                    &name,
+                    "changed-columns filter of",
+                    &table,
+                    "names more than 1600 columns (PostgreSQL's limit for a table)",
+                ));
             }
             if subscriptions
                 .iter()

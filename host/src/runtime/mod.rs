@@ -34,7 +34,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{
-    DESCRIBE_TIMEOUT_MS, EPOCH_TICK_MS, LOG_LINE_MAX_BYTES, LOG_LINES_PER_CALL, LOG_LINES_PER_EVENT,
+    DESCRIBE_TIMEOUT_MS, EPOCH_TICK_MS, FAILURE_MESSAGE_MAX_BYTES, LOG_LINE_MAX_BYTES,
+    LOG_LINES_PER_CALL, LOG_LINES_PER_EVENT, MAX_PLUGIN_FILE_BYTES,
 };
 use crate::log::{LoggedEvent, Op};
 
@@ -50,6 +51,10 @@ pub enum LoadError {
     // The cause is in the message, so it is not also a `source`.
     #[error("cannot read {path}: {error}")]
     Read { path: String, error: std::io::Error },
+    #[error("{path} is not a regular file ({kind}); a plugin is a `.wasm` file")]
+    NotAFile { path: String, kind: &'static str },
+    #[error("{path} is larger than {} MiB, too large for a plugin", MAX_PLUGIN_FILE_BYTES >> 20)]
+    TooLarge { path: String },
     #[error("{path} is not a WebAssembly file (it does not start with the `\\0asm` header)")]
     NotWasm { path: String },
     #[error(
@@ -208,8 +213,36 @@ pub struct Runtime {
     /// Where compiled components are cached (see [`Runtime::with_compile_cache`]).
     cache: Option<PathBuf>,
     /// One per plugin call that may run at once (the pool's size, less the
-    /// slots kept for loading files).
+    /// slots kept for loading files and for abandoned calls).
     permits: Arc<tokio::sync::Semaphore>,
+    /// One per `describe` call of a file being loaded.
+    loading: Arc<tokio::sync::Semaphore>,
+    /// Slots that abandoned calls move to (see [`ABANDONED_RESERVE`]).
+    reserve: Arc<tokio::sync::Semaphore>,
+}
+
+/// The pool slot a plugin call holds, as the permit of the semaphore it came
+/// from; given back when the call's thread ends.
+#[derive(Clone)]
+struct Slot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl Slot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Slot {
+        Slot(Arc::new(std::sync::Mutex::new(Some(permit))))
+    }
+
+    fn release(&self) {
+        self.0.lock().expect("slot").take();
+    }
+
+    /// The call was abandoned: hold a reserve slot instead, so that the
+    /// slot it came from serves other calls while this one's thread lives on.
+    /// Keeps the slot it has when the reserve is used up.
+    fn move_to_reserve(&self, reserve: &Arc<tokio::sync::Semaphore>) {
+        if let Ok(spare) = reserve.clone().try_acquire_owned() {
+            *self.0.lock().expect("slot") = Some(spare);
+        }
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -276,6 +309,14 @@ pub fn tune_allocator() {
 /// Instance slots kept apart for asking newly loaded files for their manifest.
 const LOADING_INSTANCES: u32 = 2;
 
+/// Instance slots kept apart for calls that were abandoned while blocked in
+/// a host call (a WASI sleep): such a call keeps its thread and instance until
+/// the host call returns, but gives its slot back to the other plugins (up
+/// to this many abandoned calls at once; beyond, it keeps its slot). With a
+/// plugin allowed at most `MAX_STUCK_CALLS` of them, eight plugins stuck at
+/// once still take no slot from the rest.
+pub const ABANDONED_RESERVE: u32 = 16;
+
 /// The pooling allocator's size: concurrent instances, and the largest memory
 /// any plugin may have.
 #[derive(Debug, Clone, Copy)]
@@ -305,13 +346,14 @@ impl Runtime {
         config.epoch_interruption(true);
         let mut pooling = PoolingAllocationConfig::default();
         let instances = pool.max_instances.max(1);
+        let slots = instances + LOADING_INSTANCES + ABANDONED_RESERVE;
         pooling
-            .total_component_instances(instances + LOADING_INSTANCES)
+            .total_component_instances(slots)
             // Components written in other languages hold several core
             // instances, memories and large tables.
-            .total_core_instances(instances.saturating_mul(16))
-            .total_memories(instances.saturating_mul(4))
-            .total_tables(instances.saturating_mul(8))
+            .total_core_instances(slots.saturating_mul(16))
+            .total_memories(slots.saturating_mul(4))
+            .total_tables(slots.saturating_mul(8))
             .table_elements(1 << 20)
             .max_core_instance_size(16 << 20)
             .max_component_instance_size(16 << 20)
@@ -339,6 +381,8 @@ impl Runtime {
             sink,
             cache: None,
             permits: Arc::new(tokio::sync::Semaphore::new(instances as usize)),
+            loading: Arc::new(tokio::sync::Semaphore::new(LOADING_INSTANCES as usize)),
+            reserve: Arc::new(tokio::sync::Semaphore::new(ABANDONED_RESERVE as usize)),
         })
     }
 
@@ -412,10 +456,7 @@ impl Runtime {
         grants: &dyn Fn(&str) -> Grants,
     ) -> Result<LoadedPlugin, LoadError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
-            path: shown.clone(),
-            error,
-        })?;
+        let bytes = read_plugin_file(path)?;
         self.load_bytes(&shown, &bytes, grants)
     }
 
@@ -471,15 +512,7 @@ impl Runtime {
             stuck: Arc::new(AtomicUsize::new(0)),
         };
         let describe = |plugin: &LoadedPlugin| {
-            plugin
-                .call(
-                    "(loading)",
-                    Duration::from_millis(DESCRIBE_TIMEOUT_MS),
-                    None,
-                    Arc::new(AtomicBool::new(false)),
-                    LOG_LINES_PER_CALL,
-                    |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
-                )
+            self.describe(plugin)
                 .map_err(|message| LoadError::Describe {
                     path: path.clone(),
                     message,
@@ -522,7 +555,116 @@ impl Runtime {
     }
 }
 
+/// The bytes of the plugin file `path`: a regular file (not a FIFO, which
+/// would block the reader, nor a device like `/dev/zero`, which never ends) of
+/// at most `MAX_PLUGIN_FILE_BYTES`. Opened without blocking, then checked.
+pub fn read_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let shown = || path.display().to_string();
+    let read_error = |error| LoadError::Read {
+        path: shown(),
+        error,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "a named pipe"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_dir() {
+            "a folder"
+        } else {
+            "not a plain file"
+        };
+        return Err(LoadError::NotAFile {
+            path: shown(),
+            kind,
+        });
+    }
+    if meta.len() > MAX_PLUGIN_FILE_BYTES {
+        return Err(LoadError::TooLarge { path: shown() });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_PLUGIN_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_PLUGIN_FILE_BYTES {
+        return Err(LoadError::TooLarge { path: shown() });
+    }
+    Ok(bytes)
+}
+
+impl Runtime {
+    /// Ask `plugin` for its manifest, on a thread of its own, within
+    /// `DESCRIBE_TIMEOUT_MS`: WebAssembly code is interrupted then, and a
+    /// call still blocked in a host call (a WASI sleep) `ABANDON_GRACE` later
+    /// is abandoned like a `handle` call, so no file can stall loading, a
+    /// reload, `inspect` or a shutdown.
+    fn describe(
+        &self,
+        plugin: &LoadedPlugin,
+    ) -> Result<bindings::exports::pgevents::plugin::handler::Manifest, String> {
+        let timeout = Duration::from_millis(DESCRIBE_TIMEOUT_MS);
+        // Wait a while for a loading slot (others may be loading files).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let permit = loop {
+            match self.loading.clone().try_acquire_owned() {
+                Ok(permit) => break permit,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "no instance was free to ask it for its manifest ({LOADING_INSTANCES} other files were being asked, or are stuck)"
+                    ));
+                }
+            }
+        };
+        let slot = Slot::new(permit);
+        let held = slot.clone();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let flag = abandoned.clone();
+        let runner = plugin.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("plugin-describe".into())
+            .spawn(move || {
+                let result = runner.call(
+                    "(loading)",
+                    timeout,
+                    None,
+                    flag,
+                    LOG_LINES_PER_CALL,
+                    |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
+                );
+                held.release();
+                let _ = tx.send(result);
+            })
+            .map_err(|e| format!("could not start a thread to ask it for its manifest: {e}"))?;
+        match rx.recv_timeout(timeout + ABANDON_GRACE) {
+            Ok(result) => result,
+            Err(_) => {
+                abandoned.store(true, Ordering::SeqCst);
+                slot.move_to_reserve(&self.reserve);
+                Err(format!(
+                    "did not answer within the time limit of {timeout:?} while blocked in a host call \
+                     (a WASI sleep or poll?); the call was abandoned"
+                ))
+            }
+        }
+    }
+}
+
 /// A compiled, linked plugin: each call runs in a fresh instance.
+#[derive(Clone)]
 pub struct LoadedPlugin {
     runtime: Runtime,
     pre: PluginPre<State>,
@@ -573,7 +715,7 @@ pub enum Retry {
 
 /// Calls blocked in host calls that a plugin may leave behind before it is
 /// called no more until one returns (each holds a thread and an instance).
-const MAX_STUCK_CALLS: usize = 4;
+const MAX_STUCK_CALLS: usize = 2;
 
 /// Grace after the handle timeout before a call blocked in a host call is
 /// abandoned (wasm code is interrupted at the timeout itself).
@@ -616,6 +758,8 @@ impl LoadedPlugin {
                 message: "the instance pool is closed".into(),
             };
         };
+        let slot = Slot::new(permit);
+        let held = slot.clone();
         let abandoned = Arc::new(AtomicBool::new(false));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let runner = self.clone();
@@ -626,7 +770,7 @@ impl LoadedPlugin {
             .name(format!("plugin-{}", self.manifest.name))
             .spawn(move || {
                 let outcome = runner.handle_blocking(events, sql, flag.clone());
-                drop(permit);
+                held.release();
                 if flag.load(Ordering::SeqCst) {
                     runner.stuck.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -652,6 +796,7 @@ impl LoadedPlugin {
                 // never comes first.
                 self.stuck.fetch_add(1, Ordering::SeqCst);
                 abandoned.store(true, Ordering::SeqCst);
+                slot.move_to_reserve(&self.runtime.reserve);
                 Outcome::Failed {
                     index: 0,
                     retry: Retry::Backoff,
@@ -697,6 +842,7 @@ impl LoadedPlugin {
                 message,
             })) => {
                 let index = index as usize;
+                let message = plugin_text(message);
                 if index >= count {
                     return Outcome::Failed {
                         index: 0,
@@ -801,8 +947,15 @@ impl LoadedPlugin {
                 "dropped {dropped} log lines of this call (a call may write {LOG_LINES_PER_CALL} lines plus {LOG_LINES_PER_EVENT} per event)"
             );
         }
+        let output_full = output.contents().len() >= OUTPUT_CAPACITY_BYTES;
         result.map_err(|e| {
-            let mut message = if store.data().memory_exceeded {
+            let mut message = if output_full {
+                // The guest's write failed and its runtime gave up: say why.
+                format!(
+                    "printed more than {} MiB to stdout and stderr, the limit per call (log with host.log instead)",
+                    OUTPUT_CAPACITY_BYTES >> 20
+                )
+            } else if store.data().memory_exceeded {
                 format!(
                     "exceeded the memory limit of {} MiB per instance",
                     self.grants.limits.memory_bytes >> 20
@@ -824,7 +977,7 @@ impl LoadedPlugin {
             if !said.is_empty() {
                 message.push_str(&format!(" (plugin output: {said})"));
             }
-            message
+            plugin_text(message)
         })
     }
 }
@@ -837,7 +990,34 @@ fn last_words(printed: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
-    lines[lines.len().saturating_sub(3)..].join(" | ")
+    let said = lines[lines.len().saturating_sub(3)..].join(" | ");
+    // The end is what matters (a panic message comes last).
+    match said.char_indices().rev().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("…{}", &said[cut..]),
+        None => said,
+    }
+}
+
+/// At most this many characters of a plugin's output go into a failure message.
+const EXCERPT_CHARS: usize = 300;
+
+/// A message from (or about) a plugin made fit for the log and the database:
+/// NUL bytes (which PostgreSQL text cannot hold) replaced, and at most
+/// `FAILURE_MESSAGE_MAX_BYTES`, cut as log lines are.
+pub fn plugin_text(text: String) -> String {
+    let text = if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    };
+    if text.len() <= FAILURE_MESSAGE_MAX_BYTES {
+        return text;
+    }
+    let mut cut = FAILURE_MESSAGE_MAX_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &text[..cut], text.len() - cut)
 }
 
 fn to_wit(e: LoggedEvent, attempt: u32) -> Event {

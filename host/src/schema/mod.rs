@@ -19,10 +19,19 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0003_reload.sql"),
     include_str!("0004_wake.sql"),
     include_str!("0005_commit_order.sql"),
+    include_str!("0006_hardening.sql"),
 ];
 
-/// Serializes installs and trigger changes across hosts sharing a database.
+/// Serializes the first install across hosts sharing a database, before the
+/// schema exists (after that, a table lock only the host's role can take).
 const INSTALL_LOCK_KEY: i64 = 0x7067_6576_656e_7473; // "pgevents"
+
+/// The role that owns the capture function (migration 6).
+pub const CAPTURE_ROLE: &str = "pgevents_capture";
+
+/// How long one try for the install lock waits before the host says who
+/// holds it, and tries again.
+const LOCK_TRY_MS: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -32,6 +41,10 @@ pub enum SchemaError {
         "the database has `{SCHEMA}` schema version {found}, newer than this host knows ({known}); upgrade pgevents-host"
     )]
     TooNew { found: i32, known: usize },
+    #[error(
+        "role `{CAPTURE_ROLE}`, which owns the capture function, {problem}; capture would run with that privilege. Make it a plain NOLOGIN role with no memberships (or drop it, and the host makes one)"
+    )]
+    CaptureRole { problem: String },
     #[error("database error: {0}")]
     Db(String),
 }
@@ -43,11 +56,119 @@ impl From<tokio_postgres::Error> for SchemaError {
 }
 
 /// Serialize this transaction with every other install, trigger change and
-/// registration on the database (until it ends).
+/// registration on the database (until it ends). Once the schema exists the
+/// lock is on the host's `migrations` table, which only the host's role may
+/// lock; before, an advisory lock (any role could take that one: it is used
+/// for the first install only). Either way the host tries for
+/// `LOCK_TRY_MS` at a time and says in the log who holds it meanwhile.
 pub(crate) async fn lock_install(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
+    let table = format!("{SCHEMA}.migrations");
+    let installed: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    loop {
+        let got = if installed {
+            tx.batch_execute(&format!(
+                "SAVEPOINT pgevents_lock; SET LOCAL lock_timeout = {LOCK_TRY_MS}"
+            ))
+            .await?;
+            let locked = tx
+                .batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
+                .await;
+            match locked {
+                Ok(()) => {
+                    tx.batch_execute("RELEASE SAVEPOINT pgevents_lock; SET LOCAL lock_timeout = 0")
+                        .await?;
+                    true
+                }
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT pgevents_lock")
+                        .await?;
+                    false
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            let got: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
+                .await?
+                .get(0);
+            if !got {
+                tokio::time::sleep(std::time::Duration::from_millis(LOCK_TRY_MS / 5)).await;
+            }
+            got
+        };
+        if got {
+            return Ok(());
+        }
+        let holders = tx
+            .query(
+                "SELECT a.pid, a.usename::text, a.application_name, left(a.query, 200)
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.granted AND a.pid <> pg_backend_pid()
+                   AND ((l.locktype = 'relation' AND l.relation = to_regclass($1))
+                        OR (l.locktype = 'advisory' AND l.objid = ($2 & 4294967295)::oid
+                            AND l.classid = ($2 >> 32)::oid))",
+                &[&table, &INSTALL_LOCK_KEY],
+            )
+            .await?;
+        for h in &holders {
+            tracing::warn!(
+                pid = h.get::<_, i32>(0),
+                user = h.get::<_, Option<String>>(1).unwrap_or_default(),
+                application = h.get::<_, Option<String>>(2).unwrap_or_default(),
+                query = h.get::<_, Option<String>>(3).unwrap_or_default(),
+                "waiting for the install lock, which this session holds"
+            );
+        }
+    }
+}
+
+/// The capture role must be able to do no more than migration 6 granted it:
+/// a role of that name that logs in, bypasses privileges or belongs to
+/// another role would lend capture (and any cast a table owner writes) its
+/// power.
+async fn check_capture_role(tx: &Transaction<'_>) -> Result<(), SchemaError> {
+    let row = tx
+        .query_opt(
+            "SELECT r.rolsuper, r.rolcanlogin, r.rolcreaterole, r.rolcreatedb, r.rolreplication,
+                    r.rolbypassrls,
+                    EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid),
+                    EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.roleid = r.oid)
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&CAPTURE_ROLE],
+        )
         .await?;
-    Ok(())
+    let Some(row) = row else {
+        return Err(SchemaError::CaptureRole {
+            problem: "does not exist".into(),
+        });
+    };
+    let problems: Vec<&str> = [
+        "is a superuser",
+        "can log in",
+        "can create roles",
+        "can create databases",
+        "can replicate",
+        "bypasses row-level security",
+        "is a member of another role",
+        "has members",
+    ]
+    .iter()
+    .enumerate()
+    .filter(|(i, _)| row.get::<_, bool>(*i))
+    .map(|(_, p)| *p)
+    .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SchemaError::CaptureRole {
+            problem: problems.join(", "),
+        })
+    }
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.
@@ -119,6 +240,9 @@ pub async fn install_up_to(client: &mut Client, version: usize) -> Result<usize,
     if version >= 5 {
         keep_sequence_in_time_order(&tx).await?;
     }
+    if version >= 6 {
+        check_capture_role(&tx).await?;
+    }
     tx.commit().await?;
     Ok(version.min(MIGRATIONS.len()))
 }
@@ -156,6 +280,13 @@ pub async fn is_installed(client: &impl GenericClient) -> Result<bool, SchemaErr
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Capture triggers currently installed, each with whether it fires.
+pub async fn installed_triggers_with_state(
+    client: &impl GenericClient,
+) -> Result<Vec<(CaptureTrigger, bool)>, SchemaError> {
+    triggers::installed_with_state(client).await
 }
 
 /// Capture triggers currently installed.

@@ -48,6 +48,14 @@ impl CaptureTrigger {
         )
     }
 
+    fn enable_sql(&self) -> String {
+        format!(
+            "ALTER TABLE {} ENABLE TRIGGER {}",
+            quote_table(&self.schema, &self.table),
+            quote_ident(self.name())
+        )
+    }
+
     pub(crate) fn drop_sql(&self) -> String {
         format!(
             "DROP TRIGGER IF EXISTS {} ON {}",
@@ -71,6 +79,11 @@ fn trigger_name(op: char) -> &'static str {
 pub struct ReconcileReport {
     pub created: Vec<CaptureTrigger>,
     pub dropped: Vec<CaptureTrigger>,
+    /// Wanted triggers someone had disabled (they captured nothing), enabled again.
+    pub enabled: Vec<CaptureTrigger>,
+    /// Subscribed tables now under another name: `(plugin, subscribed as, now)`.
+    /// They are followed by identity; the plugin's events carry the new name.
+    pub renamed: Vec<(String, String, String)>,
     /// Changes that failed (a lock timeout, a name clash), with the error; the rest were applied.
     pub failed: Vec<(CaptureTrigger, String)>,
 }
@@ -79,9 +92,22 @@ pub struct ReconcileReport {
 pub(crate) async fn installed(
     client: &impl GenericClient,
 ) -> Result<Vec<CaptureTrigger>, SchemaError> {
+    Ok(installed_with_state(client)
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect())
+}
+
+/// [`installed`], each with whether it fires for ordinary sessions (a table
+/// owner may have disabled it, or set it to fire for replicas only).
+pub(crate) async fn installed_with_state(
+    client: &impl GenericClient,
+) -> Result<Vec<(CaptureTrigger, bool)>, SchemaError> {
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgargs
+            "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgargs,
+                    t.tgenabled IN ('O', 'A')
              FROM pg_trigger t
              JOIN pg_class c ON c.oid = t.tgrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -106,18 +132,23 @@ pub(crate) async fn installed(
                 .into_iter()
                 .find(|op| trigger_name(*op) == name)
                 .unwrap_or('?');
-            CaptureTrigger {
+            let trigger = CaptureTrigger {
                 schema: row.get(0),
                 table: row.get(1),
                 op,
                 args,
-            }
+            };
+            (trigger, row.get(4))
         })
         .collect())
 }
 
 /// Capture triggers the registered plugins' subscriptions need (paused plugins
-/// included: events wait for them). Tables that no longer exist are left out.
+/// included: events wait for them), on the tables they subscribed to by
+/// identity. Tables that no longer exist are left out, and so are the host's
+/// own and the system's (an older version accepted such subscriptions: a
+/// trigger on the log captured its own writes, one on the cursors every
+/// acknowledgement).
 async fn wanted(
     client: &impl GenericClient,
     notify: bool,
@@ -125,7 +156,7 @@ async fn wanted(
     let rows = client
         .query(
             &format!(
-                "SELECT s.schema_name, s.table_name, array_agg(DISTINCT o::text) AS ops,
+                "SELECT n.nspname::text, c.relname::text, array_agg(DISTINCT o::text) AS ops,
                         coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
                                   FROM pg_index i
                                   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -133,10 +164,11 @@ async fn wanted(
                                   WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}') AS keys
                  FROM {SCHEMA}.subscriptions s
                  CROSS JOIN LATERAL unnest(s.ops) AS o
-                 JOIN pg_namespace n ON n.nspname = s.schema_name
-                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.table_name
-                                 AND c.relkind = 'r' AND NOT c.relispartition
-                 GROUP BY s.schema_name, s.table_name, c.oid"
+                 JOIN pg_class c ON c.oid = s.relid AND c.relkind = 'r' AND NOT c.relispartition
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname NOT IN ('{SCHEMA}', 'pg_catalog', 'information_schema')
+                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+                 GROUP BY n.nspname, c.relname, c.oid"
             ),
             &[],
         )
@@ -172,14 +204,43 @@ pub async fn reconcile_triggers(
     super::lock_install(&tx).await?;
     // Creating a trigger waits for writers' locks on the table; fail clearly instead of hanging.
     tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
-    let have: BTreeSet<CaptureTrigger> = installed(&tx).await?.into_iter().collect();
+    // Subscribed tables are followed by identity; a subscription whose table
+    // is gone (dropped, perhaps re-created) is looked up by name again.
+    tx.execute(
+        &format!(
+            "UPDATE {SCHEMA}.subscriptions s SET relid = c.oid
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = s.schema_name AND c.relname = s.table_name AND c.relkind = 'r'
+               AND s.relid IS DISTINCT FROM c.oid
+               AND NOT EXISTS (SELECT 1 FROM pg_class x WHERE x.oid = s.relid AND x.relkind = 'r')"
+        ),
+        &[],
+    )
+    .await?;
+    let mut report = ReconcileReport::default();
+    for row in tx
+        .query(
+            &format!(
+                "SELECT s.plugin, format('%I.%I', s.schema_name, s.table_name),
+                        format('%I.%I', n.nspname, c.relname)
+                 FROM {SCHEMA}.subscriptions s
+                 JOIN pg_class c ON c.oid = s.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE (n.nspname, c.relname) <> (s.schema_name, s.table_name)"
+            ),
+            &[],
+        )
+        .await?
+    {
+        report.renamed.push((row.get(0), row.get(1), row.get(2)));
+    }
+    let with_state = installed_with_state(&tx).await?;
+    let have: BTreeSet<CaptureTrigger> = with_state.iter().map(|(t, _)| t.clone()).collect();
     let notify = notify.unwrap_or_else(|| {
         !have
             .iter()
             .any(|t| t.args.first().is_some_and(|a| a == "quiet"))
     });
     let wanted = wanted(&tx, notify).await?;
-    let mut report = ReconcileReport::default();
     // Drop first: a stale trigger and its replacement share a name. Each change
     // in its own savepoint: one busy or odd table must not stop the others.
     let changes = have
@@ -212,7 +273,41 @@ pub async fn reconcile_triggers(
             }
         }
     }
+    // A table owner may disable a capture trigger (ALTER TABLE ... DISABLE
+    // TRIGGER): it then captures nothing. Enable it again.
+    for (trigger, _) in with_state
+        .iter()
+        .filter(|(t, enabled)| !enabled && wanted.contains(t))
+    {
+        tx.batch_execute("SAVEPOINT pgevents_trigger").await?;
+        match tx.batch_execute(&trigger.enable_sql()).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT pgevents_trigger")
+                    .await?;
+                report.enabled.push(trigger.clone());
+            }
+            Err(e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT pgevents_trigger")
+                    .await?;
+                report
+                    .failed
+                    .push((trigger.clone(), crate::db::error_text(&e)));
+            }
+        }
+    }
     tx.commit().await?;
+    for t in &report.enabled {
+        tracing::warn!(
+            table = %quote_table(&t.schema, &t.table), op = %t.op,
+            "a capture trigger had been disabled (ALTER TABLE ... DISABLE TRIGGER), so changes of this table were not captured meanwhile; enabled it again"
+        );
+    }
+    for (plugin, subscribed, now) in &report.renamed {
+        tracing::warn!(
+            plugin, subscribed = %subscribed, now = %now,
+            "a subscribed table was renamed: it is still captured and delivered (its events carry the new name); update the plugin's manifest to the new name"
+        );
+    }
     for t in &report.created {
         tracing::info!(table = %quote_table(&t.schema, &t.table), op = %t.op, "installed capture trigger");
     }
