@@ -886,6 +886,8 @@ struct WorkerState {
     redelivery_checked: Option<Instant>,
     /// A batch was acknowledged since the last connection error.
     progressed: bool,
+    /// The transaction the last window ended inside of (see `Reader::read`).
+    within: Option<log::Within>,
     /// When the log last said that the plugin receives its own writes.
     warned_own_writes: Option<Instant>,
 }
@@ -1008,10 +1010,11 @@ impl Deliverer<'_> {
                 Some(ahead) if ahead.from == cursor && ahead.window == batch_size => ahead.batch,
                 _ => {
                     self.reader
-                        .read(self.client, self.stream, cursor, batch_size)
+                        .read(self.client, self.stream, cursor, batch_size, state.within)
                         .await?
                 }
             };
+            state.within = batch.within;
             if let Some(truncate) = batch.barrier.take() {
                 let at = truncate.position;
                 if !log::barrier_open(&*self.client, self.stream, at).await? {
@@ -1087,7 +1090,7 @@ impl Deliverer<'_> {
                 let end = batch.end.expect("a batch with events has an end");
                 // More rows wait: read the next window while the plugin
                 // handles this one.
-                let ahead = batch.more.then_some(batch_size);
+                let ahead = batch.more.then_some((batch_size, batch.within));
                 let events: Vec<(LoggedEvent, u32)> = batch
                     .events
                     .into_iter()
@@ -1199,12 +1202,13 @@ impl Deliverer<'_> {
     /// transaction is rolled back and events before i are handed over again on
     /// their own, so that exactly their effects commit.
     ///
-    /// `ahead` (window): read the window after `end` during the call.
+    /// `ahead` (window, the transaction it may lie within): read the window
+    /// after `end` during the call.
     async fn handle(
         &mut self,
         events: Vec<(LoggedEvent, u32)>,
         end: Position,
-        mut ahead: Option<u32>,
+        mut ahead: Option<(u32, Option<log::Within>)>,
     ) -> Result<Handled, WorkerError> {
         let positions: Vec<Position> = events.iter().map(|(e, _)| e.position).collect();
         let Some(sql) = self.sql.clone() else {
@@ -1325,13 +1329,15 @@ impl Deliverer<'_> {
         events: Vec<(LoggedEvent, u32)>,
         sql: Option<Arc<dyn SqlAccess>>,
         end: Position,
-        ahead: Option<u32>,
+        ahead: Option<(u32, Option<log::Within>)>,
     ) -> Outcome {
         let plugin = self.plugin.clone();
-        let Some(window) = ahead else {
+        let Some((window, within)) = ahead else {
             return plugin.handle(events, sql).await;
         };
-        let read = self.reader.read(&*self.client, self.stream, end, window);
+        let read = self
+            .reader
+            .read(&*self.client, self.stream, end, window, within);
         let (outcome, read) = tokio::join!(plugin.handle(events, sql), read);
         self.prefetched = read.ok().map(|batch| Prefetched {
             from: end,

@@ -283,7 +283,17 @@ pub async fn tick(
 #[derive(Debug, Clone)]
 pub struct Reader {
     batch: Statement,
+    /// The next rows of one transaction only: a plain index range scan.
+    within: Statement,
     ack: Statement,
+}
+
+/// A transaction that the last window ended inside of (it was full): the
+/// next window most likely lies within it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Within {
+    pub ord: i64,
+    pub txid: u64,
 }
 
 impl Reader {
@@ -297,17 +307,25 @@ impl Reader {
         // than tested per row (a correlated EXISTS cost ~20 us a row); the
         // key (plugin, schema, table) makes it one row at most.
         let barrier = barrier("e");
+        // What the plugin wants of a row `e` with its number `ord`.
+        let columns = format!(
+            "{EVENT_COLUMNS},
+             s.plugin IS NOT NULL AND e.op = ANY (s.ops)
+               AND (e.op <> 'U' OR s.changed_columns IS NULL OR EXISTS (
+                     SELECT 1 FROM unnest(s.changed_columns) AS col
+                     WHERE e.new_row -> col IS DISTINCT FROM e.old_row -> col))
+               AND ($5::int = 1 OR {barrier}
+                    OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $5::int) = $6::int)
+               AS wanted,
+             $5::int > 1 AND {barrier} AS barrier,
+             (SELECT t.last_ord FROM {SCHEMA}.ticker t WHERE t.id = 1) AS ticked_to"
+        );
+        let subscription = format!(
+            "LEFT JOIN {SCHEMA}.subscriptions s ON s.plugin = $3 AND {}",
+            same_table("s", "e")
+        );
         let batch_sql = format!(
-            "SELECT e.ord, {EVENT_COLUMNS},
-                    s.plugin IS NOT NULL AND e.op = ANY (s.ops)
-                      AND (e.op <> 'U' OR s.changed_columns IS NULL OR EXISTS (
-                            SELECT 1 FROM unnest(s.changed_columns) AS col
-                            WHERE e.new_row -> col IS DISTINCT FROM e.old_row -> col))
-                      AND ($5::int = 1 OR {barrier}
-                           OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $5::int) = $6::int)
-                      AS wanted,
-                    $5::int > 1 AND {barrier} AS barrier,
-                    (SELECT t.last_ord FROM {SCHEMA}.ticker t WHERE t.id = 1) AS ticked_to
+            "SELECT e.ord, {columns}
              FROM (SELECT c.ord, ev.*
                    FROM (SELECT ord, txid, CASE WHEN ord = $1::bigint THEN $2::bigint ELSE 0 END AS after
                          FROM {SCHEMA}.commits WHERE ord >= $1::bigint
@@ -318,43 +336,82 @@ impl Reader {
                          ORDER BY ev.seq LIMIT $4::bigint) AS ev
                    ORDER BY c.ord, ev.seq
                    LIMIT $4::bigint) AS e
-             LEFT JOIN {SCHEMA}.subscriptions s ON s.plugin = $3 AND {}
-             ORDER BY e.ord, e.seq",
-            same_table("s", "e")
+             {subscription}
+             ORDER BY e.ord, e.seq"
         );
-        let (batch, ack) = tokio::try_join!(client.prepare(&batch_sql), client.prepare(ACK_SQL))?;
-        Ok(Reader { batch, ack })
+        // Inside one large transaction (a bulk write read in many windows)
+        // the rows need no sort at all; the same columns, for transaction
+        // `$1` (id `$7`).
+        let within_sql = format!(
+            "SELECT $1::bigint, {columns}
+             FROM (SELECT * FROM {SCHEMA}.events ev
+                   WHERE ev.txid = $7::text::xid8 AND ev.seq > $2::bigint
+                   ORDER BY ev.seq LIMIT $4::bigint) AS e
+             {subscription}
+             ORDER BY e.seq"
+        );
+        let (batch, within, ack) = tokio::try_join!(
+            client.prepare(&batch_sql),
+            client.prepare(&within_sql),
+            client.prepare(ACK_SQL)
+        )?;
+        Ok(Reader { batch, within, ack })
     }
 
     /// The next `window` log rows after `cursor` (of transactions numbered
     /// by a tick so far), and of those the events `plugin` subscribes to, in
-    /// delivery order.
+    /// delivery order. `within`, the last window's [`Batch::within`], makes a
+    /// read that continues inside that transaction a plain range scan (it
+    /// stops at the transaction's end: the next read goes on from there).
     pub async fn read(
         &self,
         client: &Client,
         stream: &Stream,
         cursor: Position,
         window: u32,
+        within: Option<Within>,
     ) -> Result<Batch, tokio_postgres::Error> {
         let window = i64::from(window);
         let parts = stream.parts as i32;
         let part = stream.part as i32;
-        let params: [&(dyn ToSql + Sync); 6] = [
-            &cursor.ord,
-            &cursor.seq,
-            &stream.plugin,
-            &window,
-            &parts,
-            &part,
-        ];
-        let rows = client.query(&self.batch, &params).await?;
+        let rows = match within.filter(|w| w.ord == cursor.ord) {
+            Some(w) => {
+                let txid = w.txid.to_string();
+                let params: [&(dyn ToSql + Sync); 7] = [
+                    &cursor.ord,
+                    &cursor.seq,
+                    &stream.plugin,
+                    &window,
+                    &parts,
+                    &part,
+                    &txid,
+                ];
+                client.query(&self.within, &params).await?
+            }
+            None => {
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &cursor.ord,
+                    &cursor.seq,
+                    &stream.plugin,
+                    &window,
+                    &parts,
+                    &part,
+                ];
+                client.query(&self.batch, &params).await?
+            }
+        };
         let wanted = |r: &Row| r.get::<_, bool>(AFTER_EVENT_COLUMNS);
         let is_barrier = |r: &Row| r.get::<_, bool>(AFTER_EVENT_COLUMNS + 1);
         let ticked_to: Option<i64> = rows.last().map(|r| r.get(AFTER_EVENT_COLUMNS + 2));
         let last_ord: Option<i64> = rows.last().map(|r| r.get(0));
         // More wait after this window: it is full, or it stopped short of the
-        // last numbered transaction (the row estimate is an upper bound).
-        let mut more = rows.len() as i64 == window || last_ord < ticked_to;
+        // last numbered transaction (at the end of the one it read within).
+        let full = rows.len() as i64 == window;
+        let mut more = full || last_ord < ticked_to;
+        let mut within = rows.last().filter(|_| full).map(|r| Within {
+            ord: r.get(0),
+            txid: parse_txid(r.get(1)),
+        });
         let mut rows = rows.as_slice();
         let mut barrier = None;
         // With partitions, a barrier (a TRUNCATE, a key change): every
@@ -366,6 +423,7 @@ impl Reader {
             }
             rows = &rows[..k];
             more = false;
+            within = None;
         }
         let end = rows.last().map(|row| Position {
             ord: row.get(0),
@@ -380,6 +438,7 @@ impl Reader {
             events,
             end,
             more,
+            within,
             barrier,
         })
     }
@@ -460,6 +519,9 @@ pub struct Batch {
     pub end: Option<Position>,
     /// More numbered rows wait after `end`: read again at once.
     pub more: bool,
+    /// The window was full and ended inside this transaction (pass it to
+    /// the next read).
+    pub within: Option<Within>,
     /// With partitions: the next event is a [`barrier`], which waits for
     /// every partition (see [`barrier_open`]).
     pub barrier: Option<LoggedEvent>,
