@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,13 +138,11 @@ struct Shared {
 struct WakeLease {
     /// When this host last began renewing it.
     renewed: Mutex<Option<Instant>>,
-    /// The snapshot's xmax at a renewal that found the lease lapsed. A writer
-    /// that looked before the renewal commits without notifying, and every
-    /// such writer's transaction is below this: until the horizon passes it,
-    /// idle waits are short.
-    catch_up_to: AtomicU64,
-    /// The highest horizon seen since (once past `catch_up_to`, no need to look).
-    horizon_seen: AtomicU64,
+    /// At a renewal that found the lease lapsed: the transactions of this
+    /// database that had written and were still open. A writer that looked
+    /// before the renewal commits without notifying, and it is one of these:
+    /// while any of them runs, idle waits are short. Emptied once none does.
+    catch_up: Mutex<Vec<String>>,
     /// Catching up ends by this time in any case: a writer that looked
     /// before the renewal and is still open then is a long transaction, and
     /// the idle poll finds its events (rather than a 50 ms poll while it lasts).
@@ -298,6 +295,8 @@ async fn keep_triggers_reconciled(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Renamed subscribed tables, said once each.
+    let mut told: std::collections::HashSet<(String, String, String)> = Default::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -312,6 +311,17 @@ async fn keep_triggers_reconciled(
                 .map_err(|e| e.to_string())
         }
         .await;
+        if let Ok(report) = &result {
+            for renamed in &report.renamed {
+                if told.insert(renamed.clone()) {
+                    let (plugin, subscribed, now) = renamed;
+                    tracing::warn!(
+                        plugin, subscribed = %subscribed, now = %now,
+                        "a subscribed table was renamed: it is still captured and delivered (its events carry the new name) until a table of the subscribed name exists; update the plugin's manifest"
+                    );
+                }
+            }
+        }
         match result {
             Ok(report) if !report.created.is_empty() || !report.dropped.is_empty() => {
                 tracing::warn!(
@@ -1280,7 +1290,8 @@ impl Deliverer<'_> {
                         // timeout it set): a failed attempt, not a lost
                         // connection. Which event caused it is unknown: halve
                         // the batch until one event alone fails.
-                        Err(e) if caused_by_the_batch(&e) => {
+                        Err(e) if e.batch && caused_by_the_batch(&e.error) => {
+                            let e = e.error;
                             sql.rollback().await?;
                             if take > 1 {
                                 take /= 2;
@@ -1298,7 +1309,7 @@ impl Deliverer<'_> {
                                 }),
                             });
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e.error.into()),
                     }
                 }
                 Outcome::Failed {
@@ -1606,33 +1617,45 @@ impl Deliverer<'_> {
                     &format!(
                         "SELECT setval('{SCHEMA}.wake_until',
                                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1),
-                                pg_snapshot_xmax(pg_current_snapshot())::text"
+                                array(SELECT backend_xid::text FROM pg_stat_activity
+                                      WHERE datname = current_database() AND backend_xid IS NOT NULL
+                                      UNION ALL
+                                      SELECT transaction::text FROM pg_prepared_xacts
+                                      WHERE database = current_database())"
                     ),
                     &[&(WAKE_LEASE_MS as i64)],
                 )
                 .await?;
             *lease.renewed.lock().expect("wake lease lock") = Some(started);
             if lapsed {
-                let xmax: String = row.get(1);
-                lease
-                    .catch_up_to
-                    .fetch_max(xmax.parse().unwrap_or(u64::MAX), Ordering::Relaxed);
+                *lease.catch_up.lock().expect("wake lease lock") = row.get(1);
                 *lease.catch_up_until.lock().expect("wake lease lock") =
                     Some(started + Duration::from_millis(WAKE_LEASE_MS));
                 // A writer may have committed unnoticed since the last tick.
                 return Ok(true);
             }
         }
-        let catch_up_to = lease.catch_up_to.load(Ordering::Relaxed);
+        let waiting_for = lease.catch_up.lock().expect("wake lease lock").clone();
         let until = *lease.catch_up_until.lock().expect("wake lease lock");
-        if lease.horizon_seen.load(Ordering::Relaxed) >= catch_up_to
-            || until.is_none_or(|until| Instant::now() >= until)
-        {
+        if waiting_for.is_empty() || until.is_none_or(|until| Instant::now() >= until) {
             return Ok(false);
         }
-        let horizon = log::horizon(&*self.client).await?;
-        lease.horizon_seen.fetch_max(horizon, Ordering::Relaxed);
-        Ok(horizon < catch_up_to)
+        let running: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                WHERE datname = current_database() AND backend_xid::text = ANY ($1)
+                                UNION ALL
+                                SELECT 1 FROM pg_prepared_xacts
+                                WHERE database = current_database() AND transaction::text = ANY ($1))",
+                &[&waiting_for],
+            )
+            .await?
+            .get(0);
+        if !running {
+            lease.catch_up.lock().expect("wake lease lock").clear();
+        }
+        Ok(running)
     }
 
     /// Ask the ticker for a tick and wait until one has been taken (at most

@@ -170,28 +170,6 @@ fn parse_txid(text: &str) -> u64 {
     text.parse().unwrap_or(0)
 }
 
-/// The first transaction id that may still be running and writing to this
-/// database: the snapshot's xmin, except that in-progress transactions known
-/// to belong to other databases of the cluster are skipped. An in-progress id
-/// whose owner cannot be seen still counts. Delivery does not wait for it
-/// (see the module doc); `status` and the wake-up catch-up use it.
-const HORIZON_SQL: &str = "
-    WITH snap AS MATERIALIZED (SELECT pg_current_snapshot() AS s)
-    SELECT (CASE
-        -- Nothing in progress: no need for the (costly) activity view.
-        WHEN NOT EXISTS (SELECT 1 FROM snap, pg_snapshot_xip(snap.s)) THEN
-            (SELECT pg_snapshot_xmax(s) FROM snap)
-        ELSE coalesce(
-            (SELECT min(x) FROM snap, pg_snapshot_xip(snap.s) AS x
-             WHERE x::text::bigint % 4294967296 NOT IN (
-                 SELECT backend_xid::text::bigint FROM pg_stat_activity
-                 WHERE backend_xid IS NOT NULL AND datname <> current_database()
-                 UNION ALL
-                 SELECT transaction::text::bigint FROM pg_prepared_xacts
-                 WHERE database <> current_database())),
-            (SELECT pg_snapshot_xmax(s) FROM snap))
-        END)::text";
-
 /// SQL condition: subscription `s` is to the table event `e` came from: by
 /// identity (a renamed table stays subscribed), or, for events logged before
 /// tables were followed by identity, by name.
@@ -315,7 +293,8 @@ impl Reader {
                      SELECT 1 FROM unnest(s.changed_columns) AS col
                      WHERE e.new_row -> col IS DISTINCT FROM e.old_row -> col))
                AND ($5::int = 1 OR {barrier}
-                    OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $5::int) = $6::int)
+                    -- By the subscribed name: a renamed table's keys keep their partitions.
+                    OR {SCHEMA}.part_of(s.schema_name, s.table_name, e.pk, $5::int) = $6::int)
                AS wanted,
              $5::int > 1 AND {barrier} AS barrier,
              (SELECT t.last_ord FROM {SCHEMA}.ticker t WHERE t.id = 1) AS ticked_to"
@@ -374,7 +353,7 @@ impl Reader {
         let window = i64::from(window);
         let parts = stream.parts as i32;
         let part = stream.part as i32;
-        let rows = match within.filter(|w| w.ord == cursor.ord) {
+        let within_rows = match within.filter(|w| w.ord == cursor.ord) {
             Some(w) => {
                 let txid = w.txid.to_string();
                 let params: [&(dyn ToSql + Sync); 7] = [
@@ -386,9 +365,14 @@ impl Reader {
                     &part,
                     &txid,
                 ];
-                client.query(&self.within, &params).await?
+                Some(client.query(&self.within, &params).await?)
             }
-            None => {
+            None => None,
+        };
+        let rows = match within_rows {
+            // That transaction had nothing left: what follows is in others.
+            Some(rows) if !rows.is_empty() => rows,
+            _ => {
                 let params: [&(dyn ToSql + Sync); 6] = [
                     &cursor.ord,
                     &cursor.seq,
@@ -1010,10 +994,4 @@ async fn lock_retention(tx: &impl GenericClient) -> Result<(), tokio_postgres::E
     )
     .await?;
     Ok(())
-}
-
-/// Current horizon (see `HORIZON_SQL`).
-pub async fn horizon(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
-    let row = client.query_one(HORIZON_SQL, &[]).await?;
-    Ok(parse_txid(row.get(0)))
 }

@@ -269,7 +269,7 @@ pub async fn record_load_error(
             &format!(
                 "UPDATE {SCHEMA}.plugins SET load_error = $2, load_error_at = now() WHERE name = $1"
             ),
-            &[&name, &error],
+            &[&name, &crate::runtime::plugin_text(error.to_owned())],
         )
         .await?;
     Ok(())
@@ -353,7 +353,7 @@ async fn register(
             &format!(
                 "UPDATE {SCHEMA}.plugins SET load_error = $2, load_error_at = now() WHERE name = $1"
             ),
-            &[&name, &error],
+            &[&name, &crate::runtime::plugin_text(error.to_owned())],
         )
         .await?;
     }

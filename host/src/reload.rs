@@ -193,7 +193,12 @@ impl Reloader {
             }
             let bytes = match crate::runtime::read_plugin_file(file) {
                 Ok(bytes) => bytes,
-                Err(e @ (LoadError::NotAFile { .. } | LoadError::TooLarge { .. })) => {
+                // Reported once per state of the file; one that cannot be
+                // read (permissions) only once it has stayed so a while.
+                Err(e)
+                    if matches!(e, LoadError::NotAFile { .. } | LoadError::TooLarge { .. })
+                        || age >= quiet * 10 =>
+                {
                     let seen = Seen {
                         len,
                         modified,

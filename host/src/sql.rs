@@ -183,21 +183,31 @@ impl SqlSession {
     /// Deferred constraints are checked and the plugin's `SET LOCAL`s undone
     /// first, so that their errors come out here, with a SQLSTATE. Returns
     /// false (nothing committed; roll back) if the acknowledgement was refused.
+    /// An error says whether it is the batch's (checking its constraints or
+    /// committing what it wrote) or the host's (its acknowledgement).
     pub async fn acknowledge_and_commit(
         &self,
         stream: &crate::log::Stream,
         to: crate::log::Position,
-    ) -> Result<bool, tokio_postgres::Error> {
+    ) -> Result<bool, CommitError> {
+        let batch = |error| CommitError { error, batch: true };
         self.client
             .batch_execute(&format!(
                 "SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL statement_timeout = {}",
                 self.timeout.as_millis().max(1)
             ))
-            .await?;
-        if !crate::log::ack_with(&*self.client, None, stream, to).await? {
+            .await
+            .map_err(batch)?;
+        let acked = crate::log::ack_with(&*self.client, None, stream, to)
+            .await
+            .map_err(|error| CommitError {
+                error,
+                batch: false,
+            })?;
+        if !acked {
             return Ok(false);
         }
-        self.client.batch_execute("COMMIT").await?;
+        self.client.batch_execute("COMMIT").await.map_err(batch)?;
         // Committed: an error from here on is the connection's, not the batch's.
         if let Err(e) = self.unlock_all().await {
             tracing::debug!("after commit: {}", db::error_text(&e));
@@ -412,6 +422,15 @@ fn first_word_refused(statement: &str) -> Option<String> {
         "COPY",
     ];
     CONTROL.contains(&word.as_str()).then_some(word)
+}
+
+/// A failed commit of a batch's sql transaction.
+#[derive(Debug)]
+pub struct CommitError {
+    pub error: tokio_postgres::Error,
+    /// It happened while the batch's own work was checked or committed (not
+    /// in the host's acknowledgement).
+    pub batch: bool,
 }
 
 /// The `application_name` of `plugin`'s sql session: events its writes

@@ -62,6 +62,32 @@ async fn a_table_owners_cast_to_json_gains_nothing_through_capture() {
                  EXCEPTION WHEN others THEN
                      PERFORM set_config('app.cursors', SQLERRM, false);
                  END;
+                 -- As the owner of capture: re-grant it, re-point its
+                 -- search_path, drop it, or make objects for it to find.
+                 BEGIN
+                     EXECUTE 'GRANT EXECUTE ON FUNCTION pgevents.capture() TO PUBLIC';
+                     PERFORM set_config('app.grant', 'done', false);
+                 EXCEPTION WHEN others THEN
+                     PERFORM set_config('app.grant', SQLERRM, false);
+                 END;
+                 BEGIN
+                     EXECUTE 'ALTER FUNCTION pgevents.capture() SET search_path = public, pg_catalog';
+                     PERFORM set_config('app.alter', 'done', false);
+                 EXCEPTION WHEN others THEN
+                     PERFORM set_config('app.alter', SQLERRM, false);
+                 END;
+                 BEGIN
+                     EXECUTE 'DROP FUNCTION pgevents.capture() CASCADE';
+                     PERFORM set_config('app.drop', 'done', false);
+                 EXCEPTION WHEN others THEN
+                     PERFORM set_config('app.drop', SQLERRM, false);
+                 END;
+                 BEGIN
+                     EXECUTE 'CREATE TABLE public.planted (id int)';
+                     PERFORM set_config('app.create', 'done', false);
+                 EXCEPTION WHEN others THEN
+                     PERFORM set_config('app.create', SQLERRM, false);
+                 END;
                  PERFORM set_config('app.ran_as', current_user, false);
                  RETURN to_json($1::text);
              END $$;
@@ -97,6 +123,21 @@ async fn a_table_owners_cast_to_json_gains_nothing_through_capture() {
         "{}",
         setting("app.cursors").await
     );
+    for what in ["app.grant", "app.alter", "app.drop", "app.create"] {
+        let how = setting(what).await;
+        assert!(how.contains("may not run DDL"), "{what}: {how}");
+    }
+    let intact: bool = admin
+        .query_one(
+            "SELECT p.prosecdef AND p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp']
+                    AND NOT EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0)
+             FROM pg_proc p WHERE p.oid = 'pgevents.capture()'::regprocedure",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(intact, "the capture function was changed");
     let superuser: bool = admin
         .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&app])
         .await
@@ -270,10 +311,10 @@ async fn a_sleeping_manifest_does_not_stop_live_reload() {
     let dir = plugins.path().to_owned();
     let mut host = Host::start_with(&db, plugins, settings).await;
     copy_then_rename(&plugin("hostile"), &dir.join("hostile.wasm"));
-    host.wait_until(
-        "the sleeping file is rejected",
-        |e| matches!(e, HostEvent::PluginRejected(r) if r.error.contains("did not answer")),
-    )
+    host.wait_until("the sleeping file is rejected", |e| {
+        matches!(e, HostEvent::PluginRejected(r)
+                if r.error.contains("did not answer") || r.error.contains("still blocked"))
+    })
     .await;
     copy_then_rename(&plugin("filtered"), &dir.join("filtered.wasm"));
     host.wait_until(
@@ -282,6 +323,189 @@ async fn a_sleeping_manifest_does_not_stop_live_reload() {
     )
     .await;
     host.stop().await;
+}
+
+/// `bytes` of a component with a custom section appended: the same plugin,
+/// other bytes (as a rebuild gives).
+fn variant(bytes: &[u8], n: u8) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    // Custom section: id 0, size 3, name length 1, name "v", payload n.
+    out.extend_from_slice(&[0, 3, 1, b'v', n]);
+    out
+}
+
+/// An author rebuilding one file whose `describe` sleeps strands one call,
+/// not one per rebuild: while its first call is stuck, the file is refused
+/// at once; a good file still loads.
+#[tokio::test]
+async fn a_file_rebuilt_while_its_describe_is_stuck_is_refused_at_once() {
+    let db = TestDb::new().await;
+    let settings = settings_with("[plugins.hostile]\nconfig = { describe_sleep = \"60\" }\n");
+    let plugins = plugins_dir(&["recorder"]);
+    let dir = plugins.path().to_owned();
+    let mut host = Host::start_with(&db, plugins, settings).await;
+    let bytes = std::fs::read(plugin("hostile")).unwrap();
+    let file = dir.join("hostile.wasm");
+    for n in 0..4u8 {
+        let temp = dir.join(".hostile.tmp");
+        std::fs::write(&temp, variant(&bytes, n)).unwrap();
+        std::fs::rename(&temp, &file).unwrap();
+        // The first is asked and abandoned (a young file's first failure
+        // may be taken for one still being written, and tried again).
+        let want: &[&str] = if n == 0 {
+            &["did not answer", "still blocked"]
+        } else {
+            &["still blocked"]
+        };
+        host.history
+            .retain(|e| !matches!(e, HostEvent::PluginRejected(_)));
+        host.wait_until(&format!("version {n} is rejected"), |e| {
+            matches!(e, HostEvent::PluginRejected(_))
+        })
+        .await;
+        let last = host.rejections().pop().unwrap();
+        assert!(want.iter().any(|w| last.contains(w)), "version {n}: {last}");
+    }
+    copy_then_rename(&plugin("filtered"), &dir.join("filtered.wasm"));
+    host.wait_until(
+        "a good file loads",
+        |e| matches!(e, HostEvent::PluginStarted { plugin, .. } if plugin == "filtered"),
+    )
+    .await;
+    host.stop().await;
+}
+
+/// A subscribed table renamed, and a new one made under the subscribed
+/// name: the one of that name is the one captured (the name wins).
+#[tokio::test]
+async fn a_new_table_of_the_subscribed_name_is_the_one_captured() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "ALTER TABLE items RENAME TO items_old;
+         CREATE TABLE items (id serial PRIMARY KEY, name text, note text, qty int);",
+    )
+    .await
+    .unwrap();
+    let mut admin = db.client().await;
+    schema::reconcile_triggers(&mut admin, None).await.unwrap();
+    c.batch_execute("INSERT INTO items (name) VALUES ('new table')")
+        .await
+        .unwrap();
+    let seen = host.wait_seen("recorder", 1).await;
+    assert_eq!(seen[0].row_str("name").as_deref(), Some("new table"));
+    let old = texts(
+        &c,
+        "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'items_old'::regclass",
+    )
+    .await;
+    assert!(old.is_empty(), "the old table is still captured: {old:?}");
+    host.stop().await;
+}
+
+/// One table under two of a plugin's subscriptions (one dropped, another
+/// renamed to its name): each of its events is delivered once.
+#[tokio::test]
+async fn two_subscriptions_never_deliver_one_event_twice() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let c = db.client().await;
+    c.batch_execute("DROP TABLE uuid_keyed; ALTER TABLE no_key RENAME TO uuid_keyed")
+        .await
+        .unwrap();
+    let mut admin = db.client().await;
+    schema::reconcile_triggers(&mut admin, None).await.unwrap();
+    c.batch_execute("INSERT INTO uuid_keyed (a, b) VALUES (1, 'once')")
+        .await
+        .unwrap();
+    host.wait_seen("recorder", 1).await;
+    host.settle(Duration::from_millis(400)).await;
+    assert_eq!(
+        host.seen("recorder").len(),
+        1,
+        "{:#?}",
+        host.seen("recorder")
+    );
+    host.stop().await;
+}
+
+/// A capture trigger renamed by the table's owner would capture every change
+/// twice beside the one the host installs again: it is dropped.
+#[tokio::test]
+async fn a_renamed_capture_trigger_is_dropped() {
+    let db = TestDb::new().await;
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let c = db.client().await;
+    c.batch_execute("ALTER TRIGGER pgevents_capture_update ON items RENAME TO keep_me")
+        .await
+        .unwrap();
+    let mut admin = db.client().await;
+    schema::reconcile_triggers(&mut admin, None).await.unwrap();
+    c.batch_execute(
+        "INSERT INTO items (name) VALUES ('x'); UPDATE items SET qty = 1 WHERE name = 'x'",
+    )
+    .await
+    .unwrap();
+    let updates: i64 = c
+        .query_one("SELECT count(*) FROM pgevents.events WHERE op = 'U'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(updates, 1);
+    let names = texts(
+        &c,
+        "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'items'::regclass ORDER BY 1",
+    )
+    .await;
+    assert!(!names.contains(&"keep_me".to_owned()), "{names:?}");
+}
+
+/// Upgrading while a writer holds the log open: the migration that alters
+/// the log waits at most a moment at a time, so other writers are not
+/// queued behind it for as long as that writer stays open.
+#[tokio::test]
+async fn an_upgrade_does_not_hold_up_writers_behind_an_open_one() {
+    let db = TestDb::new().await;
+    let mut admin = db.client().await;
+    schema::install_up_to(&mut admin, 5).await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE TRIGGER pgevents_capture_insert AFTER INSERT ON public.items
+                 REFERENCING NEW TABLE AS pgevents_new_rows FOR EACH STATEMENT
+                 EXECUTE FUNCTION pgevents.capture('quiet', 'id');",
+        )
+        .await
+        .unwrap();
+    let open = db.client().await;
+    open.batch_execute("BEGIN; INSERT INTO items (name) VALUES ('held open')")
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    let upgrade = tokio::spawn(async move {
+        let mut c = connect(&url).await;
+        schema::install(&mut c).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another writer gets through within the migration's lock timeout.
+    let writer = db.client().await;
+    let started = Instant::now();
+    writer
+        .batch_execute("INSERT INTO items (name) VALUES ('not held up')")
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a writer waited {:?} behind the upgrade",
+        started.elapsed()
+    );
+    open.batch_execute("COMMIT").await.unwrap();
+    let version = tokio::time::timeout(PATIENCE, upgrade)
+        .await
+        .expect("the upgrade finishes once the writer commits")
+        .unwrap()
+        .unwrap();
+    assert!(version >= 6);
 }
 
 /// A NUL byte in a manifest string (which PostgreSQL text cannot hold)
@@ -545,10 +769,31 @@ async fn another_role_cannot_hold_the_hosts_locks() {
     let db = TestDb::new().await;
     Host::start(&db, &["recorder"]).await.stop().await;
     let other = db.role("locker").await;
+    // As a sql grant's role has: USAGE on the host's schema.
+    db.client()
+        .await
+        .batch_execute(&format!("GRANT USAGE ON SCHEMA pgevents TO {other}"))
+        .await
+        .unwrap();
     let c = connect(&format!("{}?user={other}", db.url)).await;
     c.batch_execute("SELECT pg_advisory_lock(8101805613064842355)")
         .await
         .unwrap();
+    // Parsing an INSERT takes the table's ROW EXCLUSIVE lock before the
+    // privilege check; an immutable function folded at planning holds it.
+    let mut trick = Vec::new();
+    for table in ["pgevents.migrations", "pgevents.locks"] {
+        let c = connect(&format!("{}?user={other}", db.url)).await;
+        let statement = format!(
+            "CREATE FUNCTION pg_temp.slow() RETURNS int IMMUTABLE LANGUAGE plpgsql AS
+                 $$BEGIN PERFORM pg_sleep(20); RETURN 1; END$$;
+             INSERT INTO {table} SELECT pg_temp.slow()::text"
+        );
+        trick.push(tokio::spawn(async move {
+            let _ = c.batch_execute(&statement).await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for statement in [
         "BEGIN; LOCK TABLE pgevents.migrations IN SHARE ROW EXCLUSIVE MODE",
         "BEGIN; SELECT 1 FROM pgevents.locks FOR UPDATE",
@@ -566,6 +811,9 @@ async fn another_role_cannot_hold_the_hosts_locks() {
     assert!(started.elapsed() < Duration::from_secs(10));
     others_still_run(&db, &mut host).await;
     host.stop().await;
+    for t in trick {
+        t.abort();
+    }
 }
 
 /// A table owner who disables a capture trigger: `status` says so, and the

@@ -833,3 +833,32 @@ async fn a_deferrable_primary_key_is_named_in_a_warning() {
         "{stderr}"
     );
 }
+
+/// Transactions exactly one window long, with nothing written after them:
+/// each window ends a transaction, and the next is read at once (not after
+/// an idle wait for a notification that never comes).
+#[tokio::test]
+async fn a_backlog_of_window_sized_transactions_drains_without_waiting() {
+    let db = TestDb::new().await;
+    Host::start(&db, &["recorder"]).await.stop().await;
+    let c = db.client().await;
+    for t in 0..5 {
+        // The recorder asks for batches of 100.
+        c.execute(
+            "INSERT INTO items (name) SELECT $1 || g FROM generate_series(1, 100) g",
+            &[&format!("t{t}-")],
+        )
+        .await
+        .unwrap();
+    }
+    let started = Instant::now();
+    let mut host = Host::start(&db, &["recorder"]).await;
+    host.wait_seen("recorder", 500).await;
+    // Four idle waits of 2 s would show; a loaded machine does not take 3 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "500 events took {:?}",
+        started.elapsed()
+    );
+    host.stop().await;
+}

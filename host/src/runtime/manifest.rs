@@ -51,7 +51,7 @@ pub enum ManifestError {
     #[error("the manifest has an empty name")]
     EmptyName,
     #[error(
-        "plugin name `{0}` is not allowed: use letters, digits, `-`, `_` and `.` (at most 63 characters)"
+        "plugin name {0:?} is not allowed: use letters, digits, `-`, `_` and `.` (at most 63 characters)"
     )]
     BadName(String),
     #[error("plugin `{0}` subscribes to nothing")]
@@ -143,7 +143,7 @@ impl Manifest {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
-            return Err(ManifestError::BadName(name));
+            return Err(ManifestError::BadName(name.chars().take(80).collect()));
         }
         if m.subscriptions.is_empty() {
             return Err(ManifestError::NoSubscriptions(name));

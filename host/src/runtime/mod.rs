@@ -219,6 +219,13 @@ pub struct Runtime {
     loading: Arc<tokio::sync::Semaphore>,
     /// Slots that abandoned calls move to (see [`ABANDONED_RESERVE`]).
     reserve: Arc<tokio::sync::Semaphore>,
+    /// Per plugin name, over all its versions: calls abandoned that have not
+    /// returned yet.
+    stuck: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<AtomicUsize>>>>,
+    /// Files whose `describe` was abandoned and has not returned yet: not
+    /// asked again meanwhile, whatever their bytes (a careless author
+    /// rebuilding one file strands at most one call).
+    stuck_files: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The pool slot a plugin call holds, as the permit of the semaphore it came
@@ -235,12 +242,19 @@ impl Slot {
         self.0.lock().expect("slot").take();
     }
 
-    /// The call was abandoned: hold a reserve slot instead, so that the
-    /// slot it came from serves other calls while this one's thread lives on.
-    /// Keeps the slot it has when the reserve is used up.
+    fn is_released(&self) -> bool {
+        self.0.lock().expect("slot").is_none()
+    }
+
+    /// The call was abandoned: its slot goes back to the others while its
+    /// thread lives on, and it takes one of the reserve (see
+    /// `ABANDONED_RESERVE`); when the reserve is used up, one of the pool's
+    /// headroom, which is not counted.
     fn move_to_reserve(&self, reserve: &Arc<tokio::sync::Semaphore>) {
-        if let Ok(spare) = reserve.clone().try_acquire_owned() {
-            *self.0.lock().expect("slot") = Some(spare);
+        let mut held = self.0.lock().expect("slot");
+        // Not if the call has just ended: the reserve slot would never be given back.
+        if held.is_some() {
+            *held = reserve.clone().try_acquire_owned().ok();
         }
     }
 }
@@ -311,10 +325,11 @@ const LOADING_INSTANCES: u32 = 2;
 
 /// Instance slots kept apart for calls that were abandoned while blocked in
 /// a host call (a WASI sleep): such a call keeps its thread and instance until
-/// the host call returns, but gives its slot back to the other plugins (up
-/// to this many abandoned calls at once; beyond, it keeps its slot). With a
-/// plugin allowed at most `MAX_STUCK_CALLS` of them, eight plugins stuck at
-/// once still take no slot from the rest.
+/// the host call returns, but gives its slot back to the other plugins. The
+/// pool holds twice this many beyond `max_instances`: the reserve, and as
+/// much headroom for abandoned calls beyond it, so that the others lack no
+/// instance until more than 32 calls are stuck at once (a plugin may leave
+/// `MAX_STUCK_CALLS` behind, a file one `describe`).
 pub const ABANDONED_RESERVE: u32 = 16;
 
 /// The pooling allocator's size: concurrent instances, and the largest memory
@@ -346,7 +361,7 @@ impl Runtime {
         config.epoch_interruption(true);
         let mut pooling = PoolingAllocationConfig::default();
         let instances = pool.max_instances.max(1);
-        let slots = instances + LOADING_INSTANCES + ABANDONED_RESERVE;
+        let slots = instances + LOADING_INSTANCES + 2 * ABANDONED_RESERVE;
         pooling
             .total_component_instances(slots)
             // Components written in other languages hold several core
@@ -383,6 +398,8 @@ impl Runtime {
             permits: Arc::new(tokio::sync::Semaphore::new(instances as usize)),
             loading: Arc::new(tokio::sync::Semaphore::new(LOADING_INSTANCES as usize)),
             reserve: Arc::new(tokio::sync::Semaphore::new(ABANDONED_RESERVE as usize)),
+            stuck: Arc::default(),
+            stuck_files: Arc::default(),
         })
     }
 
@@ -512,7 +529,7 @@ impl Runtime {
             stuck: Arc::new(AtomicUsize::new(0)),
         };
         let describe = |plugin: &LoadedPlugin| {
-            self.describe(plugin)
+            self.describe(&path, plugin)
                 .map_err(|message| LoadError::Describe {
                     path: path.clone(),
                     message,
@@ -530,7 +547,7 @@ impl Runtime {
                 return Err(LoadError::NameChanged {
                     path,
                     first: name,
-                    second: wit_manifest.name,
+                    second: wit_manifest.name.chars().take(80).collect(),
                 });
             }
         }
@@ -551,6 +568,14 @@ impl Runtime {
             }
         }
         plugin.grants = Arc::new(granted);
+        // Abandoned calls count per plugin name, over all its versions.
+        plugin.stuck = self
+            .stuck
+            .lock()
+            .expect("stuck calls")
+            .entry(plugin.manifest.name.clone())
+            .or_default()
+            .clone();
         Ok(plugin)
     }
 }
@@ -566,23 +591,35 @@ pub fn read_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {
         path: shown(),
         error,
     };
+    // Looked at before it is opened (opening a device can itself do
+    // something), and again after (it may have been swapped meanwhile).
+    let kind_of = |meta: &std::fs::Metadata| {
+        let kind = meta.file_type();
+        if kind.is_file() {
+            None
+        } else if kind.is_fifo() {
+            Some("a named pipe")
+        } else if kind.is_char_device() || kind.is_block_device() {
+            Some("a device")
+        } else if kind.is_dir() {
+            Some("a folder")
+        } else {
+            Some("not a plain file")
+        }
+    };
+    if let Some(kind) = kind_of(&std::fs::metadata(path).map_err(read_error)?) {
+        return Err(LoadError::NotAFile {
+            path: shown(),
+            kind,
+        });
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(read_error)?;
     let meta = file.metadata().map_err(read_error)?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let kind = if kind.is_fifo() {
-            "a named pipe"
-        } else if kind.is_char_device() || kind.is_block_device() {
-            "a device"
-        } else if kind.is_dir() {
-            "a folder"
-        } else {
-            "not a plain file"
-        };
+    if let Some(kind) = kind_of(&meta) {
         return Err(LoadError::NotAFile {
             path: shown(),
             kind,
@@ -610,8 +647,15 @@ impl Runtime {
     /// reload, `inspect` or a shutdown.
     fn describe(
         &self,
+        path: &str,
         plugin: &LoadedPlugin,
     ) -> Result<bindings::exports::pgevents::plugin::handler::Manifest, String> {
+        if self.stuck_files.lock().expect("stuck files").contains(path) {
+            return Err(
+                "its last `describe` call is still blocked in a host call; it is not asked again until that returns"
+                    .into(),
+            );
+        }
         let timeout = Duration::from_millis(DESCRIBE_TIMEOUT_MS);
         // Wait a while for a loading slot (others may be loading files).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -634,6 +678,8 @@ impl Runtime {
         let flag = abandoned.clone();
         let runner = plugin.clone();
         let (tx, rx) = std::sync::mpsc::channel();
+        let stuck_files = self.stuck_files.clone();
+        let file = path.to_owned();
         std::thread::Builder::new()
             .name("plugin-describe".into())
             .spawn(move || {
@@ -646,6 +692,7 @@ impl Runtime {
                     |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
                 );
                 held.release();
+                stuck_files.lock().expect("stuck files").remove(&file);
                 let _ = tx.send(result);
             })
             .map_err(|e| format!("could not start a thread to ask it for its manifest: {e}"))?;
@@ -653,6 +700,14 @@ impl Runtime {
             Ok(result) => result,
             Err(_) => {
                 abandoned.store(true, Ordering::SeqCst);
+                // The thread removes it when it ends; inserted under the
+                // lock it takes to do so, after the flag, so never after.
+                {
+                    let mut stuck = self.stuck_files.lock().expect("stuck files");
+                    if !slot.is_released() {
+                        stuck.insert(path.to_owned());
+                    }
+                }
                 slot.move_to_reserve(&self.reserve);
                 Err(format!(
                     "did not answer within the time limit of {timeout:?} while blocked in a host call \

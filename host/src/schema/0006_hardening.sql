@@ -16,7 +16,6 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
 END
 $$;
 GRANT USAGE ON SCHEMA pgevents TO pgevents_capture;
-GRANT INSERT ON pgevents.events TO pgevents_capture;
 GRANT USAGE ON SEQUENCE pgevents.events_seq TO pgevents_capture;
 GRANT SELECT ON SEQUENCE pgevents.wake_until TO pgevents_capture;
 ALTER FUNCTION pgevents.capture() OWNER TO pgevents_capture;
@@ -26,19 +25,49 @@ ALTER FUNCTION pgevents.capture() OWNER TO pgevents_capture;
 REVOKE ALL ON FUNCTION pgevents.capture() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgevents.capture() TO CURRENT_USER;
 
+-- A table owner's cast runs as pgevents_capture, which owns the capture
+-- function: as its owner it could alter, re-grant or drop it (for every
+-- writer of every captured table), or create objects where it may. No DDL
+-- of any kind while pgevents_capture is the current user.
+CREATE FUNCTION pgevents.refuse_capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_user = 'pgevents_capture' THEN
+        RAISE EXCEPTION 'pgevents_capture may not run DDL (%): it owns the capture function, which runs code of table owners', tg_tag
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pgevents.refuse_capture_ddl() FROM PUBLIC;
+CREATE EVENT TRIGGER pgevents_refuse_capture_ddl ON ddl_command_start
+    EXECUTE FUNCTION pgevents.refuse_capture_ddl();
+
 -- Locks the host takes among its own hosts, as rows only it may lock (an
--- advisory lock can be taken by any role that can connect).
+-- advisory lock can be taken by any role that can connect, and a table lock
+-- of a mode above ROW SHARE by any role that may parse an INSERT into the
+-- table: the lock comes before the privilege check).
 CREATE TABLE pgevents.locks (name text PRIMARY KEY);
-INSERT INTO pgevents.locks (name) VALUES ('retention');
+INSERT INTO pgevents.locks (name) VALUES ('install'), ('retention');
 
 -- The table an event came from, by identity: a subscribed table that is
 -- renamed keeps being delivered (its events carry the new name).
 ALTER TABLE pgevents.events ADD COLUMN relid oid;
+-- Not txid and seq: their defaults only, so a forged row cannot take a
+-- sequence number another writer is about to draw and make it wait.
+GRANT INSERT (op, relid, schema_name, table_name, pk, new_row, old_row, captured_at,
+              db_user, app_name, tag)
+    ON pgevents.events TO pgevents_capture;
 ALTER TABLE pgevents.dead_letters ADD COLUMN relid oid;
 ALTER TABLE pgevents.subscriptions ADD COLUMN relid oid;
 UPDATE pgevents.subscriptions s SET relid = c.oid
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = s.schema_name AND c.relname = s.table_name AND c.relkind = 'r';
+-- One subscription per table and plugin, or its events would come twice
+-- (checked at the end of each statement, so that a reconcile may move two).
+ALTER TABLE pgevents.subscriptions
+    ADD CONSTRAINT subscriptions_one_per_table UNIQUE (plugin, relid) DEFERRABLE INITIALLY IMMEDIATE;
 
 -- Events a plugin received that its own sql writes caused (a loop, unless
 -- it means to).

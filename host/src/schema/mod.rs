@@ -42,9 +42,12 @@ pub enum SchemaError {
     )]
     TooNew { found: i32, known: usize },
     #[error(
-        "role `{CAPTURE_ROLE}`, which owns the capture function, {problem}; capture would run with that privilege. Make it a plain NOLOGIN role with no memberships (or drop it, and the host makes one)"
+        "role `{CAPTURE_ROLE}`, which owns the capture function, {problem}; capture would run table owners' code with more than the right to append to the log. Make it a plain NOLOGIN role with no memberships that owns only the capture function (to start over: `pgevents-host uninstall --yes` and install again)"
     )]
     CaptureRole { problem: String },
+    /// A migration's statement waited too long for a lock; tried again.
+    #[error("a migration could not get a lock in time: {0}")]
+    Busy(String),
     #[error("database error: {0}")]
     Db(String),
 }
@@ -57,12 +60,14 @@ impl From<tokio_postgres::Error> for SchemaError {
 
 /// Serialize this transaction with every other install, trigger change and
 /// registration on the database (until it ends). Once the schema exists the
-/// lock is on the host's `migrations` table, which only the host's role may
-/// lock; before, an advisory lock (any role could take that one: it is used
-/// for the first install only). Either way the host tries for
-/// `LOCK_TRY_MS` at a time and says in the log who holds it meanwhile.
+/// lock is a row of `pgevents.locks`, which only the host's role may lock
+/// (a row lock conflicts with no table lock another role can get by
+/// parsing a statement on the table); before, an advisory lock (any role
+/// could take that one: it serves the first install, and the upgrade to
+/// schema 6, only). Either way the host tries for `LOCK_TRY_MS` at a time
+/// and says in the log who holds it meanwhile.
 pub(crate) async fn lock_install(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-    let table = format!("{SCHEMA}.migrations");
+    let table = format!("{SCHEMA}.locks");
     let installed: bool = tx
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await?
@@ -74,12 +79,16 @@ pub(crate) async fn lock_install(tx: &Transaction<'_>) -> Result<(), tokio_postg
             ))
             .await?;
             let locked = tx
-                .batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
+                .batch_execute(&format!(
+                    "SELECT 1 FROM {table} WHERE name = 'install' FOR UPDATE"
+                ))
                 .await;
             match locked {
                 Ok(()) => {
-                    tx.batch_execute("RELEASE SAVEPOINT pgevents_lock; SET LOCAL lock_timeout = 0")
-                        .await?;
+                    tx.batch_execute(
+                        "RELEASE SAVEPOINT pgevents_lock; SET LOCAL lock_timeout = DEFAULT",
+                    )
+                    .await?;
                     true
                 }
                 Err(e)
@@ -104,23 +113,31 @@ pub(crate) async fn lock_install(tx: &Transaction<'_>) -> Result<(), tokio_postg
         if got {
             return Ok(());
         }
+        // Who holds it (a row lock shows as the holder's transaction lock).
         let holders = tx
             .query(
-                "SELECT a.pid, a.usename::text, a.application_name, left(a.query, 200)
-                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.granted AND a.pid <> pg_backend_pid()
-                   AND ((l.locktype = 'relation' AND l.relation = to_regclass($1))
-                        OR (l.locktype = 'advisory' AND l.objid = ($2 & 4294967295)::oid
-                            AND l.classid = ($2 >> 32)::oid))",
-                &[&table, &INSTALL_LOCK_KEY],
+                "SELECT a.pid, a.usename::text, a.application_name, a.state
+                 FROM pg_stat_activity a
+                 WHERE a.pid <> pg_backend_pid() AND a.datname = current_database()
+                   AND a.pid = ANY (pg_blocking_pids(pg_backend_pid())
+                                    || ARRAY(SELECT l.pid FROM pg_locks l
+                                             WHERE l.granted AND l.locktype = 'advisory'
+                                               AND l.objid = ($1 & 4294967295)::oid
+                                               AND l.classid = ($1 >> 32)::oid))",
+                &[&INSTALL_LOCK_KEY],
             )
             .await?;
+        if holders.is_empty() {
+            tracing::warn!(
+                "waiting for the install lock (another host installs or registers plugins)"
+            );
+        }
         for h in &holders {
             tracing::warn!(
                 pid = h.get::<_, i32>(0),
                 user = h.get::<_, Option<String>>(1).unwrap_or_default(),
                 application = h.get::<_, Option<String>>(2).unwrap_or_default(),
-                query = h.get::<_, Option<String>>(3).unwrap_or_default(),
+                state = h.get::<_, Option<String>>(3).unwrap_or_default(),
                 "waiting for the install lock, which this session holds"
             );
         }
@@ -162,11 +179,47 @@ async fn check_capture_role(tx: &Transaction<'_>) -> Result<(), SchemaError> {
     .filter(|(i, _)| row.get::<_, bool>(*i))
     .map(|(_, p)| *p)
     .collect();
+    let mut problems: Vec<String> = problems.into_iter().map(str::to_owned).collect();
+    // What it owns and what guards it, in this database: the capture
+    // function only, as migration 6 left it, and the trigger that keeps it
+    // from DDL.
+    let state = tx
+        .query_one(
+            &format!(
+                "SELECT
+                   (SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
+                    WHERE r.rolname = $1 AND d.deptype = 'o'
+                      AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND NOT (d.classid = 'pg_proc'::regclass
+                               AND d.objid = '{SCHEMA}.capture()'::regprocedure)),
+                   (SELECT p.prosecdef AND pg_get_userbyid(p.proowner) = $1
+                           AND p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp']
+                           AND NOT EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
+                                           WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+                    FROM pg_proc p WHERE p.oid = '{SCHEMA}.capture()'::regprocedure),
+                   EXISTS (SELECT 1 FROM pg_event_trigger
+                           WHERE evtname = 'pgevents_refuse_capture_ddl' AND evtenabled IN ('O', 'A'))"
+            ),
+            &[&CAPTURE_ROLE],
+        )
+        .await?;
+    if state.get::<_, i64>(0) > 0 {
+        problems.push("owns objects besides the capture function".into());
+    }
+    if !state.get::<_, Option<bool>>(1).unwrap_or(false) {
+        problems.push(
+            "no longer owns the capture function as installed (its owner, SECURITY DEFINER, search_path or EXECUTE grants were changed)"
+                .into(),
+        );
+    }
+    if !state.get::<_, bool>(2) {
+        problems.push("is not kept from DDL (event trigger pgevents_refuse_capture_ddl is missing or disabled)".into());
+    }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(SchemaError::CaptureRole {
-            problem: problems.join(", "),
+            problem: problems.join("; "),
         })
     }
 }
@@ -195,8 +248,31 @@ pub async fn install(client: &mut Client) -> Result<usize, SchemaError> {
 /// [`install`], stopping at schema `version`: a database as an older release
 /// left it (the upgrade tests build one).
 pub async fn install_up_to(client: &mut Client, version: usize) -> Result<usize, SchemaError> {
+    loop {
+        match install_once(client, version).await {
+            Err(SchemaError::Busy(message)) => {
+                tracing::warn!(
+                    "a migration waits for a lock on the host's tables ({message}): letting writers go on, trying again in 1 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// How long a migration's statement may wait for a lock (the log's, say,
+/// held by a writer) before the migration gives way and is tried again: a
+/// waiting ALTER would hold up every writer queued behind it.
+const MIGRATION_LOCK_TIMEOUT_MS: u64 = 2_000;
+
+async fn install_once(client: &mut Client, version: usize) -> Result<usize, SchemaError> {
     let tx = client.transaction().await?;
     lock_install(&tx).await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}"
+    ))
+    .await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
          CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations (
@@ -224,12 +300,16 @@ pub async fn install_up_to(client: &mut Client, version: usize) -> Result<usize,
         .skip(current as usize)
     {
         let version = index + 1;
-        tx.batch_execute(sql)
-            .await
-            .map_err(|e| SchemaError::Migration {
-                version,
-                message: crate::db::error_text(&e),
-            })?;
+        tx.batch_execute(sql).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                SchemaError::Busy(crate::db::error_text(&e))
+            } else {
+                SchemaError::Migration {
+                    version,
+                    message: crate::db::error_text(&e),
+                }
+            }
+        })?;
         tx.execute(
             &format!("INSERT INTO {SCHEMA}.migrations (version) VALUES ($1)"),
             &[&(version as i32)],

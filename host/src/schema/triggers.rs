@@ -1,7 +1,8 @@
 //! The trigger reconciler: makes the set of capture triggers equal to what the
 //! active plugins' subscriptions need, per table and per operation. It only
-//! ever drops triggers that call `pgevents.capture()`: triggers the host did
-//! not create are never touched.
+//! ever drops triggers that call `pgevents.capture()`, but every one of those
+//! it does not want, whatever its name: one a table owner renamed would
+//! capture every change twice, one another role attached would forge events.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,11 +20,35 @@ pub struct CaptureTrigger {
     pub op: char,
     /// `notify` or `quiet`, then the primary-key columns.
     pub args: Vec<String>,
+    /// The trigger's name, and its `pg_trigger.tgtype` (event, row or
+    /// statement level): a wanted trigger has its canonical name and type.
+    pub name: String,
+    pub tgtype: i16,
 }
 
 impl CaptureTrigger {
-    fn name(&self) -> &'static str {
-        trigger_name(self.op)
+    /// The trigger the host installs on `schema.table` for `op`.
+    fn wanted(schema: String, table: String, op: char, args: Vec<String>) -> CaptureTrigger {
+        // pg_trigger.tgtype bits: ROW 1, INSERT 4, DELETE 8, UPDATE 16,
+        // TRUNCATE 32 (AFTER: no BEFORE bit).
+        let tgtype = match op {
+            'I' => 4,
+            'D' => 8,
+            'U' => 16 | 1,
+            _ => 32,
+        };
+        CaptureTrigger {
+            schema,
+            table,
+            op,
+            args,
+            name: trigger_name(op).to_owned(),
+            tgtype,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn create_sql(&self) -> String {
@@ -107,13 +132,11 @@ pub(crate) async fn installed_with_state(
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgargs,
-                    t.tgenabled IN ('O', 'A')
+                    t.tgenabled IN ('O', 'A'), t.tgtype
              FROM pg_trigger t
              JOIN pg_class c ON c.oid = t.tgrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE t.tgfoid = to_regprocedure($1) AND NOT t.tgisinternal AND t.tgparentid = 0
-               AND t.tgname IN ('pgevents_capture_insert', 'pgevents_capture_update',
-                                'pgevents_capture_delete', 'pgevents_capture_truncate')",
+             WHERE t.tgfoid = to_regprocedure($1) AND NOT t.tgisinternal AND t.tgparentid = 0",
             &[&format!("{SCHEMA}.capture()")],
         )
         .await?;
@@ -137,6 +160,8 @@ pub(crate) async fn installed_with_state(
                 table: row.get(1),
                 op,
                 args,
+                name,
+                tgtype: row.get(5),
             };
             (trigger, row.get(4))
         })
@@ -182,12 +207,12 @@ async fn wanted(
         let mut args = vec![if notify { "notify" } else { "quiet" }.to_owned()];
         args.extend(keys);
         for op in ops {
-            wanted.insert(CaptureTrigger {
-                schema: schema.clone(),
-                table: table.clone(),
-                op: op.chars().next().unwrap_or('?'),
-                args: args.clone(),
-            });
+            wanted.insert(CaptureTrigger::wanted(
+                schema.clone(),
+                table.clone(),
+                op.chars().next().unwrap_or('?'),
+                args.clone(),
+            ));
         }
     }
     Ok(wanted)
@@ -204,15 +229,29 @@ pub async fn reconcile_triggers(
     super::lock_install(&tx).await?;
     // Creating a trigger waits for writers' locks on the table; fail clearly instead of hanging.
     tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
-    // Subscribed tables are followed by identity; a subscription whose table
-    // is gone (dropped, perhaps re-created) is looked up by name again.
+    // Which table each subscription means: the one of its name, if there is
+    // one (a table renamed and one of the old name created: the new one);
+    // else the one it had, by identity, if that still exists under another
+    // name (renamed), unless another subscription of the plugin has it.
     tx.execute(
         &format!(
-            "UPDATE {SCHEMA}.subscriptions s SET relid = c.oid
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = s.schema_name AND c.relname = s.table_name AND c.relkind = 'r'
-               AND s.relid IS DISTINCT FROM c.oid
-               AND NOT EXISTS (SELECT 1 FROM pg_class x WHERE x.oid = s.relid AND x.relkind = 'r')"
+            "WITH named AS (
+                 SELECT s.plugin, s.schema_name, s.table_name,
+                        (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = s.schema_name AND c.relname = s.table_name
+                           AND c.relkind = 'r') AS by_name,
+                        (SELECT c.oid FROM pg_class c WHERE c.oid = s.relid AND c.relkind = 'r') AS kept
+                 FROM {SCHEMA}.subscriptions s),
+             desired AS (
+                 SELECT d.plugin, d.schema_name, d.table_name,
+                        coalesce(d.by_name,
+                                 CASE WHEN NOT EXISTS (SELECT 1 FROM named o
+                                                       WHERE o.plugin = d.plugin AND o.by_name = d.kept)
+                                      THEN d.kept END) AS relid
+                 FROM named d)
+             UPDATE {SCHEMA}.subscriptions s SET relid = d.relid FROM desired d
+             WHERE d.plugin = s.plugin AND d.schema_name = s.schema_name AND d.table_name = s.table_name
+               AND s.relid IS DISTINCT FROM d.relid"
         ),
         &[],
     )
@@ -300,12 +339,6 @@ pub async fn reconcile_triggers(
         tracing::warn!(
             table = %quote_table(&t.schema, &t.table), op = %t.op,
             "a capture trigger had been disabled (ALTER TABLE ... DISABLE TRIGGER), so changes of this table were not captured meanwhile; enabled it again"
-        );
-    }
-    for (plugin, subscribed, now) in &report.renamed {
-        tracing::warn!(
-            plugin, subscribed = %subscribed, now = %now,
-            "a subscribed table was renamed: it is still captured and delivered (its events carry the new name); update the plugin's manifest to the new name"
         );
     }
     for t in &report.created {
@@ -453,12 +486,12 @@ mod tests {
 
     #[test]
     fn create_sql_quotes_everything() {
-        let t = CaptureTrigger {
-            schema: "Odd Schema".into(),
-            table: "Mixed \"Case\"; Table".into(),
-            op: 'I',
-            args: vec!["notify".into(), "it's".into()],
-        };
+        let t = CaptureTrigger::wanted(
+            "Odd Schema".into(),
+            "Mixed \"Case\"; Table".into(),
+            'I',
+            vec!["notify".into(), "it's".into()],
+        );
         assert_eq!(
             t.create_sql(),
             "CREATE TRIGGER \"pgevents_capture_insert\" AFTER INSERT ON \"Odd Schema\".\"Mixed \"\"Case\"\"; Table\" \
