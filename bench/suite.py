@@ -34,6 +34,8 @@ figure, measured value, target, met or not.
       reply), so the same percentiles measured from the event's captured_at
       (the trigger's clock_timestamp(), just before the commit: an upper
       bound) are printed beside it. The first second is warm-up, not counted.
+      It also counts the ticks that wrote (and the transactions they numbered)
+      during 3 idle seconds before the writers start and during the run.
   P5  reload latency: bench/reload.py (file renamed into place -> first event
       handled by the new version), a few rounds; the target is for cached
       compiles, so rounds 3+ (compile cache) are judged.
