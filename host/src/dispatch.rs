@@ -159,10 +159,13 @@ impl Shared {
 
 /// Run the host until `shutdown` turns true: install the schema, load the
 /// plugins, then deliver. A batch in flight at shutdown is finished and acked.
-pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    options: RunOptions,
+    shutdown_requested: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let settings = options.settings.clone();
     settings.check().map_err(anyhow::Error::msg)?;
-    let mut waiting = shutdown.clone();
+    let mut waiting = shutdown_requested.clone();
     let mut client = tokio::select! {
         client = db::connect(&options.database_url, settings.connect_timeout) => client?,
         _ = stopped(&mut waiting) => {
@@ -191,6 +194,10 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
     let (wake_tx, wake_rx) = watch::channel(0u64);
     let (ticked_tx, ticked_rx) = watch::channel(0u64);
     let tick_requests = Arc::new(tokio::sync::Notify::new());
+    // Every task stops on this: the caller's shutdown, or a background task
+    // that ended (a panic, an error) and so stops the host.
+    let (stop_tx, shutdown) = watch::channel(false);
+    let mut external = shutdown_requested;
     let shared = Arc::new(Shared {
         url: options.database_url.clone(),
         settings: settings.clone(),
@@ -220,7 +227,8 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
     // Like `wake_tx`, the sender lives until `run` returns.
     let (set_tx, set_rx) = watch::channel(set);
     let set_tx = Arc::new(set_tx);
-    let reloader = settings.watch.then(|| {
+    let mut tasks = Tasks::default();
+    if settings.watch {
         let reloader = Reloader::new(
             options.plugins_dir.clone(),
             options.database_url.clone(),
@@ -230,35 +238,34 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
             set_tx.clone(),
             &loaded,
         );
-        tokio::spawn(reloader.run(shutdown.clone()))
-    });
+        tasks.spawn("reloader", reloader.run(shutdown.clone()));
+    }
     // The sender lives until `run` returns: with NOTIFY off nothing sends, and a
     // dropped sender would make every worker's wait return at once (a busy loop).
     let wake_tx = Arc::new(wake_tx);
-    let listener = settings.notify.then(|| {
-        tokio::spawn(listen(
+    if settings.notify {
+        tasks.spawn(
+            "listener",
+            listen(shared.url.clone(), wake_tx.clone(), shutdown.clone()),
+        );
+    }
+    tasks.spawn(
+        "ticker",
+        keep_ticking(shared.clone(), wake_rx, tick_requests, ticked_tx),
+    );
+    tasks.spawn(
+        "trigger reconciler",
+        keep_triggers_reconciled(
             shared.url.clone(),
-            wake_tx.clone(),
+            settings.notify,
+            settings.reconcile_interval,
             shutdown.clone(),
-        ))
-    });
-    let ticker = tokio::spawn(keep_ticking(
-        shared.clone(),
-        wake_rx,
-        tick_requests,
-        ticked_tx,
-    ));
-    let reconciler = tokio::spawn(keep_triggers_reconciled(
-        shared.url.clone(),
-        settings.notify,
-        settings.reconcile_interval,
-        shutdown.clone(),
-    ));
-    let pruner = tokio::spawn(keep_log_pruned(
-        shared.url.clone(),
-        settings.clone(),
-        shutdown.clone(),
-    ));
+        ),
+    );
+    tasks.spawn(
+        "pruner",
+        keep_log_pruned(shared.url.clone(), settings.clone(), shutdown.clone()),
+    );
     for (_, plugin) in &loaded.plugins {
         shared.observe(HostEvent::PluginStarted {
             plugin: plugin.manifest.name.clone(),
@@ -266,19 +273,95 @@ pub async fn run(options: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow
             from_cache: plugin.from_cache,
         });
     }
-    coordinate(set_rx, shared.clone()).await;
-    if let Some(listener) = listener {
-        listener.abort();
-    }
-    if let Some(reloader) = reloader {
-        reloader.abort();
+    let coordinator = coordinate(set_rx, shared.clone());
+    tokio::pin!(coordinator);
+    let mut failed: Option<(&'static str, String)> = None;
+    loop {
+        tokio::select! {
+            () = &mut coordinator => break,
+            // Before shutdown; after it, tasks end as they should.
+            (name, why) = tasks.next_end(), if failed.is_none() && !*stop_tx.borrow() => {
+                tracing::error!(task = name, "{why}; stopping the host");
+                failed = Some((name, why));
+                let _ = stop_tx.send(true);
+            }
+            () = stopped(&mut external), if !*stop_tx.borrow() => {
+                let _ = stop_tx.send(true);
+            }
+        }
     }
     drop(set_tx);
-    ticker.abort();
-    reconciler.abort();
-    pruner.abort();
-    tracing::info!("stopped");
-    Ok(())
+    tasks.join(Duration::from_millis(TASK_STOP_MS)).await;
+    match failed {
+        Some((name, why)) => Err(anyhow::anyhow!("the host's {name} {why}")),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// A background task that ends early has this long to stop with the rest
+/// at shutdown; then it is abandoned, with a line in the log.
+const TASK_STOP_MS: u64 = 5_000;
+
+/// The host's background tasks, by name. They run until shutdown; one that
+/// ends before (an error, a panic) is reported by name, and stops the host.
+#[derive(Default)]
+struct Tasks {
+    set: tokio::task::JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// The next task to end, and how (never, if there are none).
+    async fn next_end(&mut self) -> (&'static str, String) {
+        match self.set.join_next_with_id().await {
+            Some(Ok((id, ()))) => (self.name(id), "task ended unexpectedly".into()),
+            Some(Err(e)) => (
+                self.name(e.id()),
+                format!("task panicked: {}", registry::panic_text(e)),
+            ),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn name(&self, id: tokio::task::Id) -> &'static str {
+        self.names.get(&id).copied().unwrap_or("task")
+    }
+
+    /// Wait for every task to stop (they all watch the shutdown), at most
+    /// `within`; report panics, abandon what is left.
+    async fn join(mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.set.join_next_with_id()).await {
+                Ok(None) => return,
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => {
+                    let name = self.name(e.id());
+                    tracing::error!(
+                        task = name,
+                        "task panicked while stopping: {}",
+                        registry::panic_text(e)
+                    );
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        tasks = self.set.len(),
+                        "background tasks did not stop within {within:?}; leaving them"
+                    );
+                    self.set.abort_all();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Resolves when `shutdown` turns true (or its sender is gone).
@@ -576,8 +659,8 @@ async fn coordinate(mut set: watch::Receiver<PluginSet>, shared: Arc<Shared>) {
     for h in held.values() {
         let _ = h.stop.send(true);
     }
-    for (_, h) in held.drain() {
-        let _ = h.task.await;
+    for ((plugin, part), h) in held.drain() {
+        deliverer_end(&plugin, part, h.task.await);
     }
     let left = async {
         let c = db::connect_once(&shared.url).await?;
@@ -590,6 +673,23 @@ async fn coordinate(mut set: watch::Receiver<PluginSet>, shared: Arc<Shared>) {
             db::error_text(&e)
         );
     }
+}
+
+/// Why a deliverer's task ended; a panic is said in the log with its partition.
+fn deliverer_end(
+    plugin: &str,
+    part: u32,
+    ended: Result<WorkerEnd, tokio::task::JoinError>,
+) -> WorkerEnd {
+    ended.unwrap_or_else(|e| {
+        tracing::error!(
+            plugin,
+            part,
+            "the partition's deliverer panicked: {}; it starts again",
+            registry::panic_text(e)
+        );
+        WorkerEnd::Stopped
+    })
 }
 
 /// One coordinator round: heartbeat, renew, reap stopped deliverers, then
@@ -626,7 +726,9 @@ async fn balance(
         .collect();
     for key in finished {
         let h = held.remove(&key).expect("held");
-        let end = h.task.await.unwrap_or(WorkerEnd::Stopped);
+        // A deliverer that panicked is reported; its partition is taken up
+        // again (by this host or another) like any released one.
+        let end = deliverer_end(&key.0, key.1, h.task.await);
         if end == WorkerEnd::GaveUp {
             resting.insert(
                 key.clone(),
@@ -1290,7 +1392,7 @@ impl Deliverer<'_> {
                         // timeout it set): a failed attempt, not a lost
                         // connection. Which event caused it is unknown: halve
                         // the batch until one event alone fails.
-                        Err(e) if e.batch && caused_by_the_batch(&e.error) => {
+                        Err(e) if e.batch && db::sqlstate::blames_the_batch(&e.error) => {
                             let e = e.error;
                             sql.rollback().await?;
                             if take > 1 {
@@ -1669,21 +1771,6 @@ impl Deliverer<'_> {
             _ = stopped(self.stop) => false,
         }
     }
-}
-
-/// Whether a database error at the commit of a batch's sql transaction is
-/// that batch's failure (count an attempt, back off, dead-letter in the end)
-/// rather than the connection's (reconnect). Everything the server answers
-/// is the batch's, except a lost or refused connection (class 08), the
-/// server going away (57P), and its own resource and internal errors (53,
-/// 58, XX): counting those would dead-letter good events.
-fn caused_by_the_batch(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        let code = db.code().code();
-        !["08", "57P", "53", "58", "XX"]
-            .iter()
-            .any(|class| code.starts_with(class))
-    })
 }
 
 /// Remember a plugin's last error (and halt it) for `status`.

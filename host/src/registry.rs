@@ -84,7 +84,17 @@ pub async fn load_bytes(
         result
     })
     .await
-    .expect("plugin compilation panicked");
+    // A panic while compiling (a bug of the compiler or the host) rejects
+    // this file; loading and reloading go on.
+    .map_err(|e| Rejected {
+        file: file.to_owned(),
+        plugin: None,
+        error: format!(
+            "{}: compiling or loading it panicked (a bug, please report it): {}",
+            file.display(),
+            panic_text(e)
+        ),
+    })?;
     let mut plugin = result.map_err(|e| Rejected {
         file: file.to_owned(),
         plugin: match &e {
@@ -129,6 +139,18 @@ pub async fn load_bytes(
         plugin.manifest.batch_size = size;
     }
     Ok(plugin)
+}
+
+/// What a task that panicked said.
+pub(crate) fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into()),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Read and load one file (see [`load_bytes`]).

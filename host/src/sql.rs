@@ -18,10 +18,7 @@ use crate::db;
 use crate::runtime::{Outcome, Retry, SqlAccess, SqlFailure, SqlRows, SqlValue};
 use crate::schema::quote_ident;
 
-/// SQLSTATE for problems on the host's side (connection lost, timeout).
-const HOST_ERROR: &str = "58000";
-/// SQLSTATE for refused statements (transaction control).
-const REFUSED: &str = "0A000";
+use crate::db::sqlstate::{HOST_ERROR, REFUSED};
 /// Prepared statements kept per session.
 const STATEMENT_CACHE_SIZE: usize = 100;
 
@@ -257,7 +254,7 @@ impl SqlSession {
                 "the host owns the batch transaction (each statement already runs under its own savepoint)"
             };
             return Err(SqlFailure {
-                sqlstate: REFUSED.into(),
+                sqlstate: REFUSED.code().into(),
                 message: format!("`{word}` is refused: {why}"),
             });
         }
@@ -308,7 +305,7 @@ impl SqlSession {
         };
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(SqlFailure {
-                sqlstate: HOST_ERROR.into(),
+                sqlstate: HOST_ERROR.code().into(),
                 message:
                     "an earlier statement of this batch ran out of time; the batch will be retried"
                         .into(),
@@ -327,7 +324,7 @@ impl SqlSession {
                     self.poisoned.store(true, Ordering::SeqCst);
                     let _ = cancel.cancel_query(NoTls).await;
                     Err(SqlFailure {
-                        sqlstate: HOST_ERROR.into(),
+                        sqlstate: HOST_ERROR.code().into(),
                         message: "statement ran out of the plugin call's time (the handle timeout)"
                             .into(),
                     })
@@ -480,7 +477,7 @@ fn failure(e: &tokio_postgres::Error) -> SqlFailure {
             },
         },
         None => SqlFailure {
-            sqlstate: HOST_ERROR.into(),
+            sqlstate: HOST_ERROR.code().into(),
             message: db::error_text(e),
         },
     }
@@ -562,7 +559,7 @@ fn decode(column: &str, ty: &Type, raw: Option<Raw>) -> Result<SqlValue, SqlFail
         return Ok(SqlValue::Null);
     };
     let bad = || SqlFailure {
-        sqlstate: HOST_ERROR.into(),
+        sqlstate: HOST_ERROR.code().into(),
         message: format!("column `{column}`: malformed {ty} value"),
     };
     let be = |n: usize| -> Result<&[u8], SqlFailure> { b.get(..n).ok_or_else(bad) };
@@ -604,7 +601,7 @@ fn decode(column: &str, ty: &Type, raw: Option<Raw>) -> Result<SqlValue, SqlFail
 
 fn unsupported(column: &str, ty: &Type) -> SqlFailure {
     SqlFailure {
-        sqlstate: "0A000".into(),
+        sqlstate: REFUSED.code().into(),
         message: format!(
             "column `{column}` has type {ty}, which the sql capability does not return; cast it to text in the query (`{column}::text`)"
         ),

@@ -114,7 +114,7 @@ async fn kill_9_mid_stream_loses_nothing_and_the_sql_plugin_applies_each_event_o
     )
     .await;
     first.kill9();
-    let second = HostProcess::spawn(&db, plugins.path(), &args);
+    let mut second = HostProcess::spawn(&db, plugins.path(), &args);
     writers.await.unwrap();
     wait_count(
         &c,
@@ -125,7 +125,8 @@ async fn kill_9_mid_stream_loses_nothing_and_the_sql_plugin_applies_each_event_o
     )
     .await;
     eventually(&c, "the recorder caught up", &caught_up_sql("recorder")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stopped before counting: nothing can arrive after the count.
+    second.stop();
 
     // Exactly once in effect for the sql plugin.
     let rows = count(&c, "SELECT count(*) FROM public.ledger").await;
@@ -150,8 +151,6 @@ async fn kill_9_mid_stream_loses_nothing_and_the_sql_plugin_applies_each_event_o
         duplicates <= 100,
         "{duplicates} redeliveries, more than one batch"
     );
-    let mut second = second;
-    second.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +249,13 @@ async fn three_hosts_share_partitions_survive_terminated_connections_and_take_ov
         STREAM_PATIENCE,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A clean stop hands the leases back at once; and once stopped, nothing
+    // can arrive after the count.
+    for (i, h) in hosts.iter_mut().enumerate() {
+        if i != victim {
+            h.stop();
+        }
+    }
     let rows = count(&c, "SELECT count(*) FROM public.ledger").await;
     let distinct = count(&c, "SELECT count(DISTINCT event_id) FROM public.ledger").await;
     eprintln!("three hosts: {EVENTS} events, ledger rows {rows}, distinct {distinct}");
@@ -260,12 +265,6 @@ async fn three_hosts_share_partitions_survive_terminated_connections_and_take_ov
         "ledger rows, distinct events"
     );
 
-    // A clean stop hands the leases back at once.
-    for (i, h) in hosts.iter_mut().enumerate() {
-        if i != victim {
-            h.stop();
-        }
-    }
     let left = texts(&c, "SELECT owner || ' part ' || part || ' expires ' || (expires_at - clock_timestamp())::text FROM pgevents.leases").await;
     assert!(
         left.is_empty(),

@@ -950,3 +950,28 @@ async fn a_plugin_feeding_itself_is_detected() {
     );
     host.stop().await;
 }
+
+/// A panic while compiling a file (a compiler bug) rejects that file, with
+/// the panic's message, and live reload goes on.
+#[tokio::test]
+async fn a_panic_while_compiling_rejects_the_file_and_reload_goes_on() {
+    let db = TestDb::new().await;
+    pgevents_host::runtime::panic_when_loading("panics-when-compiled");
+    let plugins = plugins_dir(&["recorder"]);
+    let dir = plugins.path().to_owned();
+    let mut host = Host::start_with(&db, plugins, test_settings()).await;
+    copy_then_rename(&plugin("hostile"), &dir.join("panics-when-compiled.wasm"));
+    host.wait_until("the file is rejected", |e| {
+        matches!(e, HostEvent::PluginRejected(r)
+            if r.error.contains("panicked") && r.error.contains("a panic injected"))
+    })
+    .await;
+    copy_then_rename(&plugin("filtered"), &dir.join("filtered.wasm"));
+    host.wait_until(
+        "a later file loads",
+        |e| matches!(e, HostEvent::PluginStarted { plugin, .. } if plugin == "filtered"),
+    )
+    .await;
+    others_still_run(&db, &mut host).await;
+    host.stop().await;
+}

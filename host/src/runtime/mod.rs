@@ -485,6 +485,14 @@ impl Runtime {
         bytes: &[u8],
         grants: &dyn Fn(&str) -> Grants,
     ) -> Result<LoadedPlugin, LoadError> {
+        if PANIC_WHEN_LOADING
+            .lock()
+            .expect("panic markers")
+            .iter()
+            .any(|marker| path.contains(marker.as_str()))
+        {
+            panic!("a panic injected into loading {path}");
+        }
         let path = path.to_owned();
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
@@ -716,6 +724,19 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Files whose loading panics, for tests of what a compiler bug does.
+static PANIC_WHEN_LOADING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// For tests only: from now on, loading a file whose path contains `marker`
+/// panics, as a bug in the compiler would.
+#[doc(hidden)]
+pub fn panic_when_loading(marker: &str) {
+    PANIC_WHEN_LOADING
+        .lock()
+        .expect("panic markers")
+        .push(marker.to_owned());
 }
 
 /// A compiled, linked plugin: each call runs in a fresh instance.
@@ -1293,13 +1314,13 @@ impl State {
     fn sql(&self) -> Result<&Arc<dyn SqlAccess>, sql::SqlError> {
         if self.abandoned() {
             return Err(sql::SqlError {
-                sqlstate: "57014".into(),
+                sqlstate: crate::db::sqlstate::ABANDONED.code().into(),
                 message: "the host abandoned this call (it outlasted its time limit)".into(),
             });
         }
         if !self.grants.sql {
             return Err(sql::SqlError {
-                sqlstate: "42501".into(),
+                sqlstate: crate::db::sqlstate::NOT_GRANTED.code().into(),
                 message: format!(
                     "plugin `{}` has no sql capability; the operator grants it in the host's config file: \
                      [plugins.{}] sql = {{ role = \"...\" }}",
@@ -1308,7 +1329,7 @@ impl State {
             });
         }
         self.sql.as_ref().ok_or_else(|| sql::SqlError {
-            sqlstate: "42501".into(),
+            sqlstate: crate::db::sqlstate::NOT_GRANTED.code().into(),
             message: format!(
                 "plugin `{}` has no sql capability; the operator grants it in the host's config file: \
                  [plugins.{}] sql = {{ role = \"...\" }}",

@@ -91,9 +91,7 @@ pub(crate) async fn lock_install(tx: &Transaction<'_>) -> Result<(), tokio_postg
                     .await?;
                     true
                 }
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
-                {
+                Err(e) if crate::db::sqlstate::is_lock_timeout(&e) => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT pgevents_lock")
                         .await?;
                     false
@@ -301,7 +299,7 @@ async fn install_once(client: &mut Client, version: usize) -> Result<usize, Sche
     {
         let version = index + 1;
         tx.batch_execute(sql).await.map_err(|e| {
-            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            if crate::db::sqlstate::is_lock_timeout(&e) {
                 SchemaError::Busy(crate::db::error_text(&e))
             } else {
                 SchemaError::Migration {
