@@ -83,9 +83,9 @@ pub async fn bury(
     tx.execute(
         &format!(
             "INSERT INTO {SCHEMA}.dead_letters
-                 (plugin, txid, seq, op, relid, schema_name, table_name, pk, new_row, old_row,
+                 (plugin, txid, seq, op, schema_name, table_name, pk, new_row, old_row,
                   captured_at, db_user, app_name, tag, error, attempts, first_failed_at)
-             SELECT $1, e.txid, e.seq, e.op, e.relid, e.schema_name, e.table_name, e.pk, e.new_row, e.old_row,
+             SELECT $1, e.txid, e.seq, e.op, e.schema_name, e.table_name, e.pk, e.new_row, e.old_row,
                     e.captured_at, e.db_user, e.app_name, e.tag, $5, $6,
                     coalesce((SELECT a.first_failed_at FROM {SCHEMA}.attempts a
                               WHERE a.plugin = $1 AND a.part = $2 AND a.txid = e.txid AND a.seq = e.seq),

@@ -400,7 +400,7 @@ async fn keep_triggers_reconciled(
                     let (plugin, subscribed, now) = renamed;
                     tracing::warn!(
                         plugin, subscribed = %subscribed, now = %now,
-                        "a subscribed table was renamed: it is still captured and delivered (its events carry the new name) until a table of the subscribed name exists; update the plugin's manifest"
+                        "a subscribed table was renamed: it is still captured and delivered (its events carry the subscribed name) until a table of the subscribed name exists; update the plugin's manifest"
                     );
                 }
             }

@@ -170,14 +170,11 @@ fn parse_txid(text: &str) -> u64 {
     text.parse().unwrap_or(0)
 }
 
-/// SQL condition: subscription `s` is to the table event `e` came from: by
-/// identity (a renamed table stays subscribed), or, for events logged before
-/// tables were followed by identity, by name.
+/// SQL condition: subscription `s` is to the table event `e` came from. By
+/// name: a table's events carry the name its plugins subscribed to it by,
+/// even after it was renamed (see `capture.sql`).
 pub(crate) fn same_table(s: &str, e: &str) -> String {
-    format!(
-        "({s}.relid = {e}.relid
-          OR ({e}.relid IS NULL AND {s}.schema_name = {e}.schema_name AND {s}.table_name = {e}.table_name))"
-    )
+    format!("({s}.schema_name = {e}.schema_name AND {s}.table_name = {e}.table_name)")
 }
 
 /// SQL condition: event `e` matches a subscription of the plugin named by `plugin`
@@ -199,7 +196,7 @@ pub(crate) fn subscribed(e: &str, plugin: &str) -> String {
 /// it, partition 0 delivers it, then all go on (see [`Reader::read`]).
 pub(crate) fn barrier(e: &str) -> String {
     format!(
-        "({e}.op = 'T' OR ({e}.op = 'U' AND {e}.pk IS NOT NULL
+        "({e}.op = 'T' OR ({e}.op = 'U' AND jsonb_typeof({e}.pk) = 'object'
             AND {e}.pk IS DISTINCT FROM {SCHEMA}.key_of({e}.old_row, ARRAY(SELECT jsonb_object_keys({e}.pk)))))"
     )
 }
@@ -293,8 +290,7 @@ impl Reader {
                      SELECT 1 FROM unnest(s.changed_columns) AS col
                      WHERE e.new_row -> col IS DISTINCT FROM e.old_row -> col))
                AND ($5::int = 1 OR {barrier}
-                    -- By the subscribed name: a renamed table's keys keep their partitions.
-                    OR {SCHEMA}.part_of(s.schema_name, s.table_name, e.pk, $5::int) = $6::int)
+                    OR {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $5::int) = $6::int)
                AS wanted,
              $5::int > 1 AND {barrier} AS barrier,
              (SELECT t.last_ord FROM {SCHEMA}.ticker t WHERE t.id = 1) AS ticked_to"

@@ -304,7 +304,31 @@ async fn check_subscriptions(
 ) -> Result<Result<(), String>, SchemaError> {
     for s in &manifest.subscriptions {
         let shown = schema::quote_table(&s.schema, &s.table);
-        let facts = match schema::table_facts(client, &s.schema, &s.table).await? {
+        let mut facts = schema::table_facts(client, &s.schema, &s.table).await?;
+        if matches!(facts, Err(TableProblem::Missing { .. }))
+            && let Some(row) = client
+                .query_opt(
+                    &format!(
+                        "SELECT n.nspname::text, c.relname::text FROM {SCHEMA}.subscriptions s
+                         JOIN pg_class c ON c.oid = s.relid AND c.relkind = 'r'
+                         JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE s.plugin = $1 AND s.schema_name = $2 AND s.table_name = $3"
+                    ),
+                    &[&manifest.name, &s.schema, &s.table],
+                )
+                .await?
+        {
+            // Renamed since it subscribed: still its table, followed by identity.
+            let (schema_now, table_now): (String, String) = (row.get(0), row.get(1));
+            tracing::warn!(
+                plugin = %manifest.name,
+                subscribed = %shown,
+                now = %schema::quote_table(&schema_now, &table_now),
+                "a subscribed table was renamed: it is still captured and delivered under the subscribed name; update the plugin's manifest"
+            );
+            facts = schema::table_facts(client, &schema_now, &table_now).await?;
+        }
+        let facts = match facts {
             Ok(facts) => facts,
             Err(TableProblem::Missing { suggestion }) => {
                 let hint = suggestion
@@ -410,21 +434,39 @@ async fn register_one(
         ],
     )
     .await?;
+    // The table each subscription means: the one of its name, or else the
+    // one it followed before (renamed meanwhile: see `reconcile_triggers`).
+    let before: Vec<(String, String, Option<u32>)> = tx
+        .query(
+            &format!(
+                "SELECT s.schema_name, s.table_name, c.oid FROM {SCHEMA}.subscriptions s
+                 JOIN pg_class c ON c.oid = s.relid AND c.relkind = 'r' WHERE s.plugin = $1"
+            ),
+            &[&m.name],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     tx.execute(
         &format!("DELETE FROM {SCHEMA}.subscriptions WHERE plugin = $1"),
         &[&m.name],
     )
     .await?;
     for s in &m.subscriptions {
+        let followed = before
+            .iter()
+            .find(|(schema, table, _)| *schema == s.schema && *table == s.table)
+            .and_then(|(_, _, oid)| *oid);
         tx.execute(
             &format!(
                 "INSERT INTO {SCHEMA}.subscriptions (plugin, schema_name, table_name, ops, changed_columns, relid)
-                 SELECT $1, $2, $3, $4::\"char\"[], $5, c.oid
+                 SELECT $1, $2, $3, $4::\"char\"[], $5, coalesce(c.oid, $6)
                  FROM (SELECT 1) AS one
                  LEFT JOIN pg_namespace n ON n.nspname = $2
                  LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = $3 AND c.relkind = 'r'"
             ),
-            &[&m.name, &s.schema, &s.table, &s.op_codes(), &s.changed_columns],
+            &[&m.name, &s.schema, &s.table, &s.op_codes(), &s.changed_columns, &followed],
         )
         .await?;
     }

@@ -246,7 +246,7 @@ async fn a_table_recreated_or_rekeyed_while_the_host_runs_is_captured_again() {
         "capture was not repaired",
         "SELECT (SELECT count(*) = 4 FROM pg_trigger
                  WHERE tgrelid = 'items'::regclass AND tgname LIKE 'pgevents_capture_%')
-            AND (SELECT bool_and(pg_get_triggerdef(oid) LIKE '%capture(''notify'', ''code'')') FROM pg_trigger
+            AND (SELECT bool_and(pg_get_triggerdef(oid) LIKE '%capture(''notify/named'', ''public'', ''composite_keyed'', ''code'')') FROM pg_trigger
                  WHERE tgrelid = 'composite_keyed'::regclass AND tgname LIKE 'pgevents_capture_%')",
     )
     .await;

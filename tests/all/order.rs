@@ -494,8 +494,10 @@ async fn a_random_history_rebuilds_exactly_across_a_killed_host() {
     .await;
     eventually(
         &c,
-        "the host registered the plugin",
-        "SELECT EXISTS (SELECT 1 FROM pgevents.cursors WHERE plugin = 'mirror')",
+        "the host captures both tables",
+        "SELECT count(DISTINCT tgrelid) = 2 FROM pg_trigger
+         WHERE tgname LIKE 'pgevents_capture_%'
+           AND tgrelid IN ('public.ra'::regclass, 'public.rb'::regclass)",
     )
     .await;
     let url = db.url.clone();

@@ -238,24 +238,36 @@ impl Slot {
         Slot(Arc::new(std::sync::Mutex::new(Some(permit))))
     }
 
-    fn release(&self) {
-        self.0.lock().expect("slot").take();
-    }
-
-    fn is_released(&self) -> bool {
-        self.0.lock().expect("slot").is_none()
-    }
-
-    /// The call was abandoned: its slot goes back to the others while its
-    /// thread lives on, and it takes one of the reserve (see
-    /// `ABANDONED_RESERVE`); when the reserve is used up, one of the pool's
-    /// headroom, which is not counted.
-    fn move_to_reserve(&self, reserve: &Arc<tokio::sync::Semaphore>) {
+    /// The call's thread is done: give the slot back. If the call had been
+    /// abandoned meanwhile, it no longer counts as stuck. Under the slot's
+    /// lock, as [`Slot::abandon`], so that the two never cross.
+    fn finish(&self, abandoned: &AtomicBool, stuck: &AtomicUsize) {
         let mut held = self.0.lock().expect("slot");
-        // Not if the call has just ended: the reserve slot would never be given back.
-        if held.is_some() {
-            *held = reserve.clone().try_acquire_owned().ok();
+        held.take();
+        if abandoned.load(Ordering::SeqCst) {
+            stuck.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// The call outlasted its time: unless its thread has just finished,
+    /// mark it abandoned, count it stuck, and let its slot go back to the
+    /// others while its thread lives on: it takes one of the reserve (see
+    /// `ABANDONED_RESERVE`), or, when that is used up, the pool's uncounted
+    /// headroom. Returns whether it was abandoned.
+    fn abandon(
+        &self,
+        abandoned: &AtomicBool,
+        stuck: &AtomicUsize,
+        reserve: &Arc<tokio::sync::Semaphore>,
+    ) -> bool {
+        let mut held = self.0.lock().expect("slot");
+        if held.is_none() {
+            return false;
+        }
+        abandoned.store(true, Ordering::SeqCst);
+        stuck.fetch_add(1, Ordering::SeqCst);
+        *held = reserve.clone().try_acquire_owned().ok();
+        true
     }
 }
 
@@ -688,6 +700,8 @@ impl Runtime {
         let (tx, rx) = std::sync::mpsc::channel();
         let stuck_files = self.stuck_files.clone();
         let file = path.to_owned();
+        let describes = Arc::new(AtomicUsize::new(0));
+        let counted = describes.clone();
         std::thread::Builder::new()
             .name("plugin-describe".into())
             .spawn(move || {
@@ -695,11 +709,11 @@ impl Runtime {
                     "(loading)",
                     timeout,
                     None,
-                    flag,
+                    flag.clone(),
                     LOG_LINES_PER_CALL,
                     |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),
                 );
-                held.release();
+                held.finish(&flag, &counted);
                 stuck_files.lock().expect("stuck files").remove(&file);
                 let _ = tx.send(result);
             })
@@ -707,16 +721,16 @@ impl Runtime {
         match rx.recv_timeout(timeout + ABANDON_GRACE) {
             Ok(result) => result,
             Err(_) => {
-                abandoned.store(true, Ordering::SeqCst);
-                // The thread removes it when it ends; inserted under the
-                // lock it takes to do so, after the flag, so never after.
-                {
-                    let mut stuck = self.stuck_files.lock().expect("stuck files");
-                    if !slot.is_released() {
-                        stuck.insert(path.to_owned());
-                    }
+                // The thread removes the file when it ends, under this lock:
+                // taken first, so the file is never left in after that.
+                let mut stuck = self.stuck_files.lock().expect("stuck files");
+                if !slot.abandon(&abandoned, &describes, &self.reserve) {
+                    drop(stuck);
+                    return rx.recv().unwrap_or_else(|_| {
+                        Err("the describe call's thread ended without an answer".into())
+                    });
                 }
-                slot.move_to_reserve(&self.reserve);
+                stuck.insert(path.to_owned());
                 Err(format!(
                     "did not answer within the time limit of {timeout:?} while blocked in a host call \
                      (a WASI sleep or poll?); the call was abandoned"
@@ -846,10 +860,7 @@ impl LoadedPlugin {
             .name(format!("plugin-{}", self.manifest.name))
             .spawn(move || {
                 let outcome = runner.handle_blocking(events, sql, flag.clone());
-                held.release();
-                if flag.load(Ordering::SeqCst) {
-                    runner.stuck.fetch_sub(1, Ordering::SeqCst);
-                }
+                held.finish(&flag, &runner.stuck);
                 let _ = tx.send(outcome);
             });
         if let Err(e) = spawned {
@@ -860,28 +871,27 @@ impl LoadedPlugin {
             };
         }
         let limit = self.grants.limits.handle_timeout;
-        match tokio::time::timeout(limit + ABANDON_GRACE, rx).await {
+        let mut rx = rx;
+        let no_answer = || Outcome::Failed {
+            index: 0,
+            retry: Retry::Backoff,
+            message: "the plugin call's thread ended without an answer (host bug)".into(),
+        };
+        match tokio::time::timeout(limit + ABANDON_GRACE, &mut rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Outcome::Failed {
+            Ok(Err(_)) => no_answer(),
+            // It finished just as its time ran out: its answer counts.
+            Err(_) if !slot.abandon(&abandoned, &self.stuck, &self.runtime.reserve) => {
+                rx.await.unwrap_or_else(|_| no_answer())
+            }
+            Err(_) => Outcome::Failed {
                 index: 0,
                 retry: Retry::Backoff,
-                message: "the plugin call's thread ended without an answer (host bug)".into(),
-            },
-            Err(_) => {
-                // Count it before raising the flag, so the thread's decrement
-                // never comes first.
-                self.stuck.fetch_add(1, Ordering::SeqCst);
-                abandoned.store(true, Ordering::SeqCst);
-                slot.move_to_reserve(&self.runtime.reserve);
-                Outcome::Failed {
-                    index: 0,
-                    retry: Retry::Backoff,
-                    message: format!(
-                        "exceeded the time limit of {limit:?} per call while blocked in a host call \
+                message: format!(
+                    "exceeded the time limit of {limit:?} per call while blocked in a host call \
                          (a WASI sleep or poll?); the call was abandoned"
-                    ),
-                }
-            }
+                ),
+            },
         }
     }
 

@@ -26,6 +26,9 @@ const MIGRATIONS: &[&str] = &[
 /// schema exists (after that, a table lock only the host's role can take).
 const INSTALL_LOCK_KEY: i64 = 0x7067_6576_656e_7473; // "pgevents"
 
+/// The capture function, its owner, grants and guard (see the file).
+const CAPTURE_SQL: &str = include_str!("capture.sql");
+
 /// The role that owns the capture function (migration 6).
 pub const CAPTURE_ROLE: &str = "pgevents_capture";
 
@@ -42,7 +45,7 @@ pub enum SchemaError {
     )]
     TooNew { found: i32, known: usize },
     #[error(
-        "role `{CAPTURE_ROLE}`, which owns the capture function, {problem}; capture would run table owners' code with more than the right to append to the log. Make it a plain NOLOGIN role with no memberships that owns only the capture function (to start over: `pgevents-host uninstall --yes` and install again)"
+        "role `{CAPTURE_ROLE}`, which owns the capture function, {problem}; capture would run table owners' code with more than the right to append to the log. Make it a plain NOLOGIN role with no memberships that owns only the capture function (`REASSIGN OWNED BY {CAPTURE_ROLE} TO ...` in this database, `ALTER ROLE`, `REVOKE`)"
     )]
     CaptureRole { problem: String },
     /// A migration's statement waited too long for a lock; tried again.
@@ -178,40 +181,39 @@ async fn check_capture_role(tx: &Transaction<'_>) -> Result<(), SchemaError> {
     .map(|(_, p)| *p)
     .collect();
     let mut problems: Vec<String> = problems.into_iter().map(str::to_owned).collect();
-    // What it owns and what guards it, in this database: the capture
-    // function only, as migration 6 left it, and the trigger that keeps it
-    // from DDL.
-    let state = tx
+    // Large objects it was made to create (`lo_create` is a function, not
+    // DDL): nothing of the host's, deleted with a warning.
+    let unlinked = tx
+        .query(
+            "SELECT lo_unlink(m.oid) FROM pg_largeobject_metadata m
+             JOIN pg_roles r ON r.oid = m.lomowner WHERE r.rolname = $1",
+            &[&CAPTURE_ROLE],
+        )
+        .await?
+        .len();
+    if unlinked > 0 {
+        tracing::warn!(
+            count = unlinked,
+            "deleted large objects owned by {CAPTURE_ROLE}: a table owner's cast made them during capture"
+        );
+    }
+    // Anything else it owns in this database besides the capture function.
+    let owns: i64 = tx
         .query_one(
             &format!(
-                "SELECT
-                   (SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
-                    WHERE r.rolname = $1 AND d.deptype = 'o'
-                      AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                      AND NOT (d.classid = 'pg_proc'::regclass
-                               AND d.objid = '{SCHEMA}.capture()'::regprocedure)),
-                   (SELECT p.prosecdef AND pg_get_userbyid(p.proowner) = $1
-                           AND p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp']
-                           AND NOT EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
-                                           WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
-                    FROM pg_proc p WHERE p.oid = '{SCHEMA}.capture()'::regprocedure),
-                   EXISTS (SELECT 1 FROM pg_event_trigger
-                           WHERE evtname = 'pgevents_refuse_capture_ddl' AND evtenabled IN ('O', 'A'))"
+                "SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
+                 WHERE r.rolname = $1 AND d.deptype = 'o'
+                   AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND d.classid <> 'pg_largeobject'::regclass
+                   AND NOT (d.classid = 'pg_proc'::regclass
+                            AND d.objid = '{SCHEMA}.capture()'::regprocedure)"
             ),
             &[&CAPTURE_ROLE],
         )
-        .await?;
-    if state.get::<_, i64>(0) > 0 {
+        .await?
+        .get(0);
+    if owns > 0 {
         problems.push("owns objects besides the capture function".into());
-    }
-    if !state.get::<_, Option<bool>>(1).unwrap_or(false) {
-        problems.push(
-            "no longer owns the capture function as installed (its owner, SECURITY DEFINER, search_path or EXECUTE grants were changed)"
-                .into(),
-        );
-    }
-    if !state.get::<_, bool>(2) {
-        problems.push("is not kept from DDL (event trigger pgevents_refuse_capture_ddl is missing or disabled)".into());
     }
     if problems.is_empty() {
         Ok(())
@@ -246,13 +248,15 @@ pub async fn install(client: &mut Client) -> Result<usize, SchemaError> {
 /// [`install`], stopping at schema `version`: a database as an older release
 /// left it (the upgrade tests build one).
 pub async fn install_up_to(client: &mut Client, version: usize) -> Result<usize, SchemaError> {
+    let mut pause = std::time::Duration::from_millis(200);
     loop {
         match install_once(client, version).await {
             Err(SchemaError::Busy(message)) => {
                 tracing::warn!(
-                    "a migration waits for a lock on the host's tables ({message}): letting writers go on, trying again in 1 s"
+                    "a migration waits for a lock on the host's tables ({message}): letting writers go on, trying again in {pause:?}"
                 );
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
             }
             result => return result,
         }
@@ -260,9 +264,10 @@ pub async fn install_up_to(client: &mut Client, version: usize) -> Result<usize,
 }
 
 /// How long a migration's statement may wait for a lock (the log's, say,
-/// held by a writer) before the migration gives way and is tried again: a
-/// waiting ALTER would hold up every writer queued behind it.
-const MIGRATION_LOCK_TIMEOUT_MS: u64 = 2_000;
+/// held by a writer) before the migration gives way and is tried again (after
+/// a pause that doubles from 200 ms to 5 s): a waiting ALTER holds up every
+/// writer queued behind it, so not for longer than this at a time.
+const MIGRATION_LOCK_TIMEOUT_MS: u64 = 100;
 
 async fn install_once(client: &mut Client, version: usize) -> Result<usize, SchemaError> {
     let tx = client.transaction().await?;
@@ -319,6 +324,16 @@ async fn install_once(client: &mut Client, version: usize) -> Result<usize, Sche
         keep_sequence_in_time_order(&tx).await?;
     }
     if version >= 6 {
+        // What runs as capture is always this, owned and guarded so.
+        tx.batch_execute(CAPTURE_SQL)
+            .await
+            .map_err(|e| SchemaError::Migration {
+                version: 6,
+                message: format!(
+                    "re-applying the capture function: {}",
+                    crate::db::error_text(&e)
+                ),
+            })?;
         check_capture_role(&tx).await?;
     }
     tx.commit().await?;

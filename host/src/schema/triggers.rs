@@ -107,7 +107,7 @@ pub struct ReconcileReport {
     /// Wanted triggers someone had disabled (they captured nothing), enabled again.
     pub enabled: Vec<CaptureTrigger>,
     /// Subscribed tables now under another name: `(plugin, subscribed as, now)`.
-    /// They are followed by identity; the plugin's events carry the new name.
+    /// They are followed by identity; their events carry the subscribed name.
     pub renamed: Vec<(String, String, String)>,
     /// Changes that failed (a lock timeout, a name clash), with the error; the rest were applied.
     pub failed: Vec<(CaptureTrigger, String)>,
@@ -182,6 +182,12 @@ async fn wanted(
         .query(
             &format!(
                 "SELECT n.nspname::text, c.relname::text, array_agg(DISTINCT o::text) AS ops,
+                        -- The name its events carry: the subscribed one (the
+                        -- table's own, when a subscription uses it).
+                        (array_agg(s.schema_name ORDER BY (s.schema_name, s.table_name) = (n.nspname::text, c.relname::text) DESC,
+                                                          s.schema_name, s.table_name))[1],
+                        (array_agg(s.table_name ORDER BY (s.schema_name, s.table_name) = (n.nspname::text, c.relname::text) DESC,
+                                                         s.schema_name, s.table_name))[1],
                         coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
                                   FROM pg_index i
                                   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -203,8 +209,17 @@ async fn wanted(
         let schema: String = row.get(0);
         let table: String = row.get(1);
         let ops: Vec<String> = row.get(2);
-        let keys: Vec<String> = row.get(3);
-        let mut args = vec![if notify { "notify" } else { "quiet" }.to_owned()];
+        let keys: Vec<String> = row.get(5);
+        let mut args = vec![
+            if notify {
+                "notify/named"
+            } else {
+                "quiet/named"
+            }
+            .to_owned(),
+            row.get(3),
+            row.get(4),
+        ];
         args.extend(keys);
         for op in ops {
             wanted.insert(CaptureTrigger::wanted(
@@ -218,17 +233,22 @@ async fn wanted(
     Ok(wanted)
 }
 
-/// Install missing capture triggers and drop ones no registered plugin needs,
-/// in one transaction. A trigger whose arguments are stale (the key changed,
-/// NOTIFY was switched) is replaced. `notify: None` keeps the installed mode.
+/// Install missing capture triggers and drop ones no registered plugin needs.
+/// A trigger whose arguments are stale (the key changed, NOTIFY was
+/// switched) is replaced. `notify: None` keeps the installed mode.
+///
+/// Each table's changes are one short transaction of their own: creating or
+/// dropping a trigger needs a lock on the table, and a request queued behind
+/// a long reader or writer makes every other session of that table wait
+/// behind it. So each try waits at most `TRIGGER_LOCK_TRY_MS`, gives way,
+/// and tries again a little later (`TRIGGER_LOCK_TRIES` times), and no lock
+/// on one table is held while another one is waited for.
 pub async fn reconcile_triggers(
     client: &mut Client,
     notify: Option<bool>,
 ) -> Result<ReconcileReport, SchemaError> {
     let tx = client.transaction().await?;
     super::lock_install(&tx).await?;
-    // Creating a trigger waits for writers' locks on the table; fail clearly instead of hanging.
-    tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
     // Which table each subscription means: the one of its name, if there is
     // one (a table renamed and one of the old name created: the new one);
     // else the one it had, by identity, if that still exists under another
@@ -277,64 +297,57 @@ pub async fn reconcile_triggers(
     let notify = notify.unwrap_or_else(|| {
         !have
             .iter()
-            .any(|t| t.args.first().is_some_and(|a| a == "quiet"))
+            .any(|t| t.args.first().is_some_and(|a| a.starts_with("quiet")))
     });
     let wanted = wanted(&tx, notify).await?;
-    // Drop first: a stale trigger and its replacement share a name. Each change
-    // in its own savepoint: one busy or odd table must not stop the others.
+    tx.commit().await?;
+
+    // Per table: drops first (a stale trigger and its replacement share a
+    // name), then creates, then enabling a wanted trigger someone disabled
+    // (ALTER TABLE ... DISABLE TRIGGER: it captured nothing meanwhile).
+    let mut per_table: BTreeMap<(String, String), Vec<(CaptureTrigger, Change)>> = BTreeMap::new();
     let changes = have
         .difference(&wanted)
-        .map(|t| (t, t.drop_sql(), false))
-        .chain(wanted.difference(&have).map(|t| (t, t.create_sql(), true)));
-    for (trigger, sql, create) in changes {
-        tx.batch_execute("SAVEPOINT pgevents_trigger").await?;
-        match tx.batch_execute(&sql).await {
+        .map(|t| (t.clone(), Change::Drop))
+        .chain(
+            wanted
+                .difference(&have)
+                .map(|t| (t.clone(), Change::Create)),
+        )
+        .chain(
+            with_state
+                .iter()
+                .filter(|(t, enabled)| !enabled && wanted.contains(t))
+                .map(|(t, _)| (t.clone(), Change::Enable)),
+        );
+    for (trigger, change) in changes {
+        per_table
+            .entry((trigger.schema.clone(), trigger.table.clone()))
+            .or_default()
+            .push((trigger, change));
+    }
+    for ((schema, table), changes) in per_table {
+        match change_table(client, &changes).await {
             Ok(()) => {
-                tx.batch_execute("RELEASE SAVEPOINT pgevents_trigger")
-                    .await?;
-                if create {
-                    report.created.push(trigger.clone());
-                } else {
-                    report.dropped.push(trigger.clone());
+                for (trigger, change) in changes {
+                    match change {
+                        Change::Create => report.created.push(trigger),
+                        Change::Drop => report.dropped.push(trigger),
+                        Change::Enable => report.enabled.push(trigger),
+                    }
                 }
             }
-            Err(e) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT pgevents_trigger")
-                    .await?;
-                let error = crate::db::error_text(&e);
+            Err(error) => {
                 tracing::error!(
-                    table = %quote_table(&trigger.schema, &trigger.table),
-                    op = %trigger.op,
-                    "could not {} capture trigger: {error}",
-                    if create { "install" } else { "drop" }
+                    table = %quote_table(&schema, &table),
+                    "could not change the capture triggers: {error}"
                 );
-                report.failed.push((trigger.clone(), error));
+                for (trigger, _) in changes {
+                    report.failed.push((trigger, error.clone()));
+                }
             }
         }
     }
-    // A table owner may disable a capture trigger (ALTER TABLE ... DISABLE
-    // TRIGGER): it then captures nothing. Enable it again.
-    for (trigger, _) in with_state
-        .iter()
-        .filter(|(t, enabled)| !enabled && wanted.contains(t))
-    {
-        tx.batch_execute("SAVEPOINT pgevents_trigger").await?;
-        match tx.batch_execute(&trigger.enable_sql()).await {
-            Ok(()) => {
-                tx.batch_execute("RELEASE SAVEPOINT pgevents_trigger")
-                    .await?;
-                report.enabled.push(trigger.clone());
-            }
-            Err(e) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT pgevents_trigger")
-                    .await?;
-                report
-                    .failed
-                    .push((trigger.clone(), crate::db::error_text(&e)));
-            }
-        }
-    }
-    tx.commit().await?;
     for t in &report.enabled {
         tracing::warn!(
             table = %quote_table(&t.schema, &t.table), op = %t.op,
@@ -348,6 +361,67 @@ pub async fn reconcile_triggers(
         tracing::info!(table = %quote_table(&t.schema, &t.table), op = %t.op, "dropped capture trigger");
     }
     Ok(report)
+}
+
+/// A change to a capture trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Create,
+    Drop,
+    Enable,
+}
+
+/// How long one try to change a table's triggers waits for its lock, how
+/// many tries there are, and the pause between them (doubling, at most 2 s).
+const TRIGGER_LOCK_TRY_MS: u64 = 100;
+const TRIGGER_LOCK_TRIES: u32 = 30;
+const TRIGGER_LOCK_PAUSE_MS: u64 = 100;
+
+/// Apply one table's `changes` in one transaction under the install lock,
+/// in short tries (see [`reconcile_triggers`]).
+async fn change_table(
+    client: &mut Client,
+    changes: &[(CaptureTrigger, Change)],
+) -> Result<(), String> {
+    let mut pause = std::time::Duration::from_millis(TRIGGER_LOCK_PAUSE_MS);
+    for attempt in 1..=TRIGGER_LOCK_TRIES {
+        let result = async {
+            let tx = client.transaction().await?;
+            super::lock_install(&tx).await?;
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = {TRIGGER_LOCK_TRY_MS}"))
+                .await?;
+            let mut ordered: Vec<&(CaptureTrigger, Change)> = changes.iter().collect();
+            ordered.sort_by_key(|(_, c)| match c {
+                Change::Drop => 0,
+                Change::Create => 1,
+                Change::Enable => 2,
+            });
+            for (trigger, change) in ordered {
+                let sql = match change {
+                    Change::Drop => trigger.drop_sql(),
+                    // Another host may have made it meanwhile: replace it.
+                    Change::Create => format!("{}; {}", trigger.drop_sql(), trigger.create_sql()),
+                    Change::Enable => trigger.enable_sql(),
+                };
+                tx.batch_execute(&sql).await?;
+            }
+            tx.commit().await?;
+            Ok::<(), tokio_postgres::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if crate::db::sqlstate::is_lock_timeout(&e) && attempt < TRIGGER_LOCK_TRIES => {
+                tracing::debug!(
+                    "a table's lock is busy; changing its capture triggers again in {pause:?}"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(crate::db::error_text(&e)),
+        }
+    }
+    Err("its lock stayed busy".into())
 }
 
 /// Primary-key-less and other table facts a subscription is checked against.
