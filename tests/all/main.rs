@@ -4,6 +4,7 @@
 mod capture;
 mod cli;
 mod delivery;
+mod docs;
 mod errors;
 mod faults;
 mod guarantees;
