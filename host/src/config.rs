@@ -22,24 +22,6 @@ pub const MAX_BATCH_SIZE: u32 = 10_000;
 
 /// With NOTIFY on, the log is still polled this often as a safety net.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
-/// With NOTIFY off, an idle worker polls at an interval that doubles from this
-/// floor up to the poll interval, and drops back to it as soon as it finds work.
-pub const MIN_POLL_INTERVAL_MS: u64 = 5;
-/// After the wake lease lapsed (below), poll this often until every
-/// transaction that was running then has ended: its commit may not have sent
-/// a notification.
-pub const HORIZON_WAIT_POLL_MS: u64 = 50;
-/// A deliverer that asked for a tick waits at most this long for it (the
-/// ticker may be reconnecting), then reads anyway.
-pub const TICK_WAIT_MS: u64 = 1_000;
-/// With NOTIFY on, writers notify only while a waiting host keeps
-/// `pgevents.wake_until` ahead of the clock (migration 4): it sets it this far
-/// ahead, renews it at most this often, and waits at most this long between
-/// reads (so that it renews well before the lease runs out).
-pub const WAKE_LEASE_MS: u64 = 5_000;
-pub const WAKE_RENEW_MS: u64 = 1_000;
-pub const WAKE_MAX_WAIT_MS: u64 = 2_000;
-
 /// Retry schedule for a failed batch: `RETRY_BASE_MS * 2^(attempt-1)`, capped at
 /// `RETRY_MAX_MS`, with ±20% jitter: 0.5 s, 1 s, 2 s, 4 s, ... 60 s.
 pub const DEFAULT_RETRY_BASE_MS: u64 = 500;
@@ -63,19 +45,12 @@ pub const LEASE_CHECK_MS: u64 = 500;
 /// A plugin call starts only while the lease is certain to last the handle
 /// timeout plus this long.
 pub const LEASE_MARGIN_MS: u64 = 1_000;
-/// A deliverer that cannot start this many times in a row (its plugin's sql
-/// role cannot log in; with the reconnect backoff that is about 35 s) hands
-/// its partition back and this host leaves it alone for `PARTITION_REST_MS`,
-/// so that another host may deliver it.
-pub const WORKER_GIVE_UP_FAILURES: u32 = 8;
-pub const PARTITION_REST_MS: u64 = 60_000;
 
 /// Log rows every cursor has passed are pruned once older than this (so that
 /// a plugin can be replayed over the recent past).
 pub const DEFAULT_RETENTION_MIN_AGE_MS: u64 = 3_600_000;
-/// How often the log is pruned, and how many rows one delete removes at most.
+/// How often the log is pruned.
 pub const DEFAULT_RETENTION_INTERVAL_MS: u64 = 10_000;
-pub const RETENTION_BATCH_ROWS: i64 = 10_000;
 
 /// Partitions a plugin may be split into.
 pub const MAX_PARTITIONS: u32 = 64;
@@ -609,37 +584,9 @@ pub fn default_compile_cache() -> Option<std::path::PathBuf> {
     Some(base.join("pgevents-host"))
 }
 
-/// Delay before retry number `attempt` (1-based) of a failed batch, before jitter.
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1).min(31))
-        .unwrap_or(u32::MAX);
-    base.saturating_mul(factor).min(max)
-}
-
-/// `delay` ±20%, so that many failing plugins do not retry in lock step.
-pub fn jitter(delay: Duration) -> Duration {
-    let factor = 0.8 + rand::random::<f64>() * 0.4;
-    delay.mul_f64(factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let base = Duration::from_millis(500);
-        let max = Duration::from_secs(60);
-        let got: Vec<u64> = (1..=9)
-            .map(|a| backoff(a, base, max).as_millis() as u64)
-            .collect();
-        assert_eq!(
-            got,
-            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
-        );
-        assert_eq!(backoff(200, base, max), max);
-    }
 
     #[test]
     fn config_file_rejects_unknown_fields_and_bad_values() {
@@ -706,14 +653,6 @@ mod tests {
         };
         let err = short.check().unwrap_err();
         assert!(err.contains("must exceed the handle timeout"), "{err}");
-    }
-
-    #[test]
-    fn jitter_stays_within_twenty_percent() {
-        for _ in 0..1000 {
-            let d = jitter(Duration::from_millis(1000)).as_millis();
-            assert!((800..=1200).contains(&d), "{d}");
-        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub async fn connect(url: &str, timeout: Option<Duration>) -> Result<Client, Con
 
 /// Delay after `attempt` consecutive failed connections.
 pub fn reconnect_delay(attempt: u32) -> Duration {
-    crate::config::backoff(
+    crate::backoff::backoff(
         attempt,
         Duration::from_millis(RECONNECT_BASE_MS),
         Duration::from_millis(RECONNECT_MAX_MS),

@@ -11,7 +11,8 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::{ConfigFile, Settings};
-use crate::dispatch::{self, HostEvent, RunOptions};
+use crate::host::{self, RunOptions};
+use crate::observer::HostEvent;
 use crate::{db, registry, schema, status};
 
 /// Dropped and created afresh on every run, so the demo always tells the same story.
@@ -74,7 +75,7 @@ pub async fn run(database_url: &str, plugins: &Path) -> anyhow::Result<()> {
         "demo: loading {} plugins (a first run compiles them; the Python and JavaScript ones take up to a minute)",
         files.len()
     );
-    let host = tokio::spawn(dispatch::run(options, stop_rx));
+    let host = tokio::spawn(host::run(options, stop_rx));
     let deadline = Instant::now() + Duration::from_secs(300);
     while settled.load(Ordering::SeqCst) < files.len() {
         anyhow::ensure!(

@@ -1,17 +1,38 @@
 //! `pgevents-host`: runs sandboxed WebAssembly plugins on every row change in
-//! PostgreSQL. See `DESIGN` in the README for the moving parts; one module per part.
+//! PostgreSQL. One module per moving part of the design (see
+//! `docs/repository-layout.md`):
+//!
+//! - `host`: start-up and wiring; `shutdown`: background tasks, joined.
+//! - `event`: the event model; `eventlog/`: ticks, reading, cursors, replay,
+//!   retention, dead letters.
+//! - `deliver/`: the deliverer of one partition, the ticker and wake-ups.
+//! - `leases/`: partition leases and the coordinator that holds them.
+//! - `maintenance/`: the trigger reconciler and the log pruner.
+//! - `registry/`: loading plugin files, recording them, live reload.
+//! - `runtime/`: the WebAssembly engine and each capability plugins may use.
+//! - `schema/`: migrations, capture triggers; `db`: connections, SQLSTATEs.
+//! - `config`, `observer`, `status`, `demo`, `out`, `backoff`.
 
+pub mod backoff;
 pub mod config;
 pub mod db;
-pub mod dead_letters;
+pub mod deliver;
 pub mod demo;
-pub mod dispatch;
+pub mod event;
+pub mod eventlog;
+pub mod host;
 pub mod leases;
-pub mod log;
+pub mod maintenance;
+pub mod observer;
 pub mod out;
 pub mod registry;
-pub mod reload;
 pub mod runtime;
 pub mod schema;
+pub mod shutdown;
 pub mod sql;
 pub mod status;
+
+pub use host::{RunOptions, run};
+
+// Until the runtime reshape lands.
+pub(crate) use eventlog as log;

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use pgevents_host::RunOptions;
 use pgevents_host::config::{self, ConfigFile, Settings};
-use pgevents_host::dispatch::{self, RunOptions};
-use pgevents_host::log::{self, EventRef, ReplayFrom};
+use pgevents_host::eventlog::dead_letters;
+use pgevents_host::eventlog::{self, EventRef, ReplayFrom};
 use pgevents_host::runtime::{Grants, Runtime};
-use pgevents_host::{db, dead_letters, demo, registry, schema, status};
+use pgevents_host::{db, demo, registry, schema, status};
 use tokio::sync::watch;
 
 /// Run sandboxed WebAssembly plugins on every row change in PostgreSQL.
@@ -376,7 +377,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 settings: plan.settings,
                 observer: None,
             };
-            dispatch::run(options, shutdown_on_signal()).await?;
+            pgevents_host::run(options, shutdown_on_signal()).await?;
         }
         Command::Install {
             db,
@@ -511,9 +512,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ),
             };
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let done = match log::replay(&mut client, &plugin, from).await {
+            let done = match eventlog::replay(&mut client, &plugin, from).await {
                 Ok(done) => done,
-                Err(e @ (log::ReplayError::Unknown(_) | log::ReplayError::NoSuchEvent(_))) => {
+                Err(
+                    e @ (eventlog::ReplayError::Unknown(_) | eventlog::ReplayError::NoSuchEvent(_)),
+                ) => {
                     eprintln!("error: {e}");
                     return Ok(ExitCode::FAILURE);
                 }
@@ -547,7 +550,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             partitions,
         } => {
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let old = log::repartition(&mut client, &plugin, partitions).await?;
+            let old = eventlog::repartition(&mut client, &plugin, partitions).await?;
             pgevents_host::outln!(
                 "plugin `{plugin}`: {old} partition(s) -> {partitions}; every partition starts at the oldest old cursor"
             );

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use crate::config::SCHEMA;
-use crate::log::{self, Position};
+use crate::eventlog::{self, Position};
 use crate::schema::{self, SchemaError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,10 +126,10 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                  LEFT JOIN LATERAL (SELECT ord, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
                                     ORDER BY ord, seq LIMIT 1) c ON true
                  ORDER BY p.name",
-                log::NUMBERED_EVENTS,
-                log::between(("pc.ord", "pc.seq"), ("9223372036854775807", "0")),
-                log::subscribed("e", "p.name"),
-                log::in_partition("e", "pc")
+                eventlog::NUMBERED_EVENTS,
+                eventlog::between(("pc.ord", "pc.seq"), ("9223372036854775807", "0")),
+                eventlog::subscribed("e", "p.name"),
+                eventlog::in_partition("e", "pc")
             ),
             &[],
         )
@@ -148,7 +148,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                 active: r.get(4),
                 loaded_at: r.get(5),
                 cursor,
-                cursor_text: cursor.map(|c| log::position_text(c, r.get(14))),
+                cursor_text: cursor.map(|c| eventlog::position_text(c, r.get(14))),
                 halted: r.get(8),
                 last_error: r.get(9),
                 waiting: r.get(10),
@@ -185,7 +185,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
             p.partitions.push(PartitionStatus {
                 part: r.get::<_, i32>(1) as u32,
                 cursor,
-                cursor_text: log::position_text(cursor, r.get(6)),
+                cursor_text: eventlog::position_text(cursor, r.get(6)),
                 host: r.get(4),
                 lease_expires_in_seconds: r.get(5),
             });

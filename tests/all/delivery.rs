@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pgevents_host::config::{OnFailure, PluginPolicy, Settings};
-use pgevents_host::dispatch::HostEvent;
+use pgevents_host::observer::HostEvent;
 use pgevents_host::status;
 
 use crate::support::*;

@@ -104,7 +104,7 @@ async fn a_plugin_that_traps_every_time_is_retried_with_growing_delays_and_the_h
         .unwrap();
     let mut failures = 0;
     host.wait_until("four failed attempts", |e| {
-        if let pgevents_host::dispatch::HostEvent::BatchFailed { plugin, .. } = e {
+        if let pgevents_host::observer::HostEvent::BatchFailed { plugin, .. } = e {
             failures += usize::from(plugin == "faulty");
         }
         failures >= 4
@@ -114,7 +114,7 @@ async fn a_plugin_that_traps_every_time_is_retried_with_growing_delays_and_the_h
         .history
         .iter()
         .filter_map(|e| match e {
-            pgevents_host::dispatch::HostEvent::BatchFailed {
+            pgevents_host::observer::HostEvent::BatchFailed {
                 plugin,
                 retry_in,
                 message,
@@ -166,7 +166,7 @@ async fn an_endless_loop_and_unbounded_allocation_hit_their_limits() {
         .await
         .unwrap();
     host.wait_until("the loop is interrupted", |e| {
-        matches!(e, pgevents_host::dispatch::HostEvent::BatchFailed { message, .. }
+        matches!(e, pgevents_host::observer::HostEvent::BatchFailed { message, .. }
             if message.contains("exceeded the CPU time limit of 300ms"))
     })
     .await;
@@ -185,7 +185,7 @@ async fn an_endless_loop_and_unbounded_allocation_hit_their_limits() {
         .await
         .unwrap();
     host.wait_until("the allocation hits the memory limit", |e| {
-        matches!(e, pgevents_host::dispatch::HostEvent::BatchFailed { message, .. }
+        matches!(e, pgevents_host::observer::HostEvent::BatchFailed { message, .. }
             if message.contains("exceeded the memory limit of 32 MiB"))
     })
     .await;

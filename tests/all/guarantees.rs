@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use pgevents_host::config::{OnFailure, PluginPolicy, Settings};
-use pgevents_host::dispatch::HostEvent;
-use pgevents_host::log::{self, ReplayFrom};
+use pgevents_host::eventlog::{self, ReplayFrom};
+use pgevents_host::observer::HostEvent;
 use pgevents_host::status;
 
 use crate::support::*;
@@ -271,11 +271,11 @@ async fn replay_rewinds_a_running_plugin_to_a_position_or_a_time() {
     assert_eq!(seen[3].id, seen[2].id, "a replayed event keeps its id");
 
     // By event, through the library: everything after the first one.
-    let after = pgevents_host::log::EventRef {
+    let after = pgevents_host::event::EventRef {
         txid: first[0].txid,
         seq: first[0].seq as i64,
     };
-    let done = log::replay(&mut db.client().await, "recorder", ReplayFrom::After(after))
+    let done = eventlog::replay(&mut db.client().await, "recorder", ReplayFrom::After(after))
         .await
         .unwrap();
     assert_eq!(done.events, 2);
@@ -589,7 +589,7 @@ async fn changing_the_partition_count_skips_nothing() {
         .get(0);
     assert_eq!(parts, 2);
     // ... and the count changes only while no host delivers the plugin.
-    let busy = log::repartition(&mut db.client().await, "recorder", 3)
+    let busy = eventlog::repartition(&mut db.client().await, "recorder", 3)
         .await
         .unwrap_err();
     assert!(busy.to_string().contains("stop every host"), "{busy}");

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgevents_host::dispatch::HostEvent;
+use pgevents_host::observer::HostEvent;
 use pgevents_host::{schema, status};
 
 use crate::support::*;

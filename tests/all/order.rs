@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use pgevents_host::dispatch::HostEvent;
+use pgevents_host::observer::HostEvent;
 
 use crate::support::*;
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use pgevents_host::config::Settings;
-use pgevents_host::dispatch::HostEvent;
+use pgevents_host::observer::HostEvent;
 use pgevents_host::runtime::{Grants, LogLevel, Pool, Runtime};
 
 use crate::support::*;

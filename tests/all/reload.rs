@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pgevents_host::dispatch::HostEvent;
+use pgevents_host::observer::HostEvent;
 use pgevents_host::status;
 
 use crate::support::*;

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgevents_host::RunOptions;
 use pgevents_host::config::Settings;
-use pgevents_host::dispatch::{self, HostEvent, RunOptions};
+use pgevents_host::observer::HostEvent;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, NoTls};
@@ -433,7 +434,7 @@ impl Host {
                 let _ = tx.send(e);
             })),
         };
-        let task = tokio::spawn(dispatch::run(options, stop_rx));
+        let task = tokio::spawn(pgevents_host::run(options, stop_rx));
         let mut host = Host {
             events: rx,
             stop,

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgevents_host::dispatch::HostEvent;
+use pgevents_host::observer::HostEvent;
 use serde_json::Value;
 
 use crate::support::{Host, PATIENCE, TestDb, plugins_dir, settings_with};

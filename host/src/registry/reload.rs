@@ -7,7 +7,7 @@
 //! subscriptions and triggers are recorded before it serves; until then, and
 //! whenever a new file fails, the running version keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,15 +15,12 @@ use std::time::{Duration, SystemTime};
 use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 
+use super::{PluginSet, Rejected};
 use crate::config::{RELOAD_QUIET_MS, RELOAD_RESCAN_MS, Settings};
 use crate::db;
-use crate::dispatch::{HostEvent, Observer};
-use crate::registry::{self, Rejected};
-use crate::runtime::{LoadError, LoadedPlugin, Runtime};
-
-/// The plugins this host runs, by manifest name. Deliverers look their
-/// plugin up here before every batch.
-pub type PluginSet = Arc<BTreeMap<String, Arc<LoadedPlugin>>>;
+use crate::observer::{HostEvent, Observer};
+use crate::registry;
+use crate::runtime::{LoadError, Runtime};
 
 /// A file that was still young when it failed to load may be half-written:
 /// it is reported only once it has stayed unchanged this long.
@@ -146,7 +143,7 @@ impl Reloader {
                     while changes.try_recv().is_ok() {}
                     next = next.min(tokio::time::Instant::now() + quiet);
                 }
-                _ = crate::dispatch::stopped(&mut shutdown) => return,
+                _ = crate::shutdown::stopped(&mut shutdown) => return,
             }
         }
     }

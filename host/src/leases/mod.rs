@@ -16,6 +16,13 @@
 //! - Shares are fair: the live hosts that run a plugin, ordered by id, each
 //!   take `partitions / hosts` of its partitions, and the remainder goes one
 //!   each to the hosts after a per-plugin offset.
+//!
+//! Files: this one (the lease table's SQL), `coordinator.rs` (the actor
+//! that holds this host's share and runs a deliverer per partition held).
+
+mod coordinator;
+
+pub(crate) use coordinator::{Coordinator, StartDeliverer};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +31,24 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::config::SCHEMA;
+
+/// A partition whose deliverer gave up (see [`PartitionEnd::GaveUp`]) is
+/// left alone by this host this long, so that another host may deliver it.
+pub const PARTITION_REST_MS: u64 = 60_000;
+
+/// Why a partition's deliverer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionEnd {
+    /// Asked to (shutdown, or the partition moves to another host).
+    Stopped,
+    /// A permanent failure, with `on_failure = "halt"`.
+    Halted,
+    /// The lease is gone: another host may deliver the partition now.
+    LeaseLost,
+    /// It could not start for a long time (its sql role cannot log in): let
+    /// another host try, and rest the partition here for a while.
+    GaveUp,
+}
 
 /// This host's identity in `pgevents.hosts`.
 pub fn new_host_id() -> String {

@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 
+use super::{AFTER_EVENT_COLUMNS, EVENT_COLUMNS, EventRef, LoggedEvent, Position, Stream};
 use crate::config::{NOTIFY_CHANNEL, SCHEMA};
-use crate::log::{
-    self, AFTER_EVENT_COLUMNS, EVENT_COLUMNS, EventRef, LoggedEvent, Position, Stream,
-};
 
 /// Failed attempts so far of the stream's events that failed at least once.
 pub async fn failures(
@@ -104,7 +102,7 @@ pub async fn bury(
         ],
     )
     .await?;
-    if !log::ack_with(&tx, None, stream, at).await? {
+    if !super::ack_with(&tx, None, stream, at).await? {
         return Ok(false);
     }
     tx.commit().await?;
@@ -134,7 +132,7 @@ pub async fn pending(
                    AND CASE WHEN {} THEN $3 = 0
                             ELSE {SCHEMA}.part_of(e.schema_name, e.table_name, e.pk, $2) = $3 END
                  ORDER BY e.id LIMIT $4",
-                log::barrier("e")
+                super::barrier("e")
             ),
             &[
                 &stream.plugin,
