@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::runtime::{Grants, HttpGrant, Limits, SqlGrant};
+
 /// Schema the host installs its log, cursors and capture function into.
 pub const SCHEMA: &str = "pgevents";
 
@@ -15,10 +17,8 @@ pub const SCHEMA: &str = "pgevents";
 /// PostgreSQL merges identical notifications within a transaction).
 pub const NOTIFY_CHANNEL: &str = "pgevents";
 
-/// Events per `handle` call when a manifest asks for 0 (the host default).
-pub const DEFAULT_BATCH_SIZE: u32 = 500;
-/// Largest batch a manifest may ask for.
-pub const MAX_BATCH_SIZE: u32 = 10_000;
+// Batch sizes: what a manifest may ask for (see `runtime/manifest.rs`).
+pub use crate::runtime::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
 
 /// With NOTIFY on, the log is still polled this often as a safety net.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
@@ -213,68 +213,6 @@ pub struct PluginPolicy {
     pub http: Option<HttpGrant>,
 }
 
-/// Outbound HTTP: requests to hosts on the allow-list, refused otherwise.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpGrant {
-    /// `"host"` (any port) or `"host:port"`; names are compared without case.
-    pub allow: Vec<String>,
-}
-
-impl HttpGrant {
-    /// Whether a request to `host` (as in the URL, `[..]` around IPv6) on
-    /// `port` is allowed.
-    pub fn allows(&self, host: &str, port: u16) -> bool {
-        self.allow.iter().any(|entry| {
-            let (h, p) = split_host_port(entry);
-            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == Some(port))
-        })
-    }
-
-    fn check(&self) -> Result<(), String> {
-        for entry in &self.allow {
-            let (host, port) = split_host_port(entry);
-            if host.is_empty()
-                || host.contains(['/', '@', '?', '#', ' ', '*', ':']) && !host.starts_with('[')
-                || port == Some(None)
-            {
-                return Err(format!(
-                    "`{entry}` is not a host name or host:port (write e.g. \"hooks.example.com\" \
-                     or \"127.0.0.1:8080\", without a scheme or path)"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `"host:port"` → (`host`, Some(Some(port))); `"host"` → (`host`, None); a
-/// port that is not a number → Some(None). IPv6 literals keep their brackets.
-fn split_host_port(entry: &str) -> (&str, Option<Option<u16>>) {
-    let split = match entry.strip_prefix('[') {
-        Some(rest) => rest.find(']').map(|i| i + 2),
-        None => entry.find(':'),
-    };
-    match split {
-        Some(i) if entry[i..].starts_with(':') => (&entry[..i], Some(entry[i + 1..].parse().ok())),
-        Some(i) if i == entry.len() => (entry, None),
-        Some(_) if entry.starts_with('[') => (entry, Some(None)),
-        _ => (entry, None),
-    }
-}
-
-/// The `sql` capability: statements run as `role`, in the batch transaction.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SqlGrant {
-    /// The database role the plugin's statements run as; its privileges bound
-    /// what the plugin can read and write.
-    pub role: String,
-    /// How to log in as `role` (default: the host's URL with the user replaced
-    /// by `role` and no password).
-    pub url: Option<String>,
-}
-
 impl Settings {
     /// Reject combinations that cannot work.
     pub fn check(&self) -> Result<(), String> {
@@ -332,6 +270,15 @@ impl Settings {
     }
 }
 
+impl From<&Settings> for Limits {
+    fn from(settings: &Settings) -> Limits {
+        Limits {
+            handle_timeout: settings.handle_timeout,
+            memory_bytes: settings.memory_limit_bytes,
+        }
+    }
+}
+
 /// [`PluginPolicy`] with the host's defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectivePolicy {
@@ -356,6 +303,20 @@ impl EffectivePolicy {
         self.tables
             .as_ref()
             .is_none_or(|tables| tables.iter().any(|t| *t == format!("{schema}.{table}")))
+    }
+}
+
+impl From<&EffectivePolicy> for Grants {
+    fn from(policy: &EffectivePolicy) -> Grants {
+        Grants {
+            limits: Limits {
+                handle_timeout: policy.handle_timeout,
+                memory_bytes: policy.memory_limit_bytes,
+            },
+            config: policy.config.clone(),
+            sql: policy.sql.is_some(),
+            http: policy.http.clone(),
+        }
     }
 }
 
@@ -714,25 +675,6 @@ mod tests {
             let d = jitter(Duration::from_millis(1000)).as_millis();
             assert!((800..=1200).contains(&d), "{d}");
         }
-    }
-
-    #[test]
-    fn http_allow_lists_match_host_and_port() {
-        let grant = HttpGrant {
-            allow: vec![
-                "Hooks.Example.com".into(),
-                "127.0.0.1:8080".into(),
-                "[::1]:9000".into(),
-            ],
-        };
-        assert!(grant.allows("hooks.example.com", 443));
-        assert!(grant.allows("hooks.example.com", 8443));
-        assert!(grant.allows("127.0.0.1", 8080));
-        assert!(!grant.allows("127.0.0.1", 8081));
-        assert!(grant.allows("[::1]", 9000));
-        assert!(!grant.allows("[::1]", 80));
-        assert!(!grant.allows("evil.example.com", 443));
-        assert!(!grant.allows("hooks.example.com.evil", 443));
     }
 
     #[test]

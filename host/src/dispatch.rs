@@ -24,7 +24,7 @@ use crate::log::{self, EventRef, LoggedEvent, Position, Reader, Stream};
 use crate::registry::{self, Rejected};
 use crate::reload::{PluginSet, Reloader};
 use crate::runtime::{LoadedPlugin, LogSink, Outcome, PluginLog, Pool, Retry, Runtime, SqlAccess};
-use crate::sql::{SqlSession, SqlSessionError};
+use crate::runtime::{SqlSession, SqlSessionError};
 use crate::{db, dead_letters, leases, schema};
 
 /// What the host did, for embedders and tests (the same facts go to the log).
@@ -177,7 +177,7 @@ pub async fn run(
     let sink: Option<LogSink> = options.observer.clone().map(|observer| {
         Arc::new(move |log: PluginLog| observer(HostEvent::PluginLog(log))) as LogSink
     });
-    let mut runtime = Runtime::with_pool(
+    let mut runtime = Runtime::new(
         sink,
         Pool {
             max_instances: settings.max_instances,
@@ -923,7 +923,7 @@ async fn worker(
             stream.rewinds = rewinds;
             let sql = match &policy.sql {
                 Some(grant) => Some(Arc::new({
-                    crate::sql::grant_acknowledgement(&mut client, &stream.plugin, grant).await?;
+                    schema::grant_acknowledgement(&mut client, &stream.plugin, grant).await?;
                     SqlSession::open(&shared.url, &stream.plugin, grant, policy.handle_timeout)
                         .await?
                 })),
@@ -1642,7 +1642,7 @@ impl Deliverer<'_> {
         events: &[(LoggedEvent, u32)],
         state: &mut WorkerState,
     ) -> Result<(), WorkerError> {
-        let own = crate::sql::application_name(&self.stream.plugin);
+        let own = crate::runtime::application_name(&self.stream.plugin);
         let n = events
             .iter()
             .filter(|(e, attempt)| *attempt == 1 && e.application_name == own)

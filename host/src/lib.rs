@@ -13,5 +13,4 @@ pub mod registry;
 pub mod reload;
 pub mod runtime;
 pub mod schema;
-pub mod sql;
 pub mod status;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use pgevents_host::config::{self, ConfigFile, Settings};
 use pgevents_host::dispatch::{self, RunOptions};
 use pgevents_host::log::{self, EventRef, ReplayFrom};
-use pgevents_host::runtime::{Grants, Runtime};
+use pgevents_host::runtime::{Grants, Pool, Runtime};
 use pgevents_host::{db, dead_letters, demo, registry, schema, status};
 use tokio::sync::watch;
 
@@ -388,7 +388,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let version = schema::install(&mut client).await?;
             pgevents_host::outln!("schema `{}` installed (version {version})", config::SCHEMA);
             if let Some(dir) = plugins {
-                let runtime = Runtime::new(None)?;
+                let runtime = Runtime::new(None, Pool::default())?;
                 let mut settings = Settings {
                     notify,
                     ..Settings::default()
@@ -449,7 +449,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(path) = &config {
                 ConfigFile::load(path)?.apply(&mut settings);
             }
-            let runtime = Runtime::new(None)?;
+            let runtime = Runtime::new(None, Pool::default())?;
             let grants = move |name: &str| Grants {
                 config: settings.policy(name).config,
                 ..Grants::permissive()

@@ -11,6 +11,8 @@ pub use triggers::{
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::config::SCHEMA;
+use crate::db;
+use crate::runtime::{SqlGrant, SqlSessionError};
 
 /// Migrations in order; the index + 1 is the version recorded in `pgevents.migrations`.
 const MIGRATIONS: &[&str] = &[
@@ -405,6 +407,34 @@ pub async fn uninstall(client: &mut Client) -> Result<usize, SchemaError> {
         .await?;
     tx.commit().await?;
     Ok(dropped)
+}
+
+/// Let the grant's role acknowledge its plugin's batches: `USAGE` on the
+/// host's schema and `EXECUTE` on the two acknowledgement functions (which
+/// demand a lease token that only the host knows). Done by the host's session
+/// `client` before each sql session opens (so a role created after the host
+/// started works), under the install lock: concurrent GRANTs on one object fail.
+pub async fn grant_acknowledgement(
+    client: &mut Client,
+    plugin: &str,
+    grant: &SqlGrant,
+) -> Result<(), SqlSessionError> {
+    let failed = |e: tokio_postgres::Error| SqlSessionError::Login {
+        plugin: plugin.to_owned(),
+        role: grant.role.clone(),
+        message: db::error_text(&e),
+    };
+    let tx = client.transaction().await.map_err(failed)?;
+    lock_install(&tx).await.map_err(failed)?;
+    let role = quote_ident(&grant.role);
+    tx.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, int, uuid, bigint, bigint, bigint) TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};"
+    ))
+    .await
+    .map_err(failed)?;
+    tx.commit().await.map_err(failed)
 }
 
 #[cfg(test)]
