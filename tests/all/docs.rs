@@ -250,12 +250,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -362,7 +363,7 @@ fn check(
     let heads = cache
         .entry(markdown.clone())
         .or_insert_with(|| anchors(&fs::read_to_string(root.join(&markdown)).unwrap_or_default()));
-    if heads.iter().any(|h| *h == fragment) {
+    if heads.contains(&fragment) {
         Ok(resolved)
     } else {
         Err(format!(
