@@ -56,7 +56,7 @@ pub async fn run(
     let sink: Option<LogSink> = options.observer.clone().map(|observer| {
         Arc::new(move |log: PluginLog| observer(HostEvent::PluginLog(log))) as LogSink
     });
-    let mut runtime = Runtime::with_pool(
+    let mut runtime = Runtime::new(
         sink,
         Pool {
             max_instances: settings.max_instances,

@@ -29,10 +29,6 @@ pub mod registry;
 pub mod runtime;
 pub mod schema;
 pub mod shutdown;
-pub mod sql;
 pub mod status;
 
 pub use host::{RunOptions, run};
-
-// Until the runtime reshape lands.
-pub(crate) use eventlog as log;

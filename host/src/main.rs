@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pgevents_host::RunOptions;
-use pgevents_host::config::{self, ConfigFile, Settings};
+use pgevents_host::config::{self, ConfigFile, SettingFlags, Settings};
 use pgevents_host::eventlog::dead_letters;
 use pgevents_host::eventlog::{self, EventRef, ReplayFrom};
-use pgevents_host::runtime::{Grants, Runtime};
+use pgevents_host::runtime::{Grants, Pool, Runtime};
 use pgevents_host::{db, demo, registry, schema, status};
 use tokio::sync::watch;
 
@@ -24,15 +24,23 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install the schema, load the plugins folder, and deliver events until Ctrl-C / SIGTERM.
+    ///
+    /// Installs or upgrades the schema, loads every `*.wasm` in the plugins
+    /// folder, reconciles the capture triggers and delivers. On a signal it
+    /// finishes the batches in flight, acknowledges them, and exits 0.
     Run(RunArgs),
     /// Install (or upgrade) the `pgevents` schema; with --plugins, also register
     /// those plugins and install their capture triggers, so that changes are
     /// captured before the host first runs.
+    ///
+    /// Exits 1 if a plugin is rejected.
     Install {
         #[command(flatten)]
         db: DbArgs,
+        /// A plugins folder to register (its manifests' tables are captured from now on).
         #[arg(long, env = "PGEVENTS_PLUGINS")]
         plugins: Option<PathBuf>,
+        /// Whether the capture triggers installed send NOTIFY (as `run --notify`).
         #[arg(long, env = "PGEVENTS_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
         notify: bool,
         /// Operator config file (partitions per plugin matter here).
@@ -58,7 +66,12 @@ enum Command {
         name: String,
     },
     /// Print a plugin's manifest, or why the file is not a plugin.
+    ///
+    /// Shows the capabilities it needs, each with the config line that grants
+    /// it; or says why the file is not a plugin (not WebAssembly, a core module
+    /// rather than a component, another world, a failing `describe`).
     Inspect {
+        /// The plugin's `.wasm` file.
         file: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -69,9 +82,18 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Per plugin: cursor, events waiting, errors; and what holds delivery back.
+    ///
+    /// Transactions numbered for delivery and the last tick; committed
+    /// transactions still waiting for a tick; open transactions that have
+    /// written (their events arrive when they commit); per plugin its state,
+    /// version, cursor, events waiting, dead letters, each partition's cursor
+    /// and host, file hash, when it was loaded, its last error and its last
+    /// load error (a newer file that did not load); the tables captured and
+    /// their operations.
     Status {
         #[command(flatten)]
         db: DbArgs,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -80,6 +102,10 @@ enum Command {
     DeadLetters(DeadLetterCommand),
     /// Rewind a plugin's cursor, to deliver past events again (e.g. to rebuild
     /// a read model). Every partition is rewound; running hosts follow at once.
+    ///
+    /// Says how many events will be delivered again, and whether the log was
+    /// already pruned past that point. Cursors, events and dead letters are
+    /// shown as `TXID/SEQ`, which `--after` takes.
     Replay {
         #[command(flatten)]
         db: DbArgs,
@@ -113,14 +139,23 @@ enum Command {
         #[arg(value_parser = clap::value_parser!(u32).range(1..=64))]
         partitions: u32,
     },
+    /// Print a reference document, generated from what this binary accepts
+    /// (docs/reference/ holds them): `config` or `cli`.
+    Reference {
+        /// `config` (docs/reference/configuration.md) or `cli` (docs/reference/cli.md).
+        #[arg(value_parser = ["config", "cli"])]
+        which: String,
+    },
     /// Demo: create tables in a demo database, run the example plugins, write rows, show the events.
     Demo {
+        /// The demo's own database (created if missing; its tables are made anew).
         #[arg(
             long,
             env = "PGEVENTS_DEMO_DATABASE_URL",
             default_value = "postgres://postgres@localhost:5432/pgevents_demo"
         )]
         database_url: String,
+        /// The example plugins (`./dev demo` builds them here).
         #[arg(long, default_value = "plugins")]
         plugins: PathBuf,
     },
@@ -134,6 +169,7 @@ enum DeadLetterCommand {
         db: DbArgs,
         #[command(flatten)]
         which: Which,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -204,79 +240,13 @@ struct RunArgs {
     /// Folder of plugin `.wasm` files (default: the config file's `plugins_dir`, else `plugins`).
     #[arg(long, env = "PGEVENTS_PLUGINS")]
     plugins: Option<PathBuf>,
-    /// How often to poll the log (a safety net with NOTIFY on, at most 2s
-    /// then; the ceiling of the adaptive interval with NOTIFY off). Default 1s.
-    #[arg(long, env = "PGEVENTS_POLL_INTERVAL", value_parser = humantime::parse_duration)]
-    poll_interval: Option<Duration>,
-    /// Wake on LISTEN/NOTIFY (one notification per writing transaction, sent
-    /// only while a host waits for it). With `false` the capture triggers send
-    /// none and the host polls adaptively.
-    #[arg(long, env = "PGEVENTS_NOTIFY", action = clap::ArgAction::Set)]
-    notify: Option<bool>,
-    /// Watch the plugins folder and reload plugins whose files change (default true).
-    #[arg(long, env = "PGEVENTS_WATCH", action = clap::ArgAction::Set)]
-    watch: Option<bool>,
-    /// First retry delay of a failed batch; it doubles per attempt (with ±20% jitter). Default 500ms.
-    #[arg(long, env = "PGEVENTS_RETRY_BASE", value_parser = humantime::parse_duration)]
-    retry_base: Option<Duration>,
-    /// Longest retry delay. Default 60s.
-    #[arg(long, env = "PGEVENTS_RETRY_MAX", value_parser = humantime::parse_duration)]
-    retry_max: Option<Duration>,
-    /// How long a `handle` call may run before it is interrupted. Default 10s.
-    #[arg(long, env = "PGEVENTS_HANDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    handle_timeout: Option<Duration>,
-    /// Linear memory per plugin instance, e.g. 256MiB (the default).
-    #[arg(long, env = "PGEVENTS_MEMORY_LIMIT", value_parser = parse_size)]
-    memory_limit: Option<usize>,
-    /// Plugin instances that may exist at once (the instance pool's size). Default 64.
-    #[arg(long, env = "PGEVENTS_MAX_INSTANCES", value_parser = clap::value_parser!(u32).range(1..))]
-    max_instances: Option<u32>,
-    /// Where a plugin seen for the first time starts: `now` (the default) or `beginning` of the log.
-    #[arg(long, env = "PGEVENTS_START_FROM", value_parser = parse_start_from)]
-    start_from: Option<config::StartFrom>,
-    /// How often to re-check the capture triggers (repairs capture of a subscribed
-    /// table that was dropped and re-created, or whose primary key changed).
-    #[arg(long, env = "PGEVENTS_RECONCILE_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
-    reconcile_interval: Duration,
-    /// Give up if the database cannot be reached this long at start (default: retry forever).
-    #[arg(long, env = "PGEVENTS_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
-    connect_timeout: Option<Duration>,
-    /// Operator config file (TOML): the database, the plugins folder, defaults,
-    /// and per plugin limits, tables, config values and capability grants.
-    /// Flags and environment variables override it.
+    /// Operator config file (TOML): the database, the plugins folder, every
+    /// setting, and per plugin its overrides, tables, config values and
+    /// capability grants. Flags and environment variables override it.
     #[arg(long, env = "PGEVENTS_CONFIG")]
     config: Option<PathBuf>,
-    /// Deliveries of a failing event before it is dead-lettered (or the plugin halts).
-    #[arg(long, env = "PGEVENTS_MAX_ATTEMPTS")]
-    max_attempts: Option<u32>,
-    /// How long a partition lease lasts without renewal (failover time when a
-    /// host is cut off; a host that dies is replaced within about 0.5 s).
-    #[arg(long, env = "PGEVENTS_LEASE_TTL", value_parser = humantime::parse_duration)]
-    lease_ttl: Option<Duration>,
-    /// Log rows every cursor has passed are pruned once older than this (the replay window).
-    #[arg(long, env = "PGEVENTS_RETENTION_MIN_AGE", value_parser = humantime::parse_duration)]
-    retention_min_age: Option<Duration>,
-    /// How often to prune the log.
-    #[arg(long, env = "PGEVENTS_RETENTION_INTERVAL", value_parser = humantime::parse_duration)]
-    retention_interval: Option<Duration>,
-    /// Folder for compiled plugins, so that restarts do not compile again
-    /// (default: $XDG_CACHE_HOME/pgevents-host or ~/.cache/pgevents-host); `off` to disable.
-    #[arg(long, env = "PGEVENTS_COMPILE_CACHE")]
-    compile_cache: Option<PathBuf>,
-}
-
-fn parse_size(text: &str) -> Result<usize, String> {
-    config::parse_byte_size(text).ok_or_else(|| {
-        format!("`{text}` is not a size; write e.g. 64MiB, 1GiB or a number of bytes")
-    })
-}
-
-fn parse_start_from(text: &str) -> Result<config::StartFrom, String> {
-    match text {
-        "now" => Ok(config::StartFrom::Now),
-        "beginning" => Ok(config::StartFrom::Beginning),
-        _ => Err(format!("`{text}`: write `now` or `beginning`")),
-    }
+    #[command(flatten)]
+    settings: SettingFlags,
 }
 
 /// What `run` runs with: the URL, the folder and the settings.
@@ -289,11 +259,7 @@ struct RunPlan {
 impl RunArgs {
     /// Defaults, then the config file, then flags and environment variables.
     fn plan(&self) -> anyhow::Result<RunPlan> {
-        let mut settings = Settings {
-            connect_timeout: self.connect_timeout,
-            reconcile_interval: self.reconcile_interval,
-            ..Settings::default()
-        };
+        let mut settings = Settings::default();
         let file = match &self.config {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
@@ -309,32 +275,7 @@ impl RunArgs {
             .or_else(|| file.plugins_dir.clone())
             .unwrap_or_else(|| "plugins".into());
         file.apply(&mut settings);
-        anyhow::ensure!(
-            self.max_attempts != Some(0),
-            "--max-attempts must be at least 1"
-        );
-        ConfigFile {
-            max_attempts: self.max_attempts,
-            lease_ttl: self.lease_ttl,
-            retention_min_age: self.retention_min_age,
-            retention_interval: self.retention_interval,
-            poll_interval: self.poll_interval,
-            notify: self.notify,
-            watch: self.watch,
-            retry_base: self.retry_base,
-            retry_max: self.retry_max,
-            handle_timeout: self.handle_timeout,
-            memory_limit: self.memory_limit,
-            max_instances: self.max_instances,
-            start_from: self.start_from,
-            ..ConfigFile::default()
-        }
-        .apply(&mut settings);
-        match &self.compile_cache {
-            Some(dir) if dir.as_os_str() == "off" => settings.compile_cache = None,
-            Some(dir) => settings.compile_cache = Some(dir.clone()),
-            None => {}
-        }
+        self.settings.apply(&mut settings);
         Ok(RunPlan {
             database_url,
             plugins_dir,
@@ -387,9 +328,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let mut client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
             let version = schema::install(&mut client).await?;
-            pgevents_host::outln!("schema `{}` installed (version {version})", config::SCHEMA);
+            pgevents_host::outln!("schema `{}` installed (version {version})", schema::SCHEMA);
             if let Some(dir) = plugins {
-                let runtime = Runtime::new(None)?;
+                let runtime = Runtime::new(None, Pool::default())?;
                 let mut settings = Settings {
                     notify,
                     ..Settings::default()
@@ -421,7 +362,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "uninstall drops every capture trigger and the `{}` schema, with undelivered events and cursors; \
                      your tables and data stay. Run again with --yes to proceed.",
-                    config::SCHEMA
+                    schema::SCHEMA
                 );
                 return Ok(ExitCode::from(2));
             }
@@ -429,7 +370,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let dropped = schema::uninstall(&mut client).await?;
             pgevents_host::outln!(
                 "dropped {dropped} capture trigger(s) and the `{}` schema",
-                config::SCHEMA
+                schema::SCHEMA
             );
         }
         Command::Forget { db, name } => {
@@ -450,7 +391,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(path) = &config {
                 ConfigFile::load(path)?.apply(&mut settings);
             }
-            let runtime = Runtime::new(None)?;
+            let runtime = Runtime::new(None, Pool::default())?;
             let grants = move |name: &str| Grants {
                 config: settings.policy(name).config,
                 ..Grants::permissive()
@@ -560,6 +501,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             plugins,
         } => {
             demo::run(&database_url, &plugins).await?;
+        }
+        Command::Reference { which } => {
+            let text = match which.as_str() {
+                "config" => config::reference::configuration(),
+                _ => config::reference::cli(&<Cli as clap::CommandFactory>::command()),
+            };
+            pgevents_host::out!("{text}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,8 +7,8 @@ use std::fmt;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::config::SCHEMA;
 use crate::eventlog::{self, Position};
+use crate::schema::SCHEMA;
 use crate::schema::{self, SchemaError};
 
 #[derive(Debug, Clone, Serialize)]

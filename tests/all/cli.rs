@@ -372,3 +372,61 @@ async fn a_closed_stdout_ends_each_command_quietly() {
         );
     }
 }
+
+/// Every setting is a flag of `run`, an environment variable and a config
+/// file key, and each of the three checks the value the same way: a bad
+/// value stops the host before it connects, naming the setting.
+#[test]
+fn every_setting_is_a_flag_a_variable_and_a_file_key() {
+    use pgevents_host::config::{ConfigFile, SETTINGS};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgevents.toml");
+    // A TCP port nobody listens on: a run that got past the settings fails fast.
+    let nowhere = "postgres://postgres@127.0.0.1:1/none";
+    for s in SETTINGS {
+        // The default, in the file, is accepted.
+        let value = match s.default {
+            d if d.parse::<u64>().is_ok() || d == "true" || d == "false" => d.to_owned(),
+            d => format!("\"{d}\""),
+        };
+        let line = format!("{} = {value}\n", s.key);
+        ConfigFile::parse(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+
+        let flag = format!("--{}", s.flag);
+        // A folder may be called anything: only an empty one is refused.
+        let bad = if s.check("%bad%").is_ok() {
+            ""
+        } else {
+            "%bad%"
+        };
+        let (ok, _, stderr) = output(bin().args(["run", "--database-url", nowhere, &flag, bad]));
+        assert!(
+            !ok && stderr.contains(&flag) && stderr.contains(&format!("`{bad}`")),
+            "{flag} {bad:?}: {stderr}"
+        );
+        std::fs::write(&config, format!("{} = \"{bad}\"\n", s.key)).unwrap();
+        let (ok, _, stderr) = output(
+            bin()
+                .args(["run", "--database-url", nowhere, "--config"])
+                .arg(&config),
+        );
+        assert!(
+            !ok && stderr.contains(s.key) && stderr.contains("pgevents.toml"),
+            "{} = {bad:?}: {stderr}",
+            s.key
+        );
+        if bad.is_empty() {
+            continue; // an empty variable counts as unset
+        }
+        let (ok, _, stderr) = output(
+            bin()
+                .args(["run", "--database-url", nowhere])
+                .env(s.env, bad),
+        );
+        assert!(
+            !ok && stderr.contains(&flag) && stderr.contains(bad),
+            "{}={bad}: {stderr}",
+            s.env
+        );
+    }
+}

@@ -8,9 +8,9 @@
 //! file (a bare `#fragment` means the linking file itself; a folder means its
 //! `README.md`).
 //!
-//! `docs/reference/cli.md` and `docs/reference/configuration.md` are meant to be
-//! kept in step with the binary; for now this test checks their links like any
-//! other page's.
+//! `docs/reference/cli.md` and `docs/reference/configuration.md` are what
+//! `pgevents-host reference cli|config` prints, so they say what the binary
+//! accepts: a change to a flag or a setting without regenerating them fails here.
 
 use std::collections::HashMap;
 use std::fs;
@@ -479,4 +479,43 @@ fn links_in_code_are_not_links() {
             (8, "f.md")
         ]
     );
+}
+
+/// `pgevents-host reference WHICH`, as the binary prints it.
+fn generated_reference(which: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgevents-host"))
+        .args(["reference", which])
+        .output()
+        .expect("run pgevents-host reference");
+    assert!(
+        out.status.success(),
+        "pgevents-host reference {which}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+#[test]
+fn the_reference_docs_are_what_the_binary_accepts() {
+    for (which, file) in [
+        ("cli", "docs/reference/cli.md"),
+        ("config", "docs/reference/configuration.md"),
+    ] {
+        let generated = generated_reference(which);
+        let committed = fs::read_to_string(repo_root().join(file)).expect("read reference");
+        if generated != committed {
+            let line = generated
+                .lines()
+                .zip(committed.lines())
+                .position(|(g, c)| g != c)
+                .map_or_else(
+                    || generated.lines().count().min(committed.lines().count()) + 1,
+                    |i| i + 1,
+                );
+            panic!(
+                "{file} differs from `pgevents-host reference {which}` from line {line}; \
+                 regenerate it: cargo run -q -p pgevents-host -- reference {which} > {file}"
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod errors;
 mod faults;
 mod guarantees;
 mod hardening;
+mod layout;
 mod order;
 mod polyglot;
 mod reload;

@@ -53,7 +53,7 @@ async fn precompile(path: PathBuf, settings: &Settings) {
     };
     let cache = settings.compile_cache.clone().expect("a compile cache");
     tokio::task::spawn_blocking(move || {
-        let runtime = Runtime::with_pool(None, pool)
+        let runtime = Runtime::new(None, pool)
             .expect("engine")
             .with_compile_cache(cache);
         if let Err(e) = runtime.load(&path, &|_| Grants::default()) {

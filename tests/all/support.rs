@@ -185,12 +185,13 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
-/// The `pgevents-host` binary, with a clean environment for the settings tests pass.
+/// The `pgevents-host` binary, with a clean environment for the settings tests
+/// pass, and the tests' shared compile cache.
 pub fn host_bin() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgevents-host"));
     cmd.env_remove("DATABASE_URL")
         .env("PGEVENTS_LOG", "info")
-        .env("PGEVENTS_COMPILE_CACHE", "off");
+        .env("PGEVENTS_COMPILE_CACHE", shared_compile_cache());
     cmd
 }
 
@@ -311,15 +312,34 @@ pub fn plugins_dir(names: &[&str]) -> tempfile::TempDir {
     dir
 }
 
-/// Settings for tests: quick retries; no compile cache unless a test asks.
+/// Settings for tests: quick retries, and the tests' shared compile cache
+/// (see [`shared_compile_cache`]); a test about the cache brings its own.
 pub fn test_settings() -> Settings {
     Settings {
-        compile_cache: None,
+        compile_cache: Some(shared_compile_cache()),
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_millis(400),
         connect_timeout: Some(Duration::from_secs(10)),
         ..Settings::default()
     }
+}
+
+/// One compile cache for every host the tests start, so that each plugin
+/// compiles once rather than once per host. Entries are keyed by the file's
+/// hash and the engine's settings, so a rebuilt plugin compiles again; kept
+/// in the target folder across runs, private to this user as the host
+/// requires.
+pub fn shared_compile_cache() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-compile-cache");
+        std::fs::create_dir_all(&dir).expect("compile cache folder");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .expect("compile cache folder is private");
+        dir
+    })
+    .clone()
 }
 
 /// [`test_settings`] with a config file's contents applied.

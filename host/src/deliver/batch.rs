@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{DeliverError, Deliverer};
-use crate::config::SCHEMA;
 use crate::db;
 use crate::event::{LoggedEvent, Position};
 use crate::eventlog::{self, Within};
 use crate::observer::HostEvent;
 use crate::runtime::{Outcome, Retry, SqlAccess};
+use crate::schema::SCHEMA;
 
 /// The failure a batch ended with, for the event at `index`.
 pub(super) struct Failed {
@@ -119,7 +119,11 @@ impl Deliverer {
                     } else {
                         positions[take - 1]
                     };
-                    match sql.acknowledge_and_commit(&self.stream, to).await {
+                    let stream = &self.stream;
+                    let ack = async |client: &tokio_postgres::Client| {
+                        eventlog::ack_with(client, None, stream, to).await
+                    };
+                    match sql.acknowledge_and_commit(ack).await {
                         Ok(true) => {
                             return Ok(Handled::Upto {
                                 to: Some(to),
@@ -212,7 +216,7 @@ impl Deliverer {
         &mut self,
         events: &[(LoggedEvent, u32)],
     ) -> Result<(), DeliverError> {
-        let own = crate::sql::application_name(&self.stream.plugin);
+        let own = crate::runtime::application_name(&self.stream.plugin);
         let n = events
             .iter()
             .filter(|(e, attempt)| *attempt == 1 && e.application_name == own)

@@ -9,12 +9,13 @@ use tokio_postgres::GenericClient;
 use super::batch::Failed;
 use super::{DeliverError, Deliverer, Next};
 use crate::backoff::{backoff, jitter};
-use crate::config::{OnFailure, SCHEMA};
+use crate::config::OnFailure;
 use crate::event::{EventRef, LoggedEvent, Position};
 use crate::eventlog::{self, dead_letters};
 use crate::leases::{self, PartitionEnd};
 use crate::observer::HostEvent;
 use crate::runtime::{Outcome, Retry, SqlAccess};
+use crate::schema::SCHEMA;
 
 impl Deliverer {
     /// The event at `at` failed: count the attempt, then retry later, or give

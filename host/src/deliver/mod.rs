@@ -30,8 +30,8 @@ use crate::leases::{PARTITION_REST_MS, PartitionEnd};
 use crate::observer::{HostEvent, Observers};
 use crate::registry::PluginSet;
 use crate::runtime::LoadedPlugin;
+use crate::runtime::{SqlSession, SqlSessionError};
 use crate::shutdown::stopped;
-use crate::sql::{SqlSession, SqlSessionError};
 use batch::{Handled, Prefetched};
 use failures::record_error;
 
@@ -223,7 +223,8 @@ impl Deliverer {
         self.stream.rewinds = rewinds;
         let sql = match &self.policy.sql {
             Some(grant) => Some(Arc::new({
-                crate::sql::grant_acknowledgement(&mut client, &self.stream.plugin, grant).await?;
+                crate::runtime::grant_acknowledgement(&mut client, &self.stream.plugin, grant)
+                    .await?;
                 SqlSession::open(
                     &self.ctx.url,
                     &self.stream.plugin,

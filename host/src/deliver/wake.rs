@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{Context, DeliverError, Deliverer};
-use crate::config::NOTIFY_CHANNEL;
-use crate::config::SCHEMA;
 use crate::db;
 use crate::eventlog;
 use crate::observer::HostEvent;
+use crate::schema::NOTIFY_CHANNEL;
+use crate::schema::SCHEMA;
 use crate::shutdown::stopped;
 
 /// With NOTIFY off, an idle deliverer polls at an interval that doubles from this

@@ -4,7 +4,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use super::retention::lock_retention;
 use super::{Position, Stream, end_of_log, tick};
-use crate::config::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// Make sure `plugin` has cursors. A plugin seen for the first time gets
 /// `parts` partitions starting now (after a tick: every transaction that

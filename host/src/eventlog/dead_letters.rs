@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 
 use super::{AFTER_EVENT_COLUMNS, EVENT_COLUMNS, EventRef, LoggedEvent, Position, Stream};
-use crate::config::{NOTIFY_CHANNEL, SCHEMA};
+use crate::schema::{NOTIFY_CHANNEL, SCHEMA};
 
 /// Failed attempts so far of the stream's events that failed at least once.
 pub async fn failures(

@@ -34,7 +34,7 @@ pub use crate::event::{EventRef, LoggedEvent, Op, Position};
 
 use tokio_postgres::{GenericClient, Row};
 
-use crate::config::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// The columns [`LoggedEvent::from_row`] reads, from the log (or the dead
 /// letters) as `e`, after the position's `ord`.

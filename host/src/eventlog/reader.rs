@@ -8,7 +8,7 @@ use super::{
     AFTER_EVENT_COLUMNS, EVENT_COLUMNS, LoggedEvent, NUMBERED_EVENTS, Position, Stream, barrier,
     between, parse_txid, same_table,
 };
-use crate::config::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// Prepared statements of one reader connection.
 #[derive(Debug, Clone)]

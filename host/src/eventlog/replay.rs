@@ -6,7 +6,7 @@ use super::retention::lock_retention;
 use super::{
     EventRef, NUMBERED_EVENTS, Position, between, describe, end_of_log, in_partition, subscribed,
 };
-use crate::config::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +154,7 @@ pub async fn replay(
     .await?;
     let cursor_text = describe(&tx, cursor).await?;
     // Wake idle deliverers: they look for a rewind when they find nothing new.
-    tx.batch_execute(&format!("NOTIFY {}", crate::config::NOTIFY_CHANNEL))
+    tx.batch_execute(&format!("NOTIFY {}", crate::schema::NOTIFY_CHANNEL))
         .await?;
     tx.commit().await?;
     Ok(Replayed {

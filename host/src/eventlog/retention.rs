@@ -3,7 +3,7 @@
 use tokio_postgres::{Client, GenericClient};
 
 use super::{Position, end_of_log};
-use crate::config::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// How many log rows one prune deletes at most.
 pub const RETENTION_BATCH_ROWS: i64 = 10_000;

@@ -2,7 +2,7 @@
 
 use tokio_postgres::GenericClient;
 
-use crate::config::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// The last tick's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,11 +11,12 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::{PARTITION_REST_MS, PartitionEnd};
-use crate::config::{LEASE_CHECK_MS, SCHEMA, Settings};
+use crate::config::{LEASE_CHECK_MS, Settings};
 use crate::db;
 use crate::eventlog::Stream;
 use crate::observer::{HostEvent, Observers};
 use crate::registry::PluginSet;
+use crate::schema::SCHEMA;
 use crate::shutdown::{panic_text, stopped};
 
 /// Starts the deliverer of a partition just taken: given the stream, its

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::config::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// A partition whose deliverer gave up (see [`PartitionEnd::GaveUp`]) is
 /// left alone by this host this long, so that another host may deliver it.

@@ -16,11 +16,18 @@ use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 
 use super::{PluginSet, Rejected};
-use crate::config::{RELOAD_QUIET_MS, RELOAD_RESCAN_MS, Settings};
+use crate::config::Settings;
 use crate::db;
 use crate::observer::{HostEvent, Observer};
 use crate::registry;
 use crate::runtime::{LoadError, Runtime};
+
+/// The plugins folder is watched for changes; after a change, it is read once
+/// nothing has changed in it for this long (so a file being copied is not
+/// read half-written), and re-checked this often in any case (in case a
+/// change notification was missed, as on some network file systems).
+pub const RELOAD_QUIET_MS: u64 = 100;
+pub const RELOAD_RESCAN_MS: u64 = 2_000;
 
 /// A file that was still young when it failed to load may be half-written:
 /// it is reported only once it has stayed unchanged this long.

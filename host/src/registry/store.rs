@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use tokio_postgres::{Client, Transaction};
 
 use super::{RegistryError, Rejected};
-use crate::config::{SCHEMA, Settings, StartFrom};
+use crate::config::{Settings, StartFrom};
 use crate::runtime::{LoadedPlugin, Manifest};
+use crate::schema::SCHEMA;
 use crate::schema::{self, SchemaError, TableProblem};
 
 /// Make `plugin` (from `file`) the registered version of its name, if its

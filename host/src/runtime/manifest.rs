@@ -4,8 +4,13 @@ use serde::{Deserialize, Serialize};
 
 use super::bindings::exports::pgevents::plugin::handler as wit;
 use super::bindings::pgevents::plugin::types::Operation;
-use crate::config::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, SCHEMA};
-use crate::log::Op;
+use crate::event::Op;
+use crate::schema::SCHEMA;
+
+/// Events per `handle` call when a manifest asks for 0 (the host default).
+pub const DEFAULT_BATCH_SIZE: u32 = 500;
+/// Largest batch a manifest may ask for.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -10,7 +10,13 @@ pub use triggers::{
 
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use crate::config::SCHEMA;
+/// Schema the host installs its log, cursors and capture function into (a
+/// constant: the migrations name it).
+pub const SCHEMA: &str = "pgevents";
+
+/// NOTIFY channel the capture function signals (at most once per transaction:
+/// PostgreSQL merges identical notifications within a transaction).
+pub const NOTIFY_CHANNEL: &str = "pgevents";
 
 /// Migrations in order; the index + 1 is the version recorded in `pgevents.migrations`.
 const MIGRATIONS: &[&str] = &[

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::{Client, GenericClient};
 
+use super::SCHEMA;
 use super::{SchemaError, quote_ident, quote_literal, quote_table};
-use crate::config::SCHEMA;
 
 /// One installed or wanted capture trigger.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

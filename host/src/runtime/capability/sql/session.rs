@@ -1,24 +1,23 @@
-//! The `sql` capability: a plugin's statements run on a session logged in as
-//! the role the operator named, inside the transaction that also moves the
-//! plugin's cursor (see `dispatch.rs`). Ordinary PostgreSQL privileges bound
-//! what a plugin can read and write: the session user *is* that role, so no
-//! `RESET ROLE` or `set_config` can widen them.
+//! The session a plugin's `sql` calls run on: logged in as the granted role,
+//! one statement at a time under a savepoint, inside the batch transaction
+//! that the host commits together with the plugin's acknowledgement.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use postgres_types::{Format, FromSql, IsNull, ToSql, Type, to_sql_checked};
+use postgres_types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::config::{SCHEMA, SqlGrant};
+use super::codec::{Raw, TextParam, decode};
+use super::lexer::first_word_refused;
+use super::{SqlAccess, SqlFailure, SqlGrant, SqlRows, SqlValue};
 use crate::db;
-use crate::runtime::{Outcome, Retry, SqlAccess, SqlFailure, SqlRows, SqlValue};
-use crate::schema::quote_ident;
-
 use crate::db::sqlstate::{HOST_ERROR, REFUSED};
+use crate::runtime::{Outcome, Retry};
+use crate::schema::SCHEMA;
+
 /// Prepared statements kept per session.
 const STATEMENT_CACHE_SIZE: usize = 100;
 
@@ -59,8 +58,8 @@ impl std::fmt::Debug for SqlSession {
 }
 
 impl SqlSession {
-    /// Log in as the grant's role (see [`grant_acknowledgement`] for what the
-    /// host grants it). Statements time out after `timeout`.
+    /// Log in as the grant's role (see [`grant_acknowledgement`]
+    /// for what the host grants it). Statements time out after `timeout`.
     pub async fn open(
         host_url: &str,
         plugin: &str,
@@ -176,16 +175,16 @@ impl SqlSession {
         outcome
     }
 
-    /// Acknowledge `to` for `stream` in the batch transaction and commit.
-    /// Deferred constraints are checked and the plugin's `SET LOCAL`s undone
-    /// first, so that their errors come out here, with a SQLSTATE. Returns
-    /// false (nothing committed; roll back) if the acknowledgement was refused.
+    /// Acknowledge the batch in its transaction with `ack` (the log's
+    /// acknowledgement, run on this session's client) and commit. Deferred
+    /// constraints are checked and the plugin's `SET LOCAL`s undone first, so
+    /// that their errors come out here, with a SQLSTATE. Returns false
+    /// (nothing committed; roll back) if the acknowledgement was refused.
     /// An error says whether it is the batch's (checking its constraints or
     /// committing what it wrote) or the host's (its acknowledgement).
     pub async fn acknowledge_and_commit(
         &self,
-        stream: &crate::log::Stream,
-        to: crate::log::Position,
+        ack: impl AsyncFnOnce(&Client) -> Result<bool, tokio_postgres::Error>,
     ) -> Result<bool, CommitError> {
         let batch = |error| CommitError { error, batch: true };
         self.client
@@ -195,12 +194,10 @@ impl SqlSession {
             ))
             .await
             .map_err(batch)?;
-        let acked = crate::log::ack_with(&*self.client, None, stream, to)
-            .await
-            .map_err(|error| CommitError {
-                error,
-                batch: false,
-            })?;
+        let acked = ack(&self.client).await.map_err(|error| CommitError {
+            error,
+            batch: false,
+        })?;
         if !acked {
             return Ok(false);
         }
@@ -362,65 +359,6 @@ impl SqlAccess for SqlSession {
     }
 }
 
-/// The first word of `statement` if it controls the transaction, or is
-/// COPY (no data channel for plugins; `COPY ... FROM STDIN` would wait for
-/// data the session never sends). Leading whitespace and comments are
-/// skipped as PostgreSQL's lexer does: any of
-/// space, tab, CR, LF, form feed and vertical tab; `--` up to CR or LF;
-/// nested `/* */`. (A statement that hides transaction control anywhere else
-/// is rejected by the server inside our transaction block, or is refused by
-/// the extended protocol, which takes one statement only.)
-fn first_word_refused(statement: &str) -> Option<String> {
-    let bytes = statement.as_bytes();
-    let mut i = 0;
-    loop {
-        match bytes.get(i..) {
-            Some([b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b, ..]) => i += 1,
-            Some([b'-', b'-', ..]) => {
-                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
-                    i += 1;
-                }
-            }
-            Some([b'/', b'*', ..]) => {
-                let mut depth = 0;
-                while i < bytes.len() {
-                    if bytes[i..].starts_with(b"/*") {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i..].starts_with(b"*/") {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            _ => break,
-        }
-    }
-    let word: String = statement[i..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    const CONTROL: &[&str] = &[
-        "BEGIN",
-        "START",
-        "COMMIT",
-        "END",
-        "ROLLBACK",
-        "ABORT",
-        "SAVEPOINT",
-        "RELEASE",
-        "PREPARE",
-        "COPY",
-    ];
-    CONTROL.contains(&word.as_str()).then_some(word)
-}
-
 /// A failed commit of a batch's sql transaction.
 #[derive(Debug)]
 pub struct CommitError {
@@ -437,6 +375,22 @@ pub fn application_name(plugin: &str) -> String {
     // As the server keeps it: at most 63 bytes (plugin names are ASCII).
     name.truncate(63);
     name
+}
+
+fn failure(e: &tokio_postgres::Error) -> SqlFailure {
+    match e.as_db_error() {
+        Some(db) => SqlFailure {
+            sqlstate: db.code().code().to_owned(),
+            message: match db.detail() {
+                Some(detail) => format!("{} ({detail})", db.message()),
+                None => db.message().to_owned(),
+            },
+        },
+        None => SqlFailure {
+            sqlstate: HOST_ERROR.code().into(),
+            message: db::error_text(e),
+        },
+    }
 }
 
 /// Let the grant's role acknowledge its plugin's batches: `USAGE` on the
@@ -456,7 +410,7 @@ pub async fn grant_acknowledgement(
     };
     let tx = client.transaction().await.map_err(failed)?;
     crate::schema::lock_install(&tx).await.map_err(failed)?;
-    let role = quote_ident(&grant.role);
+    let role = crate::schema::quote_ident(&grant.role);
     tx.batch_execute(&format!(
             "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
              GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, int, uuid, bigint, bigint, bigint) TO {role};
@@ -465,259 +419,4 @@ pub async fn grant_acknowledgement(
     .await
     .map_err(failed)?;
     tx.commit().await.map_err(failed)
-}
-
-fn failure(e: &tokio_postgres::Error) -> SqlFailure {
-    match e.as_db_error() {
-        Some(db) => SqlFailure {
-            sqlstate: db.code().code().to_owned(),
-            message: match db.detail() {
-                Some(detail) => format!("{} ({detail})", db.message()),
-                None => db.message().to_owned(),
-            },
-        },
-        None => SqlFailure {
-            sqlstate: HOST_ERROR.code().into(),
-            message: db::error_text(e),
-        },
-    }
-}
-
-/// A parameter in PostgreSQL's text form, so that the server parses it as
-/// whatever type the statement needs (uuid, numeric, timestamptz, ...).
-#[derive(Debug)]
-struct TextParam(Option<String>);
-
-impl From<&SqlValue> for TextParam {
-    fn from(v: &SqlValue) -> TextParam {
-        TextParam(match v {
-            SqlValue::Null => None,
-            SqlValue::Boolean(b) => Some(if *b { "true" } else { "false" }.into()),
-            SqlValue::Int(i) => Some(i.to_string()),
-            SqlValue::Float(f) if f.is_nan() => Some("NaN".into()),
-            SqlValue::Float(f) if f.is_infinite() => {
-                Some(if *f > 0.0 { "Infinity" } else { "-Infinity" }.into())
-            }
-            SqlValue::Float(f) => Some(f.to_string()),
-            SqlValue::Text(s) | SqlValue::Json(s) => Some(s.clone()),
-            SqlValue::Bytes(b) => {
-                let mut s = String::with_capacity(2 + b.len() * 2);
-                s.push_str("\\x");
-                for byte in b {
-                    s.push_str(&format!("{byte:02x}"));
-                }
-                Some(s)
-            }
-        })
-    }
-}
-
-impl ToSql for TextParam {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match &self.0 {
-            None => Ok(IsNull::Yes),
-            Some(text) => {
-                out.extend_from_slice(text.as_bytes());
-                Ok(IsNull::No)
-            }
-        }
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
-    }
-
-    to_sql_checked!();
-}
-
-/// A result column's binary value, decoded by `decode`.
-struct Raw<'a>(&'a [u8]);
-
-impl<'a> FromSql<'a> for Raw<'a> {
-    fn from_sql(
-        _ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(raw))
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-}
-
-fn decode(column: &str, ty: &Type, raw: Option<Raw>) -> Result<SqlValue, SqlFailure> {
-    let Some(Raw(b)) = raw else {
-        return Ok(SqlValue::Null);
-    };
-    let bad = || SqlFailure {
-        sqlstate: HOST_ERROR.code().into(),
-        message: format!("column `{column}`: malformed {ty} value"),
-    };
-    let be = |n: usize| -> Result<&[u8], SqlFailure> { b.get(..n).ok_or_else(bad) };
-    Ok(match *ty {
-        Type::BOOL => SqlValue::Boolean(be(1)?[0] != 0),
-        Type::INT2 => SqlValue::Int(i16::from_be_bytes(be(2)?.try_into().unwrap()).into()),
-        Type::INT4 => SqlValue::Int(i32::from_be_bytes(be(4)?.try_into().unwrap()).into()),
-        Type::OID => SqlValue::Int(u32::from_be_bytes(be(4)?.try_into().unwrap()).into()),
-        Type::INT8 => SqlValue::Int(i64::from_be_bytes(be(8)?.try_into().unwrap())),
-        Type::FLOAT4 => SqlValue::Float(f32::from_be_bytes(be(4)?.try_into().unwrap()).into()),
-        Type::FLOAT8 => SqlValue::Float(f64::from_be_bytes(be(8)?.try_into().unwrap())),
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
-            SqlValue::Text(String::from_utf8(b.to_vec()).map_err(|_| bad())?)
-        }
-        Type::JSON => SqlValue::Json(String::from_utf8(b.to_vec()).map_err(|_| bad())?),
-        // jsonb's binary form is a version byte, then the text.
-        Type::JSONB => SqlValue::Json(
-            String::from_utf8(b.get(1..).ok_or_else(bad)?.to_vec()).map_err(|_| bad())?,
-        ),
-        Type::BYTEA => SqlValue::Bytes(b.to_vec()),
-        Type::UUID => SqlValue::Text(
-            uuid::Uuid::from_slice(be(16)?)
-                .map_err(|_| bad())?
-                .to_string(),
-        ),
-        Type::NUMERIC => SqlValue::Text(numeric_text(b).ok_or_else(bad)?),
-        Type::TIMESTAMPTZ | Type::TIMESTAMP => {
-            let micros = i64::from_be_bytes(be(8)?.try_into().unwrap());
-            let text = timestamp_text(micros).ok_or_else(|| unsupported(column, ty))?;
-            SqlValue::Text(if *ty == Type::TIMESTAMP {
-                text.trim_end_matches('Z').to_owned()
-            } else {
-                text
-            })
-        }
-        _ => return Err(unsupported(column, ty)),
-    })
-}
-
-fn unsupported(column: &str, ty: &Type) -> SqlFailure {
-    SqlFailure {
-        sqlstate: REFUSED.code().into(),
-        message: format!(
-            "column `{column}` has type {ty}, which the sql capability does not return; cast it to text in the query (`{column}::text`)"
-        ),
-    }
-}
-
-/// PostgreSQL's binary numeric as decimal text (exact).
-fn numeric_text(b: &[u8]) -> Option<String> {
-    let word =
-        |i: usize| -> Option<u16> { Some(u16::from_be_bytes(b.get(i..i + 2)?.try_into().ok()?)) };
-    let ndigits = word(0)? as usize;
-    let weight = word(2)? as i16 as i32;
-    let sign = word(4)?;
-    let dscale = word(6)? as usize;
-    match sign {
-        0xC000 => return Some("NaN".into()),
-        0xD000 => return Some("Infinity".into()),
-        0xF000 => return Some("-Infinity".into()),
-        _ => {}
-    }
-    let digits: Vec<u16> = (0..ndigits)
-        .map(|i| word(8 + 2 * i))
-        .collect::<Option<_>>()?;
-    let digit = |i: i32| -> u16 {
-        if i < 0 {
-            0
-        } else {
-            digits.get(i as usize).copied().unwrap_or(0)
-        }
-    };
-    let mut text = String::new();
-    if sign == 0x4000 {
-        text.push('-');
-    }
-    if weight < 0 {
-        text.push('0');
-    } else {
-        for i in 0..=weight {
-            if i == 0 {
-                text.push_str(&digit(i).to_string());
-            } else {
-                text.push_str(&format!("{:04}", digit(i)));
-            }
-        }
-    }
-    if dscale > 0 {
-        let mut fraction = String::new();
-        let mut i = weight + 1;
-        while fraction.len() < dscale {
-            fraction.push_str(&format!("{:04}", digit(i)));
-            i += 1;
-        }
-        fraction.truncate(dscale);
-        text.push('.');
-        text.push_str(&fraction);
-    }
-    Some(text)
-}
-
-/// Microseconds since 2000-01-01 UTC as RFC 3339; `None` before 1970.
-fn timestamp_text(micros: i64) -> Option<String> {
-    match micros {
-        i64::MAX => return Some("infinity".into()),
-        i64::MIN => return Some("-infinity".into()),
-        _ => {}
-    }
-    const Y2K_UNIX_MICROS: i64 = 946_684_800_000_000;
-    let unix = micros.checked_add(Y2K_UNIX_MICROS)?;
-    if unix < 0 {
-        return None;
-    }
-    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(unix as u64);
-    Some(humantime::format_rfc3339_micros(at).to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numeric_decodes_exactly() {
-        // 12345.678: weight 1, digits [1, 2345, 6780], dscale 3
-        let mut b = Vec::new();
-        for w in [3u16, 1, 0, 3, 1, 2345, 6780] {
-            b.extend_from_slice(&w.to_be_bytes());
-        }
-        assert_eq!(numeric_text(&b).unwrap(), "12345.678");
-        // -0.00001: weight -2, digits [1000], dscale 5
-        let mut b = Vec::new();
-        for w in [1u16, (-2i16) as u16, 0x4000, 5, 1000] {
-            b.extend_from_slice(&w.to_be_bytes());
-        }
-        assert_eq!(numeric_text(&b).unwrap(), "-0.00001");
-    }
-
-    #[test]
-    fn transaction_control_is_recognised() {
-        assert_eq!(first_word_refused(" commit").as_deref(), Some("COMMIT"));
-        assert_eq!(
-            first_word_refused("/* x */ -- y\n Rollback to s").as_deref(),
-            Some("ROLLBACK")
-        );
-        assert_eq!(first_word_refused("INSERT INTO t VALUES (1)"), None);
-        assert_eq!(
-            first_word_refused("/* data */ copy t FROM STDIN").as_deref(),
-            Some("COPY")
-        );
-        assert_eq!(first_word_refused("select 'commit'"), None);
-        assert_eq!(
-            first_word_refused("/* /* nested */ */ COMMIT").as_deref(),
-            Some("COMMIT")
-        );
-        assert_eq!(
-            first_word_refused("-- x\rCOMMIT").as_deref(),
-            Some("COMMIT")
-        );
-        assert_eq!(first_word_refused("\x0b\x0cend").as_deref(), Some("END"));
-    }
 }

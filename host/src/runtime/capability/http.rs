@@ -1,19 +1,70 @@
 //! Outbound HTTP (`wasi:http/outgoing-handler`) for plugins the operator
-//! granted it: each request's host is checked against the grant's allow-list
-//! when it is sent, and time spent on it is bounded by the call's limit.
+//! granted it ([`HttpGrant`], from the config file): each request's host is
+//! checked against the grant's allow-list when it is sent, and time spent on
+//! it is bounded by the call's limit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde::Deserialize;
 use wasmtime_wasi_http::{
     Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
 };
 
-use crate::config::HttpGrant;
+/// Outbound HTTP: requests to hosts on the allow-list, refused otherwise.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// `"host"` (any port) or `"host:port"`; names are compared without case.
+    pub allow: Vec<String>,
+}
+
+impl HttpGrant {
+    /// Whether a request to `host` (as in the URL, `[..]` around IPv6) on
+    /// `port` is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.allow.iter().any(|entry| {
+            let (h, p) = split_host_port(entry);
+            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == Some(port))
+        })
+    }
+
+    /// Whether every entry is a host or `host:port` (when the config file is read).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for entry in &self.allow {
+            let (host, port) = split_host_port(entry);
+            if host.is_empty()
+                || host.contains(['/', '@', '?', '#', ' ', '*', ':']) && !host.starts_with('[')
+                || port == Some(None)
+            {
+                return Err(format!(
+                    "`{entry}` is not a host name or host:port (write e.g. \"hooks.example.com\" \
+                     or \"127.0.0.1:8080\", without a scheme or path)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"host:port"` → (`host`, Some(Some(port))); `"host"` → (`host`, None); a
+/// port that is not a number → Some(None). IPv6 literals keep their brackets.
+fn split_host_port(entry: &str) -> (&str, Option<Option<u16>>) {
+    let split = match entry.strip_prefix('[') {
+        Some(rest) => rest.find(']').map(|i| i + 2),
+        None => entry.find(':'),
+    };
+    match split {
+        Some(i) if entry[i..].starts_with(':') => (&entry[..i], Some(entry[i + 1..].parse().ok())),
+        Some(i) if i == entry.len() => (entry, None),
+        Some(_) if entry.starts_with('[') => (entry, Some(None)),
+        _ => (entry, None),
+    }
+}
 
 /// A call's HTTP state: the context and the hooks that enforce the grant.
-pub(super) struct Outgoing {
+pub(in crate::runtime) struct Outgoing {
     ctx: WasiHttpCtx,
     hooks: Hooks,
 }
@@ -27,7 +78,7 @@ struct Hooks {
 }
 
 impl Outgoing {
-    pub(super) fn new(
+    pub(in crate::runtime) fn new(
         plugin: &str,
         grant: Option<HttpGrant>,
         abandoned: Arc<AtomicBool>,
@@ -44,7 +95,7 @@ impl Outgoing {
         }
     }
 
-    pub(super) fn view<'a>(
+    pub(in crate::runtime) fn view<'a>(
         &'a mut self,
         table: &'a mut wasmtime::component::ResourceTable,
     ) -> WasiHttpCtxView<'a> {
@@ -123,5 +174,29 @@ impl WasiHttpHooks for Hooks {
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_allow_lists_match_host_and_port() {
+        let grant = HttpGrant {
+            allow: vec![
+                "Hooks.Example.com".into(),
+                "127.0.0.1:8080".into(),
+                "[::1]:9000".into(),
+            ],
+        };
+        assert!(grant.allows("hooks.example.com", 443));
+        assert!(grant.allows("hooks.example.com", 8443));
+        assert!(grant.allows("127.0.0.1", 8080));
+        assert!(!grant.allows("127.0.0.1", 8081));
+        assert!(grant.allows("[::1]", 9000));
+        assert!(!grant.allows("[::1]", 80));
+        assert!(!grant.allows("evil.example.com", 443));
+        assert!(!grant.allows("hooks.example.com.evil", 443));
     }
 }
