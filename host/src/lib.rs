@@ -29,6 +29,7 @@ pub mod registry;
 pub mod runtime;
 pub mod schema;
 pub mod shutdown;
+pub mod sinks;
 pub mod status;
 
 pub use host::{RunOptions, run};

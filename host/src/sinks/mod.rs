@@ -1,0 +1,153 @@
+//! Message buses that plugins' messages go to: one client per kind, each
+//! sending a burst in order and waiting for the broker's acknowledgement of
+//! every message.
+//!
+//! - `nats.rs`: JetStream publish with `Nats-Msg-Id` = the message id (the
+//!   stream's dedupe window makes a resend invisible), waiting for the PubAck.
+//! - `rabbitmq.rs`: AMQP 0.9.1 with publisher confirms, `message-id` set,
+//!   persistent delivery.
+//! - `redis.rs`: `XADD` to a stream, the id in a field.
+//! - `mqtt.rs`: QoS 1, waiting for the PUBACK.
+//!
+//! Sinks are configured by the operator (`[sinks.NAME]`), never by a plugin.
+
+pub mod mqtt;
+pub mod nats;
+pub mod rabbitmq;
+pub mod redis;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One message as a sink sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Stable id, the same on every send attempt: NATS `Nats-Msg-Id`,
+    /// AMQP `message-id`, the Redis entry's `id` field, the MQTT 5 user
+    /// property `message-id` (a `message-id` header under MQTT 3.1.1, which
+    /// has no properties, is not sent).
+    pub id: uuid::Uuid,
+    /// NATS subject, AMQP routing key, Redis stream key, MQTT topic.
+    pub subject: String,
+    /// Messages with the same key stay in order (sinks send in order anyway).
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Which broker a sink talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Nats,
+    Rabbitmq,
+    Redis,
+    Mqtt,
+}
+
+/// A sink as the operator configures it (`[sinks.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub kind: Kind,
+    /// The broker's URL (`nats://host:4222`, `amqp://user:pass@host:5672/%2f`,
+    /// `redis://host:6379`, `mqtt://host:1883`). Or give `url_env`.
+    pub url: Option<String>,
+    /// The environment variable that holds the URL (for secrets).
+    pub url_env: Option<String>,
+    /// RabbitMQ only: the exchange messages are published to (default: the
+    /// default exchange, where the routing key names the queue).
+    pub exchange: Option<String>,
+    /// Messages per burst (default 500).
+    pub burst: Option<u32>,
+    /// How long the flusher waits for a burst to fill once a message is
+    /// pending (default 5 ms).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub linger: Option<Duration>,
+    /// How many messages may wait in the outbox for this sink before the
+    /// plugins publishing to it pause (default 100000).
+    pub max_pending: Option<u64>,
+}
+
+impl SinkConfig {
+    /// The URL, from the config or the environment variable it names.
+    pub fn url(&self) -> Result<String, String> {
+        match (&self.url, &self.url_env) {
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| format!("the environment variable `{var}` (url_env) is not set")),
+            (Some(_), Some(_)) => Err("give `url` or `url_env`, not both".into()),
+            (None, None) => Err("give the broker's `url` (or `url_env`)".into()),
+        }
+    }
+}
+
+/// A connected sink.
+#[derive(Debug)]
+pub enum Sink {
+    Nats(nats::Nats),
+    Rabbitmq(rabbitmq::Rabbitmq),
+    Redis(redis::Redis),
+    Mqtt(mqtt::Mqtt),
+}
+
+/// Each message of a burst, in order: `None` if the broker acknowledged it,
+/// or the broker's reason for refusing it for good (too large, no such
+/// stream): that one is dead-lettered and the others flow.
+pub type BurstResult = Vec<Option<String>>;
+
+impl Sink {
+    /// Connect to the sink's broker, giving up after `timeout`.
+    pub async fn connect(config: &SinkConfig, timeout: Duration) -> Result<Sink, String> {
+        let url = config.url()?;
+        let connecting = async {
+            Ok::<Sink, String>(match config.kind {
+                Kind::Nats => Sink::Nats(nats::Nats::connect(&url).await?),
+                Kind::Rabbitmq => Sink::Rabbitmq(
+                    rabbitmq::Rabbitmq::connect(&url, config.exchange.as_deref()).await?,
+                ),
+                Kind::Redis => Sink::Redis(redis::Redis::connect(&url).await?),
+                Kind::Mqtt => Sink::Mqtt(mqtt::Mqtt::connect(&url).await?),
+            })
+        };
+        tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| format!("no answer from the broker within {timeout:?}"))?
+    }
+
+    /// Send `burst` in order and wait for the broker's acknowledgements (at
+    /// most `timeout` for the whole burst). `Err`: the connection failed or
+    /// timed out; what was acknowledged is unknown, so the caller connects
+    /// again and sends the whole burst again (at least once: NATS drops the
+    /// repeats by id; the other kinds may deliver up to one burst twice).
+    pub async fn send(&mut self, burst: &[Message], timeout: Duration) -> Result<BurstResult, String> {
+        let sending = async {
+            match self {
+                Sink::Nats(s) => s.send(burst).await,
+                Sink::Rabbitmq(s) => s.send(burst).await,
+                Sink::Redis(s) => s.send(burst).await,
+                Sink::Mqtt(s) => s.send(burst).await,
+            }
+        };
+        let result = tokio::time::timeout(timeout, sending)
+            .await
+            .map_err(|_| format!("the broker did not acknowledge the burst within {timeout:?}"))??;
+        debug_assert_eq!(result.len(), burst.len());
+        Ok(result)
+    }
+}
+
+/// `Option<Duration>` written as "5ms", "1s".
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration ({e})")))
+    }
+}

@@ -1,0 +1,1 @@
+//! The nats and redis sinks against the real brokers.

@@ -1,0 +1,1 @@
+//! The rabbitmq and mqtt sinks against the real brokers.
