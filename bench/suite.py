@@ -20,7 +20,7 @@ figure, measured value, target, met or not.
   P3  drain of a 200,000-event backlog through the no-op plugin (tests/plugins/noop,
       batch size 1000): events/s from the first acknowledged batch and from host
       start. Timings come from the host's own per-batch debug lines
-      (PGEVENTS_LOG=pgevents_host::dispatch=debug), which also give the read and
+      (PGEVENTS_LOG=pgevents_host::deliver=debug), which also give the read and
       handle+ack time per batch.
   P4  commit-to-handler latency at a steady 1,000 rows/s, each row its own
       transaction (4 writer connections x 250/s, paced, server-default
@@ -41,6 +41,10 @@ figure, measured value, target, met or not.
       compiles, so rounds 3+ (compile cache) are judged.
   P6  host VmRSS, idle, with every plugins/*.wasm loaded (and topped up to five
       plugins with test plugins if fewer), sampled after startup settles.
+  P9  publishing: a backlog of 100,000 events through the `publisher` test plugin,
+      one message each to NATS JetStream (a sink with burst 1,000): messages/s
+      as the stream received them (its message count, polled with nats-py),
+      from the first message and from host start.
   P7  psycopg2-pgevents 0.2.2 (PyPI), used as its README shows (install_trigger_function,
       install_trigger, register_event_channel, then `for evt in poll(conn)`):
       its insert overhead, the time to receive a burst of rows, latency at
@@ -67,7 +71,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".tools" / "bench-venv"
-REQUIREMENTS = ["psycopg2-binary==2.9.13", "psycopg2-pgevents==0.2.2"]
+REQUIREMENTS = ["psycopg2-binary==2.9.13", "psycopg2-pgevents==0.2.2", "nats-py==2.11.0"]
 
 
 def ensure_venv():
@@ -102,6 +106,8 @@ if not TARGET_DIR.is_absolute():
 HOST = TARGET_DIR / "release" / "pgevents-host"
 WASM = TARGET_DIR / "wasm32-wasip2" / "release"
 NOOP = WASM / "noop.wasm"
+PUBLISHER = WASM / "publisher.wasm"
+NATS_URL = os.environ.get("PGEVENTS_BENCH_NATS_URL", "nats://127.0.0.1:4222")
 
 # Sizes: full about 5 minutes, quick about 2.
 P1_SECONDS = 3 if QUICK else 8
@@ -110,6 +116,7 @@ P3_ROWS = 50_000 if QUICK else 200_000
 P4_RATE, P4_SECONDS = 1000, (6 if QUICK else 20)
 P5_ROUNDS = 4 if QUICK else 6
 P7_BURST = 50_000 if QUICK else 200_000
+P9_EVENTS = 20_000 if QUICK else 100_000
 LOSS_SECONDS, LOSS_STOP_AT, LOSS_DOWN = (10, 2, 5) if QUICK else (14, 4, 5)
 
 WORK = Path(tempfile.mkdtemp(prefix="pgevents-bench-"))
@@ -463,7 +470,7 @@ def p3_drain():
         cur = conn.cursor()
         done_sql = ("SELECT count(*) FROM pgevents.cursors c JOIN pgevents.commits k ON k.txid = %s::xid8 "
                     "WHERE c.plugin = 'noop' AND (c.ord, c.seq) >= (k.ord, %s)")
-        host = Host(url, d, "p3", log="info,tokio_postgres=warn,pgevents_host::dispatch=debug,"
+        host = Host(url, d, "p3", log="info,tokio_postgres=warn,pgevents_host::deliver=debug,"
                                        "pgevents_host::runtime=debug")
         t0 = host.started
         try:
@@ -513,7 +520,7 @@ def p4_latency():
     try:
         d, cfg = plugins_dir("p4", [NOOP], LOG_EVENTS)
         install(url, d, cfg)
-        host = Host(url, d, "p4", cfg, log="info,tokio_postgres=warn,pgevents_host::dispatch=debug")
+        host = Host(url, d, "p4", cfg, log="info,tokio_postgres=warn,pgevents_host::deliver=debug")
         try:
             host.wait_for(r"partition acquired|plugin (loaded|started)", 60)
             time.sleep(0.5)
@@ -766,7 +773,7 @@ def p7_other():
     try:
         d, _ = plugins_dir("p7_burst_ours", [NOOP])
         install(url, d)
-        host = Host(url, d, "p7_burst_ours", log="info,tokio_postgres=warn,pgevents_host::dispatch=debug")
+        host = Host(url, d, "p7_burst_ours", log="info,tokio_postgres=warn,pgevents_host::deliver=debug")
         try:
             host.wait_for(r"partition acquired", 120)
             run_sql(url, bulk_insert(P7_BURST))
@@ -909,6 +916,13 @@ def table():
             cold = f" (cold start {p['cold']:.1f})" if "cold" in p else ""
             row(f"P6 RSS idle, {p['label']} ({p['loaded']} active)", f"{p['warm']:.1f} MiB{cold}",
                 "<= 64 MB", p["warm"] <= 64)
+    if not err("P9", "P9 publish to NATS JetStream", ">= 20k/s"):
+        p = RESULTS["P9"]
+        if "from_first" in p:
+            row(f"P9 publish {p['n'] // 1000}k backlog to NATS JetStream, from 1st message",
+                f"{p['from_first']:,.0f} messages/s", ">= 20,000/s", p["from_first"] >= 20_000)
+        row(f"P9 publish {p['n'] // 1000}k backlog, from host start", f"{p['from_start']:,.0f} messages/s",
+            "(info)", None)
     err("P7", "P7 psycopg2-pgevents 0.2.2", "(info)")
     if "P7" in RESULTS:  # possibly partial
         p = RESULTS["P7"]
@@ -964,6 +978,72 @@ def table():
                   f"at most {100 * p['instantiate_us'] / (1000 * p['handle_ack_ms']):.1f}% of a batch")
 
 
+def p9_publish():
+    say(f"P9: {P9_EVENTS:,} events through a plugin publishing one message each to NATS JetStream")
+    import asyncio
+    import nats  # from the bench venv
+
+    stream = f"pgbench{os.getpid()}"
+
+    async def with_js(action):
+        nc = await nats.connect(NATS_URL)
+        try:
+            return await action(nc.jetstream())
+        finally:
+            await nc.close()
+
+    async def create(js):
+        await js.add_stream(name=stream, subjects=[f"{stream}.>"], duplicate_window=120.0)
+
+    async def count(js):
+        return (await js.stream_info(stream)).state.messages
+
+    async def delete(js):
+        await js.delete_stream(stream)
+
+    url = fresh_db("pgevents_bench_p9")
+    asyncio.run(with_js(create))
+    try:
+        config = (f'[sinks.bus]\nkind = "nats"\nurl = "{NATS_URL}"\nburst = 1000\n\n'
+                  f'[plugins.publisher]\npublish = ["bus"]\nbatch_size = 1000\n'
+                  f'config = {{ subject = "{stream}.items", tables = "public.bench_items" }}\n')
+        d, cfg = plugins_dir("p9", [PUBLISHER], config)
+        install(url, d, cfg)
+        warm = Host(url, d, "p9_warm", cfg)
+        warm.wait_for(r"partition acquired", 120)
+        warm.stop()
+        run_sql(url, bulk_insert(P9_EVENTS))
+        host = Host(url, d, "p9", cfg)
+        t0 = host.started
+        first = None
+        try:
+            while True:
+                n = asyncio.run(with_js(count))
+                now = time.time()
+                if n > 0 and first is None:
+                    first = (now, n)
+                if n >= P9_EVENTS:
+                    break
+                if host.proc.poll() is not None or now - t0 > 300:
+                    raise RuntimeError(f"host stopped or publishing took > 300 s ({n:,} received):\n"
+                                       + "".join(host.lines()[-20:]))
+                time.sleep(0.1)
+            t_done = time.time()
+        finally:
+            host.stop()
+        r = {"n": P9_EVENTS, "from_start": P9_EVENTS / (t_done - t0)}
+        if first and t_done > first[0]:
+            r["from_first"] = (P9_EVENTS - first[1]) / (t_done - first[0])
+        say(f"   {r}")
+        RESULTS["P9"] = r
+    finally:
+        try:
+            asyncio.run(with_js(delete))
+        except Exception as e:  # noqa: BLE001
+            say(f"could not delete stream {stream}: {e}")
+        drop_db("pgevents_bench_p9")
+
+
 ERRORS = {}
 LOAD_AT_START = 0.0
 
@@ -980,7 +1060,8 @@ def main():
     started = time.time()
     only = set(os.environ.get("PGEVENTS_BENCH_ONLY", "").replace(",", " ").split())
     steps = [("P1", p1_insert_rate), ("P2", lambda: RESULTS.__setitem__("P2", p2_bulk_insert())),
-             ("P3", p3_drain), ("P4", p4_latency), ("P5", p5_reload), ("P6", p6_memory), ("P7", p7_other)]
+             ("P3", p3_drain), ("P4", p4_latency), ("P5", p5_reload), ("P6", p6_memory), ("P7", p7_other),
+             ("P9", p9_publish)]
     try:
         for key, step in steps:
             if only and key not in only:

@@ -126,7 +126,12 @@ pub async fn run(
     if settings.notify {
         tasks.spawn(
             "listener",
-            deliver::listen(ctx.url.clone(), wake_tx.clone(), shutdown.clone()),
+            db::listen(
+                ctx.url.clone(),
+                schema::NOTIFY_CHANNEL,
+                wake_tx.clone(),
+                shutdown.clone(),
+            ),
         );
     }
     tasks.spawn(
@@ -165,7 +170,22 @@ pub async fn run(
             })
         })
     };
+    let host_id = crate::leases::new_host_id();
+    for (name, sink) in &settings.sinks {
+        tasks.spawn(
+            "outbox flusher",
+            crate::outbox::keep_flushing(
+                ctx.url.clone(),
+                host_id.clone(),
+                name.clone(),
+                sink.clone(),
+                settings.lease_ttl,
+                shutdown.clone(),
+            ),
+        );
+    }
     let coordinator = Coordinator::new(
+        host_id,
         ctx.url.clone(),
         settings.clone(),
         observers.clone(),

@@ -25,6 +25,7 @@ pub mod leases;
 pub mod maintenance;
 pub mod observer;
 pub mod out;
+pub mod outbox;
 pub mod registry;
 pub mod runtime;
 pub mod schema;

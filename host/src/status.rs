@@ -32,6 +32,8 @@ pub struct Status {
     /// capture nothing until the host enables them again (at its next
     /// reconcile).
     pub disabled_triggers: Vec<String>,
+    /// Per sink: messages waiting in the outbox, refused, sent, last error.
+    pub outbox: Vec<crate::outbox::SinkStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +97,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
             plugins: Vec::new(),
             triggers: BTreeMap::new(),
             disabled_triggers: Vec::new(),
+            outbox: Vec::new(),
         });
     }
     let open_writers = open_writers(client, std::time::Duration::ZERO).await?;
@@ -207,6 +210,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
         plugins,
         triggers: schema::by_table(&installed_triggers),
         disabled_triggers,
+        outbox: crate::outbox::status(client).await?,
     })
 }
 
@@ -346,6 +350,9 @@ impl fmt::Display for Status {
                 f,
                 "DISABLED capture trigger on {t}: that table's changes are not captured until the host enables it again"
             )?;
+        }
+        for s in &self.outbox {
+            write!(f, "{s}")?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ mod layout;
 mod order;
 mod polyglot;
 mod proxy;
+mod publish;
 mod reload;
 mod sinks_nats_redis;
 mod sinks_rabbitmq_mqtt;

@@ -93,6 +93,8 @@ macro_rules! declare_settings {
             $( $(#[doc = $pdoc])+ pub $pfield: <$pkind as Kind>::Value, )*
             /// Per plugin (by manifest name): overrides and grants.
             pub plugins: BTreeMap<String, PluginPolicy>,
+            /// The message buses plugins may be granted (`[sinks.NAME]`).
+            pub sinks: BTreeMap<String, crate::sinks::SinkConfig>,
         }
 
         impl Default for Settings {
@@ -103,6 +105,7 @@ macro_rules! declare_settings {
                     $( $pfield: <$pkind as Kind>::parse($pdefault)
                         .expect(concat!("the default of ", stringify!($pfield))), )*
                     plugins: BTreeMap::new(),
+                    sinks: BTreeMap::new(),
                 }
             }
         }
@@ -136,6 +139,7 @@ macro_rules! declare_settings {
                     $( $hfield: host.$hfield.clone(), )*
                     $( $pfield: self.$pfield.clone().unwrap_or_else(|| host.$pfield.clone()), )*
                     plugins: BTreeMap::new(),
+                    sinks: host.sinks.clone(),
                 }
             }
         }

@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::sinks::SinkConfig;
+
 use super::{
     MAX_BATCH_SIZE, MAX_PARTITIONS, PluginOnly, PluginPolicy, SETTINGS, Setting, Settings,
 };
@@ -29,6 +31,7 @@ pub struct ConfigFile {
     /// The settings it gives, in the order written.
     values: Vec<(&'static Setting, toml::Value)>,
     pub plugins: BTreeMap<String, PluginPolicy>,
+    pub sinks: BTreeMap<String, SinkConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,18 @@ impl ConfigFile {
                         file.plugins.insert(name, policy);
                     }
                 }
+                "sinks" => {
+                    let toml::Value::Table(sinks) = value else {
+                        return Err("`sinks` must hold one [sinks.NAME] section per sink".into());
+                    };
+                    for (name, section) in sinks {
+                        let sink: SinkConfig =
+                            section.try_into().map_err(|e: toml::de::Error| {
+                                format!("[sinks.{name}] {}", e.message())
+                            })?;
+                        file.sinks.insert(name, sink);
+                    }
+                }
                 _ => {
                     let setting = SETTINGS.iter().find(|s| s.key == key).ok_or_else(|| {
                         format!("unknown field `{key}`; the settings are {}, and [plugins.NAME] sections", keys())
@@ -95,6 +110,7 @@ impl ConfigFile {
             (setting.set_toml)(settings, value).expect("checked when parsed");
         }
         settings.plugins.extend(self.plugins);
+        settings.sinks.extend(self.sinks);
     }
 }
 

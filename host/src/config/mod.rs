@@ -124,6 +124,9 @@ declare_settings! {
         /// Grants outbound HTTP: `allow` lists `"host"` (any port) or
         /// `"host:port"` entries, without a scheme or path.
         http: Option<HttpGrant>,
+        /// Grants the publish capability: the sinks (`[sinks.NAME]`
+        /// sections) the plugin may publish to.
+        publish: Option<Vec<String>>,
     }
 }
 
@@ -206,6 +209,7 @@ impl From<&EffectivePolicy> for Grants {
             config: policy.config.clone(),
             sql: policy.sql.is_some(),
             http: policy.http.clone(),
+            publish: policy.publish.clone(),
         }
     }
 }
@@ -262,5 +266,61 @@ mod tests {
         file.apply(&mut settings);
         assert_eq!(settings.policy("ledger").partitions, 4);
         assert!(settings.check().is_ok());
+    }
+
+    #[test]
+    fn sinks_are_sections_and_a_grant_must_name_one() {
+        let file = ConfigFile::parse(
+            "[sinks.bus]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nburst = 10\n\
+             [plugins.p]\npublish = [\"bus\"]\n",
+        )
+        .unwrap();
+        let mut settings = Settings::default();
+        file.apply(&mut settings);
+        assert_eq!(settings.sinks["bus"].burst, Some(10));
+        assert_eq!(settings.policy("p").publish, Some(vec!["bus".to_owned()]));
+        assert!(settings.check().is_ok());
+        let mut missing = Settings::default();
+        ConfigFile::parse("[plugins.p]\npublish = [\"nope\"]\n")
+            .unwrap()
+            .apply(&mut missing);
+        let err = missing.check().unwrap_err();
+        assert!(err.contains("[sinks.nope]"), "{err}");
+        let typo = ConfigFile::parse("[sinks.bus]\nkind = \"kafka\"\n").unwrap_err();
+        assert!(
+            typo.contains("[sinks.bus]") && typo.contains("kafka"),
+            "{typo}"
+        );
+        let no_url = ConfigFile::parse("[sinks.bus]\nkind = \"redis\"\n").unwrap();
+        let mut s = Settings::default();
+        no_url.apply(&mut s);
+        assert!(
+            s.check().unwrap_err().contains("url"),
+            "a sink needs its broker"
+        );
+    }
+
+    #[test]
+    fn the_reference_lists_every_sink_key() {
+        // Every key the parser accepts is documented, and nothing else.
+        for (key, _) in crate::sinks::SINK_KEYS {
+            let value = match *key {
+                "kind" => "\"nats\"",
+                "burst" | "max_pending" => "1",
+                "linger" => "\"5ms\"",
+                _ => "\"x\"",
+            };
+            let toml = format!("[sinks.s]\nkind = \"nats\"\n{key} = {value}\n");
+            let toml = if *key == "kind" {
+                "[sinks.s]\nkind = \"nats\"\n".to_owned()
+            } else {
+                toml
+            };
+            assert!(ConfigFile::parse(&toml).is_ok(), "{key}: {toml}");
+        }
+        let unknown = ConfigFile::parse("[sinks.s]\nkind = \"nats\"\nbogus = 1\n").unwrap_err();
+        for (key, _) in crate::sinks::SINK_KEYS {
+            assert!(unknown.contains(key), "the parser knows `{key}`: {unknown}");
+        }
     }
 }

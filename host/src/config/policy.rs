@@ -19,6 +19,7 @@ pub struct EffectivePolicy {
     pub config: BTreeMap<String, String>,
     pub sql: Option<SqlGrant>,
     pub http: Option<HttpGrant>,
+    pub publish: Option<Vec<String>>,
 }
 
 impl std::ops::Deref for EffectivePolicy {
@@ -61,6 +62,16 @@ impl Settings {
                     LEASE_MARGIN_MS + LEASE_CHECK_MS
                 ));
             }
+            for sink in p.publish.iter().flatten() {
+                if !self.sinks.contains_key(sink) {
+                    return Err(format!(
+                        "[plugins.{name}] publish names the sink `{sink}`, which has no [sinks.{sink}] section"
+                    ));
+                }
+            }
+        }
+        for (name, sink) in &self.sinks {
+            sink.url().map_err(|e| format!("[sinks.{name}] {e}"))?;
         }
         Ok(())
     }
@@ -76,6 +87,7 @@ impl Settings {
             config: p.config,
             sql: p.sql,
             http: p.http,
+            publish: p.publish,
         }
     }
 

@@ -84,6 +84,15 @@ Durations are written like `\"500ms\"`, `\"15s\"`, `\"1h\"`; sizes as a number o
         let _ = writeln!(out, "| `{key}` | {} |", one_line(doc));
     }
     out.push_str(
+        "\n## Sinks\n\nA `[sinks.NAME]` section configures a message bus that plugins granted \
+`publish = [\"NAME\"]` may publish to (see [capabilities](../plugins/capabilities.md)). Every \
+host with the section flushes the sink in turn: one at a time, under a lease.\n\n\
+| key | what it is |\n|---|---|\n",
+    );
+    for (key, doc) in crate::sinks::SINK_KEYS {
+        let _ = writeln!(out, "| `{key}` | {} |", one_line(doc));
+    }
+    out.push_str(
         "\nThe `sql` role needs `LOGIN` and the privileges the plugin's statements need, and \
 must not be a superuser (the host refuses one, and a URL that logs in as anyone else). The host \
 grants it `USAGE` on schema `pgevents` and `EXECUTE` on the two acknowledgement functions, which \

@@ -173,4 +173,7 @@ mod tests {
     }
 }
 
+mod listen;
 pub mod sqlstate;
+
+pub(crate) use listen::listen;

@@ -8,7 +8,8 @@ use crate::db;
 use crate::event::{LoggedEvent, Position};
 use crate::eventlog::{self, Within};
 use crate::observer::HostEvent;
-use crate::runtime::{Outcome, Retry, SqlAccess};
+use crate::outbox;
+use crate::runtime::{Effects, Outbox, Outcome, Published, Retry, SqlAccess};
 use crate::schema::SCHEMA;
 
 /// The failure a batch ended with, for the event at `index`.
@@ -60,14 +61,10 @@ impl Deliverer {
             if !self.lease_covers_a_call().await {
                 return Ok(Handled::Stopped);
             }
-            return Ok(match self.call(events, None, end, ahead).await {
+            let (outcome, mut messages) = self.call(events, None, end, ahead).await;
+            return Ok(match outcome {
                 Outcome::Handled => {
-                    if !self
-                        .conn()
-                        .reader
-                        .ack(&self.conn().client, &self.stream, end)
-                        .await?
-                    {
+                    if !self.acknowledge_with(end, &messages).await? {
                         return Ok(Handled::Refused);
                     }
                     Handled::Upto {
@@ -81,12 +78,11 @@ impl Deliverer {
                     message,
                 } => {
                     let to = index.checked_sub(1).map(|i| positions[i]);
+                    // The messages of the events acknowledged, not of the
+                    // failed one (it records its own when it succeeds).
+                    messages.retain(|m| m.event < index);
                     if let Some(to) = to
-                        && !self
-                            .conn()
-                            .reader
-                            .ack(&self.conn().client, &self.stream, to)
-                            .await?
+                        && !self.acknowledge_with(to, &messages).await?
                     {
                         return Ok(Handled::Refused);
                     }
@@ -109,7 +105,7 @@ impl Deliverer {
             }
             sql.begin(self.policy.handle_timeout).await?;
             let access: Arc<dyn SqlAccess> = sql.clone();
-            let outcome = self
+            let (outcome, messages) = self
                 .call(events[..take].to_vec(), Some(access), end, ahead.take())
                 .await;
             match sql.checked(outcome) {
@@ -120,8 +116,10 @@ impl Deliverer {
                         positions[take - 1]
                     };
                     let stream = &self.stream;
+                    let messages = &messages;
                     let ack = async |client: &tokio_postgres::Client| {
-                        eventlog::ack_with(client, None, stream, to).await
+                        Ok(outbox::record(client, stream, messages).await?
+                            && eventlog::ack_with(client, None, stream, to).await?)
                     };
                     match sql.acknowledge_and_commit(ack).await {
                         Ok(true) => {
@@ -183,28 +181,61 @@ impl Deliverer {
     /// Call the plugin; meanwhile, with `ahead`, read the window after `end`
     /// on this connection (the sql capability has a session of its own). A
     /// failed read-ahead is dropped: the next read is made again and reports.
+    ///
+    /// Returns what became of the call and the messages it published.
     async fn call(
         &mut self,
         events: Vec<(LoggedEvent, u32)>,
         sql: Option<Arc<dyn SqlAccess>>,
         end: Position,
         ahead: Option<(u32, Option<Within>)>,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<Published>) {
         let plugin = self.plugin.clone();
+        let outbox = self
+            .policy
+            .publish
+            .as_ref()
+            .map(|_| Arc::new(Outbox::default()));
+        let effects = Effects {
+            sql,
+            outbox: outbox.clone(),
+        };
+        let published = |outcome| (outcome, outbox.map(|o| o.take()).unwrap_or_default());
         let Some((window, within)) = ahead else {
-            return plugin.handle(events, sql).await;
+            return published(plugin.handle(events, effects).await);
         };
         let conn = self.conn();
         let read = conn
             .reader
             .read(&conn.client, &self.stream, end, window, within);
-        let (outcome, read) = tokio::join!(plugin.handle(events, sql), read);
+        let (outcome, read) = tokio::join!(plugin.handle(events, effects), read);
         self.prefetched = read.ok().map(|batch| Prefetched {
             from: end,
             window,
             batch,
         });
-        outcome
+        published(outcome)
+    }
+
+    /// Acknowledge up to `to` outside a plugin's sql session, recording the
+    /// messages of the acknowledged events in the same transaction. False if
+    /// the acknowledgement was refused (nothing recorded).
+    async fn acknowledge_with(
+        &self,
+        to: Position,
+        messages: &[Published],
+    ) -> Result<bool, DeliverError> {
+        let conn = self.conn();
+        if messages.is_empty() {
+            return Ok(conn.reader.ack(&conn.client, &self.stream, to).await?);
+        }
+        conn.client.batch_execute("BEGIN").await?;
+        let done = outbox::record(&conn.client, &self.stream, messages).await?
+            && conn.reader.ack(&conn.client, &self.stream, to).await?;
+        conn.client
+            .batch_execute(if done { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+        Ok(done)
     }
 
     /// Events that the plugin's own sql writes caused (its session's

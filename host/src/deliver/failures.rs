@@ -14,7 +14,8 @@ use crate::event::{EventRef, LoggedEvent, Position};
 use crate::eventlog::{self, dead_letters};
 use crate::leases::{self, PartitionEnd};
 use crate::observer::HostEvent;
-use crate::runtime::{Outcome, Retry, SqlAccess};
+use crate::outbox;
+use crate::runtime::{Effects, Outbox, Outcome, Retry, SqlAccess};
 use crate::schema::SCHEMA;
 
 impl Deliverer {
@@ -130,12 +131,23 @@ impl Deliverer {
         if !self.lease_covers_a_call().await {
             return Ok(false);
         }
+        let outbox = self
+            .policy
+            .publish
+            .as_ref()
+            .map(|_| Arc::new(Outbox::default()));
+        let published = || outbox.as_ref().map(|o| o.take()).unwrap_or_default();
         let outcome = match &self.conn().sql.clone() {
             Some(sql) => {
                 sql.begin(self.policy.handle_timeout).await?;
                 let access: Arc<dyn SqlAccess> = sql.clone();
-                let outcome = sql.checked(self.plugin.handle(events, Some(access)).await);
+                let effects = Effects {
+                    sql: Some(access),
+                    outbox: outbox.clone(),
+                };
+                let outcome = sql.checked(self.plugin.handle(events, effects).await);
                 if outcome == Outcome::Handled
+                    && outbox::record(sql.client(), &self.stream, &published()).await?
                     && dead_letters::settle(sql.client(), &self.stream, &ids).await?
                 {
                     sql.commit().await?;
@@ -145,12 +157,24 @@ impl Deliverer {
                 outcome
             }
             None => {
-                let outcome = self.plugin.handle(events, None).await;
+                let effects = Effects {
+                    sql: None,
+                    outbox: outbox.clone(),
+                };
+                let outcome = self.plugin.handle(events, effects).await;
                 let done = match &outcome {
                     Outcome::Handled => ids.len(),
                     Outcome::Failed { index, .. } => *index,
                 };
-                dead_letters::settle(self.client(), &self.stream, &ids[..done]).await?;
+                let mut messages = published();
+                messages.retain(|m| m.event < done);
+                let client = self.client();
+                client.batch_execute("BEGIN").await?;
+                let settled = outbox::record(client, &self.stream, &messages).await?
+                    && dead_letters::settle(client, &self.stream, &ids[..done]).await?;
+                client
+                    .batch_execute(if settled { "COMMIT" } else { "ROLLBACK" })
+                    .await?;
                 outcome
             }
         };

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-pub(crate) use wake::{WakeLease, keep_ticking, listen};
+pub(crate) use wake::{WakeLease, keep_ticking};
 
 use crate::config::{EffectivePolicy, LEASE_CHECK_MS, LEASE_MARGIN_MS, Settings};
 use crate::db;
@@ -28,6 +28,7 @@ use crate::event::{EventRef, LoggedEvent, Position};
 use crate::eventlog::{self, Reader, Stream, Within, dead_letters};
 use crate::leases::{PARTITION_REST_MS, PartitionEnd};
 use crate::observer::{HostEvent, Observers};
+use crate::outbox;
 use crate::registry::PluginSet;
 use crate::runtime::LoadedPlugin;
 use crate::runtime::{SqlSession, SqlSessionError};
@@ -40,6 +41,9 @@ use failures::record_error;
 /// its partition back (see `PARTITION_REST_MS`), so that another host may
 /// deliver it.
 pub const GIVE_UP_FAILURES: u32 = 8;
+
+/// A plugin whose sink's outbox is full looks again this often.
+const OUTBOX_FULL_WAIT_MS: u64 = 1_000;
 
 /// What every deliverer of this host shares.
 #[derive(Debug)]
@@ -122,6 +126,8 @@ pub(crate) struct Deliverer {
     within: Option<Within>,
     /// When the log last said that the plugin receives its own writes.
     warned_own_writes: Option<Instant>,
+    /// When the log last said that a sink's outbox is full.
+    warned_full: Option<Instant>,
     /// The window after the batch in the plugin's hands, read meanwhile.
     prefetched: Option<Prefetched>,
 }
@@ -152,6 +158,7 @@ impl Deliverer {
             progressed: false,
             within: None,
             warned_own_writes: None,
+            warned_full: None,
             prefetched: None,
         })
     }
@@ -421,6 +428,19 @@ impl Deliverer {
         started: Instant,
         read_at: Duration,
     ) -> Result<Next, DeliverError> {
+        if let Some(sink) = self.full_sink().await? {
+            if self
+                .warned_full
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+            {
+                self.warned_full = Some(Instant::now());
+                tracing::warn!(
+                    stream = %self.stream, sink = %sink,
+                    "the outbox of sink `{sink}` is full (max_pending): this plugin pauses until the flusher catches up"
+                );
+            }
+            return Ok(Next::Pause(Duration::from_millis(OUTBOX_FULL_WAIT_MS)));
+        }
         let end = batch.end.expect("a batch with events has an end");
         // More rows wait: read the next window while the plugin handles this one.
         let batch_size = self.plugin.manifest.batch_size;
@@ -471,6 +491,27 @@ impl Deliverer {
                 self.failed(at, event, failed).await
             }
         }
+    }
+
+    /// With the publish capability: the first granted sink whose outbox
+    /// holds `max_pending` messages (its publishers pause until it drains).
+    async fn full_sink(&self) -> Result<Option<String>, DeliverError> {
+        let Some(sinks) = &self.policy.publish else {
+            return Ok(None);
+        };
+        for sink in sinks {
+            let max = self
+                .ctx
+                .settings
+                .sinks
+                .get(sink)
+                .and_then(|s| s.max_pending)
+                .unwrap_or(outbox::DEFAULT_MAX_PENDING);
+            if outbox::full(self.client(), sink, max).await? {
+                return Ok(Some(sink.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Move the cursor to `to` (acknowledged).

@@ -69,6 +69,7 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub(crate) fn new(
+        host_id: String,
         url: String,
         settings: Settings,
         observers: Observers,
@@ -83,7 +84,7 @@ impl Coordinator {
             set,
             start,
             shutdown,
-            host_id: super::new_host_id(),
+            host_id,
             held: HashMap::new(),
             resting: HashMap::new(),
         }

@@ -21,6 +21,7 @@ use super::capability::config::ConfigCtx;
 use super::capability::http;
 use super::capability::log::{LOG_LINES_PER_CALL, LOG_LINES_PER_EVENT};
 use super::capability::log::{LogCtx, LogLevel};
+use super::capability::publish::{Outbox, PublishCtx};
 use super::capability::sql::{SqlAccess, SqlCtx};
 use super::engine::EPOCH_TICK_MS;
 use super::engine::Runtime;
@@ -32,6 +33,23 @@ use crate::event::{LoggedEvent, Op};
 /// A failure message (a plugin's own, or a trap's with the plugin's last
 /// output) is cut to this many bytes, in the log and in the database.
 pub const FAILURE_MESSAGE_MAX_BYTES: usize = 4096;
+
+/// What a call may do beyond returning: the sql session its statements run
+/// on, and where the messages it publishes are collected.
+#[derive(Clone, Default)]
+pub struct Effects {
+    pub sql: Option<Arc<dyn SqlAccess>>,
+    pub outbox: Option<Arc<Outbox>>,
+}
+
+impl std::fmt::Debug for Effects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effects")
+            .field("sql", &self.sql.is_some())
+            .field("outbox", &self.outbox)
+            .finish()
+    }
+}
 
 /// Plugin stdout+stderr captured per call (a panic message lands here).
 const OUTPUT_CAPACITY_BYTES: usize = 1 << 20;
@@ -131,7 +149,7 @@ impl LoadedPlugin {
     pub async fn handle(
         self: &Arc<Self>,
         events: Vec<(LoggedEvent, u32)>,
-        sql: Option<Arc<dyn SqlAccess>>,
+        effects: Effects,
     ) -> Outcome {
         let stuck = self.stuck.load(Ordering::SeqCst);
         if stuck >= MAX_STUCK_CALLS {
@@ -162,7 +180,7 @@ impl LoadedPlugin {
         let spawned = std::thread::Builder::new()
             .name(format!("plugin-{}", self.manifest.name))
             .spawn(move || {
-                let outcome = runner.handle_blocking(events, sql, flag.clone());
+                let outcome = runner.handle_blocking(events, effects, flag.clone());
                 held.finish(&flag, &runner.stuck);
                 let _ = tx.send(outcome);
             });
@@ -202,10 +220,11 @@ impl LoadedPlugin {
     fn handle_blocking(
         &self,
         events: Vec<(LoggedEvent, u32)>,
-        sql: Option<Arc<dyn SqlAccess>>,
+        effects: Effects,
         abandoned: Arc<AtomicBool>,
     ) -> Outcome {
         let count = events.len();
+        let ids = events.iter().map(|(e, _)| e.id()).collect();
         let wit_events: Vec<Event> = events.into_iter().map(|(e, a)| to_wit(e, a)).collect();
         let name = self.manifest.name.clone();
         let timeout = self.grants.limits.handle_timeout;
@@ -214,7 +233,7 @@ impl LoadedPlugin {
         let result = self.call(
             &name,
             timeout,
-            sql,
+            (effects, ids),
             abandoned,
             log_lines,
             |plugin, store| {
@@ -267,7 +286,7 @@ impl LoadedPlugin {
         &self,
         plugin_name: &str,
         timeout: Duration,
-        sql: Option<Arc<dyn SqlAccess>>,
+        (effects, events): (Effects, Vec<uuid::Uuid>),
         abandoned: Arc<AtomicBool>,
         log_lines: u32,
         f: impl FnOnce(&bindings::Plugin, &mut Store<State>) -> wasmtime::Result<R>,
@@ -301,8 +320,15 @@ impl LoadedPlugin {
             },
             sql: SqlCtx {
                 plugin: plugin_name.to_owned(),
-                session: sql,
+                session: effects.sql,
                 granted: self.grants.sql,
+                abandoned: abandoned.clone(),
+            },
+            publish: PublishCtx {
+                granted: self.grants.publish.clone(),
+                events,
+                counts: Default::default(),
+                outbox: effects.outbox,
                 abandoned,
             },
             memory_limit: self.grants.limits.memory_bytes,

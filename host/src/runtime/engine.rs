@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::pgevents::plugin as wit;
 use super::capability::config::ConfigCtx;
 use super::capability::log::{LogCtx, LogSink};
+use super::capability::publish::PublishCtx;
 use super::capability::sql::SqlCtx;
 use super::state::State;
 
@@ -136,6 +137,9 @@ impl Runtime {
         })?;
         wit::sql::add_to_linker::<_, HasSelf<SqlCtx>>(&mut linker, |state: &mut State| {
             &mut state.sql
+        })?;
+        wit::publish::add_to_linker::<_, HasSelf<PublishCtx>>(&mut linker, |state: &mut State| {
+            &mut state.publish
         })?;
         // The ticker holds only a weak reference: it ends with the last engine clone.
         let weak = engine.weak();

@@ -299,7 +299,7 @@ impl Runtime {
                 let result = runner.call(
                     "(loading)",
                     timeout,
-                    None,
+                    Default::default(),
                     flag.clone(),
                     LOG_LINES_PER_CALL,
                     |plugin, store| plugin.pgevents_plugin_handler().call_describe(store),

@@ -25,10 +25,11 @@ mod load;
 mod manifest;
 mod state;
 
-pub use call::{ABANDON_GRACE, LoadedPlugin, plugin_text};
+pub use call::{ABANDON_GRACE, Effects, LoadedPlugin, plugin_text};
 pub use capability::Grants;
 pub use capability::http::HttpGrant;
 pub use capability::log::{LogLevel, LogSink, PluginLog};
+pub use capability::publish::{Outbox, Published, message_id};
 pub use capability::sql::{
     CommitError, SqlAccess, SqlFailure, SqlGrant, SqlRows, SqlSession, SqlSessionError, SqlValue,
     application_name, grant_acknowledgement,
@@ -40,7 +41,7 @@ pub use manifest::{DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, Manifest, ManifestError, 
 use std::time::Duration;
 
 /// The world this host implements, as plugins name it.
-pub const WORLD: &str = "pgevents:plugin/plugin@0.1.0";
+pub const WORLD: &str = "pgevents:plugin/plugin@0.1.1";
 
 /// Per-instance limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

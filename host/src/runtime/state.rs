@@ -10,6 +10,7 @@ use super::bindings;
 use super::capability::config::ConfigCtx;
 use super::capability::http::Outgoing;
 use super::capability::log::LogCtx;
+use super::capability::publish::PublishCtx;
 use super::capability::sql::SqlCtx;
 
 /// Per-instance state: a deny-by-default WASI context and the capabilities' state.
@@ -20,6 +21,7 @@ pub(super) struct State {
     pub(super) log: LogCtx,
     pub(super) config: ConfigCtx,
     pub(super) sql: SqlCtx,
+    pub(super) publish: PublishCtx,
     pub(super) memory_limit: usize,
     pub(super) memory_exceeded: bool,
 }

@@ -83,6 +83,33 @@ impl SinkConfig {
     }
 }
 
+/// The keys of a `[sinks.NAME]` section, for the reference docs (a test
+/// checks that this list and [`SinkConfig`]'s fields agree).
+pub const SINK_KEYS: &[(&str, &str)] = &[
+    ("kind", "`nats`, `rabbitmq`, `redis` or `mqtt`"),
+    (
+        "url",
+        "the broker: `nats://host:4222`, `amqp://user:pass@host:5672/%2f`, `redis://host:6379`, `mqtt://host:1883`",
+    ),
+    (
+        "url_env",
+        "instead of `url`: the environment variable that holds it (for secrets)",
+    ),
+    (
+        "exchange",
+        "RabbitMQ only: the exchange to publish to (default: the default exchange, where the subject names the queue)",
+    ),
+    ("burst", "messages per burst (default 500)"),
+    (
+        "linger",
+        "how long a burst may wait to fill once a message waits (default `5ms`)",
+    ),
+    (
+        "max_pending",
+        "waiting messages past which the plugins publishing to this sink pause (default 100000)",
+    ),
+];
+
 /// A connected sink.
 #[derive(Debug)]
 pub enum Sink {
@@ -121,7 +148,11 @@ impl Sink {
     /// timed out; what was acknowledged is unknown, so the caller connects
     /// again and sends the whole burst again (at least once: NATS drops the
     /// repeats by id; the other kinds may deliver up to one burst twice).
-    pub async fn send(&mut self, burst: &[Message], timeout: Duration) -> Result<BurstResult, String> {
+    pub async fn send(
+        &mut self,
+        burst: &[Message],
+        timeout: Duration,
+    ) -> Result<BurstResult, String> {
         let sending = async {
             match self {
                 Sink::Nats(s) => s.send(burst).await,
@@ -130,9 +161,9 @@ impl Sink {
                 Sink::Mqtt(s) => s.send(burst).await,
             }
         };
-        let result = tokio::time::timeout(timeout, sending)
-            .await
-            .map_err(|_| format!("the broker did not acknowledge the burst within {timeout:?}"))??;
+        let result = tokio::time::timeout(timeout, sending).await.map_err(|_| {
+            format!("the broker did not acknowledge the burst within {timeout:?}")
+        })??;
         debug_assert_eq!(result.len(), burst.len());
         Ok(result)
     }
@@ -144,7 +175,9 @@ mod humantime_serde_opt {
 
     use serde::Deserialize;
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map(Some)

@@ -1,5 +1,5 @@
 //! What a plugin may import, one module per capability: `log` and `config`
-//! for every plugin; `sql` and `http` only for a plugin the operator grants
+//! for every plugin; `sql`, `http` and `publish` only for a plugin the operator grants
 //! them to. Each module implements its WIT interface on its own part of a
 //! call's state. [`CAPABILITIES`] says which imports need a grant, and
 //! [`Grants`] is what the operator allows one plugin.
@@ -7,6 +7,7 @@
 pub(super) mod config;
 pub(super) mod http;
 pub(super) mod log;
+pub(super) mod publish;
 pub(super) mod sql;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,12 @@ pub(super) const CAPABILITIES: &[Capability] = &[
         grant: "http = { allow = [\"host:port\"] }",
         granted: |g| g.http.is_some(),
     },
+    Capability {
+        name: "publish",
+        interface: "pgevents:plugin/publish",
+        grant: "publish = [\"SINK\"] (and the sink under [sinks.SINK])",
+        granted: |g| g.publish.is_some(),
+    },
 ];
 
 /// What the operator allows one plugin (by manifest name), and its limits.
@@ -50,6 +57,8 @@ pub struct Grants {
     pub sql: bool,
     /// Outbound HTTP, to the hosts it allows.
     pub http: Option<HttpGrant>,
+    /// The sinks it may publish to.
+    pub publish: Option<Vec<String>>,
 }
 
 impl Grants {
@@ -58,6 +67,7 @@ impl Grants {
         Grants {
             sql: true,
             http: Some(HttpGrant { allow: vec![] }),
+            publish: Some(vec![]),
             ..Grants::default()
         }
     }

@@ -414,7 +414,8 @@ pub async fn grant_acknowledgement(
     tx.batch_execute(&format!(
             "GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
              GRANT EXECUTE ON FUNCTION {SCHEMA}.ack(text, int, int, uuid, bigint, bigint, bigint) TO {role};
-             GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};"
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.settle_dead_letters(text, int, uuid, bigint[]) TO {role};
+             GRANT EXECUTE ON FUNCTION {SCHEMA}.record_messages(text, int, uuid, uuid[], text[], text[], text[], bytea[], jsonb[]) TO {role};"
     ))
     .await
     .map_err(failed)?;

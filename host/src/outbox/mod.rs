@@ -1,0 +1,193 @@
+//! The outbox: messages plugins publish, recorded in the transaction that
+//! acknowledges their events (so a message exists if and only if its event
+//! was acknowledged), then sent to the operator's sinks by the flusher
+//! (`flusher.rs`), one host per sink at a time, and deleted once the broker
+//! acknowledged them.
+//!
+//! Files: this one (recording, reading, the state of each sink),
+//! `flusher.rs` (sending in bursts, under a lease).
+
+mod flusher;
+
+pub(crate) use flusher::keep_flushing;
+pub use flusher::{
+    DEFAULT_BURST, DEFAULT_LINGER_MS, DEFAULT_MAX_PENDING, FlushReport, flush_now, lease_name,
+};
+
+use tokio_postgres::GenericClient;
+
+use crate::eventlog::Stream;
+use crate::runtime::Published;
+use crate::schema::SCHEMA;
+
+/// The NOTIFY channel `pgevents.record_messages` signals (payload: the sink).
+pub const OUTBOX_CHANNEL: &str = "pgevents_outbox";
+
+/// Record `messages` for `stream`'s plugin in the caller's transaction, with
+/// the lease check of the acknowledgement. Returns false if the lease is gone.
+pub async fn record(
+    client: &impl GenericClient,
+    stream: &Stream,
+    messages: &[Published],
+) -> Result<bool, tokio_postgres::Error> {
+    if messages.is_empty() {
+        return Ok(true);
+    }
+    let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id).collect();
+    let sinks: Vec<&str> = messages.iter().map(|m| m.sink.as_str()).collect();
+    let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
+    let keys: Vec<Option<&str>> = messages.iter().map(|m| m.key.as_deref()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    let headers: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| serde_json::json!(m.headers))
+        .collect();
+    let part = stream.part as i32;
+    // Every parameter's type is inferred from the function's signature (this
+    // also runs on a plugin's sql session; see `ACK_SQL`).
+    let row = client
+        .query_one(
+            "SELECT pgevents.record_messages($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &stream.plugin,
+                &part,
+                &stream.token,
+                &ids,
+                &sinks,
+                &subjects,
+                &keys,
+                &payloads,
+                &headers,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The messages waiting for one sink, up to `limit` (its first ones).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SinkStatus {
+    pub sink: String,
+    /// Messages waiting to be sent.
+    pub pending: i64,
+    /// Seconds since the oldest waiting message was recorded.
+    pub oldest_age_seconds: Option<f64>,
+    /// Messages the broker refused for good (kept until purged).
+    pub refused: i64,
+    pub sent: i64,
+    pub last_sent_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+impl std::fmt::Display for SinkStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "outbox to sink {}: {} waiting", self.sink, self.pending)?;
+        if let Some(age) = self.oldest_age_seconds {
+            write!(f, " (oldest {age:.1}s)")?;
+        }
+        writeln!(
+            f,
+            ", {} sent, last {}",
+            self.sent,
+            self.last_sent_at.as_deref().unwrap_or("-")
+        )?;
+        if self.refused > 0 {
+            writeln!(
+                f,
+                "  {} refused by the broker for good (kept; `pgevents-host outbox purge --sink {}` deletes them)",
+                self.refused, self.sink
+            )?;
+        }
+        if let Some(e) = &self.last_error {
+            writeln!(
+                f,
+                "  last error ({}): {e}",
+                self.last_error_at.as_deref().unwrap_or("?")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Per sink known to the database (configured or with messages).
+pub async fn status(client: &impl GenericClient) -> Result<Vec<SinkStatus>, tokio_postgres::Error> {
+    let installed: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{SCHEMA}.outbox') IS NOT NULL"),
+            &[],
+        )
+        .await?
+        .get(0);
+    if !installed {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            &format!(
+                "WITH names AS (SELECT name FROM {SCHEMA}.sinks UNION SELECT DISTINCT sink FROM {SCHEMA}.outbox)
+                 SELECT n.name,
+                        (SELECT count(*) FROM {SCHEMA}.outbox o WHERE o.sink = n.name AND o.refused IS NULL),
+                        (SELECT extract(epoch FROM now() - min(o.created_at))::float8 FROM {SCHEMA}.outbox o
+                          WHERE o.sink = n.name AND o.refused IS NULL),
+                        (SELECT count(*) FROM {SCHEMA}.outbox o WHERE o.sink = n.name AND o.refused IS NOT NULL),
+                        coalesce(s.sent, 0),
+                        to_char(s.last_sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        s.last_error,
+                        to_char(s.last_error_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM names n LEFT JOIN {SCHEMA}.sinks s ON s.name = n.name
+                 ORDER BY n.name"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| SinkStatus {
+            sink: r.get(0),
+            pending: r.get(1),
+            oldest_age_seconds: r.get(2),
+            refused: r.get(3),
+            sent: r.get(4),
+            last_sent_at: r.get(5),
+            last_error: r.get(6),
+            last_error_at: r.get(7),
+        })
+        .collect())
+}
+
+/// Whether `sink` holds `max` or more waiting messages (then its publishers pause).
+pub async fn full(
+    client: &impl GenericClient,
+    sink: &str,
+    max: u64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) >= $2 FROM (SELECT 1 FROM {SCHEMA}.outbox
+                                            WHERE sink = $1 AND refused IS NULL LIMIT $2) w"
+            ),
+            &[&sink, &(max as i64)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Delete messages: the refused ones of `sink` (or of every sink), or with
+/// `pending`, the waiting ones too. Returns how many went.
+pub async fn purge(
+    client: &impl GenericClient,
+    sink: Option<&str>,
+    pending: bool,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            &format!(
+                "DELETE FROM {SCHEMA}.outbox WHERE ($1::text IS NULL OR sink = $1)
+                                              AND ($2 OR refused IS NOT NULL)"
+            ),
+            &[&sink, &pending],
+        )
+        .await
+}

@@ -1,0 +1,390 @@
+//! The publish capability end to end: events → plugin → outbox → broker →
+//! a consumer in the test. Every message once (NATS: 0 duplicates, by its
+//! id), in key order, with its id and headers; nothing lost when the broker
+//! is cut off or the host is killed mid-flush.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use pgevents_host::runtime::message_id;
+
+use crate::proxy::Proxy;
+use crate::support::*;
+
+/// How long a test waits for messages to arrive.
+const ARRIVAL: Duration = Duration::from_secs(60);
+
+pub fn nats_url() -> String {
+    std::env::var("PGEVENTS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A message as the consumer received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `Nats-Msg-Id` (or the kind's id field).
+    pub id: String,
+    pub subject: String,
+    pub headers: HashMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no header {name} in {self:?}"))
+    }
+
+    /// The id the host must have given it: from its event and its number.
+    fn expected_id(&self) -> String {
+        let event: uuid::Uuid = self.header("event-id").parse().expect("event id");
+        let n: u32 = self.header("n").parse().expect("message number");
+        message_id(event, n).to_string()
+    }
+
+    fn row(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A JetStream stream of the test's own, on subjects `PREFIX.>`.
+pub struct NatsStream {
+    pub prefix: String,
+    js: async_nats::jetstream::Context,
+}
+
+impl NatsStream {
+    pub async fn new() -> NatsStream {
+        let url = nats_url();
+        let client = async_nats::connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "NATS with JetStream is not reachable at {url} ({e}): start it (`nats-server -js`) \
+                 or set PGEVENTS_TEST_NATS_URL"
+            )
+        });
+        let js = async_nats::jetstream::new(client);
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: prefix.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("create a JetStream stream (is JetStream enabled? `nats-server -js`)");
+        NatsStream { prefix, js }
+    }
+
+    /// Every message the stream holds, in order.
+    pub async fn all(&self) -> Vec<Received> {
+        let mut stream = self.js.get_stream(&self.prefix).await.expect("stream");
+        let last = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let Ok(m) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let headers = m
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        v.first().map(|v| v.to_string()).unwrap_or_default(),
+                    )
+                })
+                .collect::<HashMap<_, _>>();
+            out.push(Received {
+                id: headers.get("Nats-Msg-Id").cloned().unwrap_or_default(),
+                subject: m.subject.to_string(),
+                headers,
+                payload: m.payload.to_vec(),
+            });
+        }
+        out
+    }
+
+    /// Wait until the stream holds `n` messages (or fail after `ARRIVAL`).
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + ARRIVAL;
+        loop {
+            let all = self.all().await;
+            if all.len() >= n {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} messages arrived within {ARRIVAL:?}",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for NatsStream {
+    fn drop(&mut self) {
+        let js = self.js.clone();
+        let name = self.prefix.clone();
+        // Best effort, off the test's runtime (which may be shutting down).
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(js.delete_stream(name));
+            }
+        });
+    }
+}
+
+/// Config for the `publisher` test plugin publishing to a NATS sink at `url`.
+fn nats_config(url: &str, subject: &str, extra: &str) -> String {
+    format!(
+        "[sinks.bus]\nkind = \"nats\"\nurl = \"{url}\"\nburst = 50\n\n\
+         [plugins.publisher]\npublish = [\"bus\"]\nconfig = {{ subject = \"{subject}\" }}\n{extra}"
+    )
+}
+
+/// Every message once, with the id its event and number give, the event's
+/// headers, and per key in the order the rows changed.
+fn check_messages(received: &[Received], expected: usize) -> usize {
+    let mut ids = HashSet::new();
+    let mut duplicates = 0;
+    for m in received {
+        assert_eq!(m.id, m.expected_id(), "{m:?}");
+        if !ids.insert(m.id.clone()) {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(ids.len(), expected, "distinct messages");
+    // Per key (row id), the `qty` values arrive increasing: each update set
+    // the next one.
+    let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for m in received {
+        if !seen.insert(m.id.clone()) {
+            continue;
+        }
+        if let Some(qty) = m.row().get("qty").and_then(|q| q.as_i64()) {
+            by_key
+                .entry(m.row()["id"].to_string())
+                .or_default()
+                .push(qty);
+        }
+    }
+    for (key, qtys) in &by_key {
+        let mut sorted = qtys.clone();
+        sorted.sort_unstable();
+        assert_eq!(qtys, &sorted, "key {key}: messages out of order");
+    }
+    duplicates
+}
+
+/// Rows 1..=rows inserted with qty 0, then each updated `updates` times
+/// (qty 1, 2, ...), the rows' updates interleaved across transactions.
+async fn write_history(db: &TestDb, rows: i64, updates: i64) {
+    let client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO items (id, name, qty) SELECT g, 'row ' || g, 0 FROM generate_series(1, $1::bigint) g",
+            &[&rows],
+        )
+        .await
+        .expect("insert");
+    for q in 1..=updates {
+        client
+            .execute("UPDATE items SET qty = $1 WHERE id % 2 = 0", &[&(q as i32)])
+            .await
+            .expect("update even");
+        client
+            .execute("UPDATE items SET qty = $1 WHERE id % 2 = 1", &[&(q as i32)])
+            .await
+            .expect("update odd");
+    }
+}
+
+#[tokio::test]
+async fn nats_receives_every_message_once_in_key_order_with_ids_and_headers() {
+    let db = TestDb::new().await;
+    let bus = NatsStream::new().await;
+    let subject = format!("{}.items", bus.prefix);
+    let settings = settings_with(&nats_config(&nats_url(), &subject, ""));
+    let mut host = Host::start_with(&db, plugins_dir(&["publisher"]), settings).await;
+    write_history(&db, 20, 5).await;
+    let received = bus.wait_for(120).await;
+    host.settle(Duration::from_millis(500)).await;
+    let received_after = bus.all().await;
+    assert_eq!(
+        received_after.len(),
+        120,
+        "no more than one message per event"
+    );
+    assert_eq!(check_messages(&received, 120), 0);
+    for m in &received {
+        assert_eq!(m.subject, subject);
+        assert!(["insert", "update"].contains(&m.header("op")), "{m:?}");
+    }
+    eventually(
+        &db.client().await,
+        "the outbox empties once the broker acknowledged every message",
+        "SELECT count(*) = 0 FROM pgevents.outbox",
+    )
+    .await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_plugin_without_the_publish_grant_is_refused_at_load_naming_the_line() {
+    let db = TestDb::new().await;
+    let settings = settings_with("[sinks.bus]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n");
+    let host = Host::start_with(&db, plugins_dir(&["publisher"]), settings).await;
+    let rejections = host.rejections();
+    assert!(
+        rejections
+            .iter()
+            .any(|r| r.contains("publish = [\"SINK\"]")),
+        "the refusal names the line that grants it: {rejections:?}"
+    );
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_for_a_failed_event_is_never_recorded_and_the_others_are_sent_once() {
+    let db = TestDb::new().await;
+    let bus = NatsStream::new().await;
+    let subject = format!("{}.items", bus.prefix);
+    let settings = settings_with(&nats_config(&nats_url(), &subject, "max_attempts = 2\n"));
+    let mut host = Host::start_with(&db, plugins_dir(&["publisher"]), settings).await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO items (id, name) VALUES (1, 'a'), (2, 'poison'), (3, 'b');
+             INSERT INTO items (id, name) VALUES (4, 'fail'), (5, 'c');",
+        )
+        .await
+        .unwrap();
+    // 1, 3, 5: published; 2 (permanent) and 4 (fails every attempt) dead-lettered.
+    eventually(
+        &db.client().await,
+        "both failing events are dead letters",
+        "SELECT count(*) = 2 FROM pgevents.dead_letters",
+    )
+    .await;
+    bus.wait_for(3).await;
+    host.settle(Duration::from_millis(500)).await;
+    let received = bus.all().await;
+    let names: HashSet<String> = received
+        .iter()
+        .map(|m| m.row()["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(names, HashSet::from(["a".into(), "b".into(), "c".into()]));
+    assert_eq!(bus.all().await.len(), 3, "each message once");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_the_broker_refuses_is_kept_with_its_reason_and_the_rest_flow() {
+    let db = TestDb::new().await;
+    let bus = NatsStream::new().await;
+    let good = format!("{}.items", bus.prefix);
+    // No stream covers this subject: JetStream refuses every message to it.
+    let nowhere = format!("nowhere{}.items", uuid::Uuid::new_v4().simple());
+    let config = format!(
+        "{}\n[plugins.stray]\npublish = [\"bus\"]\nconfig = {{ name = \"stray\", subject = \"{nowhere}\" }}\n",
+        nats_config(&nats_url(), &good, "")
+    );
+    let dir = plugins_dir(&["publisher"]);
+    std::fs::copy(plugin("publisher"), dir.path().join("stray.wasm")).unwrap();
+    let host = Host::start_with(&db, dir, settings_with(&config)).await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO items (id, name) SELECT g, 'row ' || g FROM generate_series(1, 10) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let received = bus.wait_for(10).await;
+    assert_eq!(check_messages(&received, 10), 0);
+    let client = db.client().await;
+    eventually(
+        &client,
+        "the stray plugin's 10 messages are kept as refused",
+        "SELECT count(*) = 10 FROM pgevents.outbox WHERE refused IS NOT NULL",
+    )
+    .await;
+    let reasons = texts(&client, "SELECT DISTINCT refused FROM pgevents.outbox").await;
+    assert!(
+        reasons.iter().all(|r| r.contains(&nowhere)),
+        "the broker's reason names the subject: {reasons:?}"
+    );
+    let status = pgevents_host::outbox::status(&client).await.unwrap();
+    assert_eq!(status[0].refused, 10, "{status:?}");
+    assert_eq!(status[0].pending, 0, "{status:?}");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn nats_cut_off_for_5s_mid_stream_loses_nothing_and_shows_no_duplicates() {
+    let db = TestDb::new().await;
+    let bus = NatsStream::new().await;
+    let subject = format!("{}.items", bus.prefix);
+    let proxy = Proxy::start(nats_url().trim_start_matches("nats://")).await;
+    let url = format!("nats://{}", proxy.addr());
+    let mut host = Host::start_with(
+        &db,
+        plugins_dir(&["publisher"]),
+        settings_with(&nats_config(&url, &subject, "")),
+    )
+    .await;
+    let writer = {
+        let client = db.client().await;
+        tokio::spawn(async move {
+            for i in 1..=80i32 {
+                client
+                    .execute(
+                        "INSERT INTO items (id, name, qty) VALUES ($1, 'row', 0)",
+                        &[&i],
+                    )
+                    .await
+                    .expect("insert");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = bus.all().await.len();
+    proxy.restore();
+    writer.await.unwrap();
+    let received = bus.wait_for(80).await;
+    host.settle(Duration::from_secs(1)).await;
+    let received = {
+        let all = bus.all().await;
+        assert!(all.len() >= received.len());
+        all
+    };
+    assert!(
+        proxy.connections() >= 2,
+        "the host connected to the broker again after the cut"
+    );
+    let duplicates = check_messages(&received, 80);
+    eprintln!(
+        "nats cut for 5 s: {during} of 80 had arrived when it came back; {} messages in the stream, {duplicates} duplicates",
+        received.len()
+    );
+    assert_eq!(
+        duplicates, 0,
+        "JetStream dedupes resent bursts by Nats-Msg-Id"
+    );
+    assert!(during < 80, "the cut happened mid-stream");
+    host.stop().await;
+}
