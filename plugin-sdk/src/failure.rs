@@ -2,8 +2,9 @@
 
 use crate::{Disposition, Failure};
 
-/// Batches hold at most 10 000 events, so this never saturates in practice.
-fn wit_index(index: usize) -> u32 {
+/// A batch index as WIT's `u32`. Batches hold at most 10 000 events, so this
+/// never saturates in practice.
+pub(crate) fn wit_index(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 

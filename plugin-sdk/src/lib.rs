@@ -46,11 +46,17 @@
 //! Besides [`log`], a plugin the operator grants database access to can run
 //! SQL with the [`sql`] module. Its statements commit in the same transaction
 //! as the batch's acknowledgement, so their effects happen exactly once.
-//! [`config`] reads the settings the operator gives the plugin.
+//! A plugin the operator grants sinks to can send messages to message buses
+//! (NATS, RabbitMQ, Redis, MQTT) with the [`publish`] module: each message is
+//! recorded in the host's outbox in that same transaction, so it exists if
+//! and only if its event is acknowledged, and the host then delivers it to
+//! the broker. [`config`] reads the settings the operator gives the plugin.
+//! A capability the plugin never calls is not imported, so it needs no grant.
 //!
 //! Compiled for any other target (for a plugin's own unit tests) the crate
 //! still works: [`log`] then writes to standard error instead of calling the
-//! host, and [`sql`] statements fail with SQLSTATE `58000`.
+//! host, [`sql`] statements fail with SQLSTATE `58000`, and [`publish::send`]
+//! records each message for the test to read with [`publish::sent`].
 
 // Lets the paths baked into the generated bindings (`pgevents_plugin_sdk::...`)
 // resolve both here and in the plugin crates that expand `export_plugin!`.
@@ -61,6 +67,7 @@ mod event;
 mod failure;
 pub mod log;
 mod manifest;
+pub mod publish;
 pub mod sql;
 
 /// Raw bindings generated from `wit/plugin.wit`; use the re-exports at the crate root.
