@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -21,6 +24,12 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to `target` (`host:port`) on a free local port.
     pub async fn start(target: &str) -> Proxy {
+        Proxy::with_latency(target, Duration::ZERO).await
+    }
+
+    /// A proxy that holds every chunk of bytes, both ways, for `latency`
+    /// (a slow network or broker).
+    pub async fn with_latency(target: &str, latency: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a port for the proxy");
@@ -47,8 +56,8 @@ impl Proxy {
                     };
                     let (mut ri, mut wi) = inbound.into_split();
                     let (mut ro, mut wo) = outbound.into_split();
-                    let up = tokio::io::copy(&mut ri, &mut wo);
-                    let down = tokio::io::copy(&mut ro, &mut wi);
+                    let up = relay(&mut ri, &mut wo, latency);
+                    let down = relay(&mut ro, &mut wi, latency);
                     tokio::select! {
                         _ = up => {}
                         _ = down => {}
@@ -84,6 +93,27 @@ impl Proxy {
     /// Connections accepted so far (a reconnect shows as one more).
     pub fn connections(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+/// Copy `from` to `to`, each chunk after `latency`.
+async fn relay(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    latency: Duration,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

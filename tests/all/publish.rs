@@ -388,3 +388,62 @@ async fn nats_cut_off_for_5s_mid_stream_loses_nothing_and_shows_no_duplicates() 
     assert!(during < 80, "the cut happened mid-stream");
     host.stop().await;
 }
+
+#[tokio::test]
+async fn a_host_killed_mid_flush_and_restarted_loses_no_message() {
+    let db = TestDb::new().await;
+    let bus = NatsStream::new().await;
+    let subject = format!("{}.items", bus.prefix);
+    // A slow broker, so that the kill lands mid-flush.
+    let proxy = Proxy::with_latency(
+        nats_url().trim_start_matches("nats://"),
+        Duration::from_millis(3),
+    )
+    .await;
+    let url = format!("nats://{}", proxy.addr());
+    let dir = plugins_dir(&["publisher"]);
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, nats_config(&url, &subject, "").replace("burst = 50", "burst = 20")).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let args = ["--config", &config, "--lease-ttl", "3s", "--handle-timeout", "1s"];
+    let mut host = HostProcess::spawn(&db, dir.path(), &args);
+    let client = db.client().await;
+    eventually(
+        &client,
+        "the host registered the plugin",
+        "SELECT count(*) > 0 FROM pgevents.cursors WHERE plugin = 'publisher'",
+    )
+    .await;
+    const N: usize = 3000;
+    client
+        .execute(
+            "INSERT INTO items (id, name, qty) SELECT g, 'row', 0 FROM generate_series(1, 3000) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let at_kill = bus.wait_for(200).await.len();
+    host.kill9();
+    assert!(at_kill < N, "the host was killed mid-flush ({at_kill} of {N} sent)");
+    let waiting: i64 = client
+        .query_one("SELECT count(*) FROM pgevents.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut host = HostProcess::spawn(&db, dir.path(), &args);
+    let received = bus.wait_for(N).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = {
+        let all = bus.all().await;
+        assert!(all.len() >= received.len());
+        all
+    };
+    let duplicates = check_messages(&received, N);
+    eprintln!(
+        "killed mid-flush: {at_kill} of {N} in the stream at the kill, {waiting} waiting in the outbox; \
+         after the restart {} stored, {duplicates} duplicates",
+        received.len()
+    );
+    assert_eq!(duplicates, 0, "JetStream drops the resent burst by id");
+    host.stop();
+}
