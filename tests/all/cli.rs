@@ -57,7 +57,7 @@ fn inspect_prints_a_manifest_or_says_what_is_wrong() {
         (
             "empty.wasm",
             wat::parse_str("(component)").unwrap(),
-            "does not implement the `pgevents:plugin/plugin@0.1.0` world",
+            "does not implement the `pgevents:plugin/plugin@0.1.1` world",
         ),
     ];
     for (name, bytes, expected) in cases {

@@ -70,7 +70,7 @@ async fn broken_foreign_and_core_module_files_are_rejected_and_others_run() {
     );
     assert!(
         rejections[1]
-            .contains("foreign.wasm does not implement the `pgevents:plugin/plugin@0.1.0` world"),
+            .contains("foreign.wasm does not implement the `pgevents:plugin/plugin@0.1.1` world"),
         "{}",
         rejections[1]
     );

@@ -447,3 +447,23 @@ async fn a_host_killed_mid_flush_and_restarted_loses_no_message() {
     assert_eq!(duplicates, 0, "JetStream drops the resent burst by id");
     host.stop();
 }
+
+/// WIT 0.1.1 added `publish`; a plugin built against 0.1.0 (`wit/0.1.0/`)
+/// loads and is served unchanged.
+#[tokio::test]
+async fn a_plugin_built_against_wit_0_1_0_still_loads_and_receives_events() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["legacy"]).await;
+    assert!(host.rejections().is_empty(), "{:?}", host.rejections());
+    db.client()
+        .await
+        .execute("INSERT INTO items (name) VALUES ('a'), ('b'), ('c')", &[])
+        .await
+        .unwrap();
+    host.wait_until("legacy handled the three inserts", |e| {
+        matches!(e, pgevents_host::observer::HostEvent::BatchHandled { plugin, cursor, .. }
+                 if plugin == "legacy" && cursor.ord > 0)
+    })
+    .await;
+    host.stop().await;
+}
