@@ -3,7 +3,7 @@
 // Built by `plugins/build-polyglot.sh` with componentize-js against the
 // `handler-only` world of wit/plugin.wit (no database access).
 
-import { log } from 'pgevents:plugin/host@0.1.0';
+import { log } from 'pgevents:plugin/host@0.1.1';
 
 // The exported `handler` interface: one function per WIT function, camelCased.
 export const handler = {

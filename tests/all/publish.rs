@@ -40,7 +40,7 @@ impl Received {
     fn expected_id(&self) -> String {
         let event: uuid::Uuid = self.header("event-id").parse().expect("event id");
         let n: u32 = self.header("n").parse().expect("message number");
-        message_id(event, n).to_string()
+        message_id("publisher", event, n).to_string()
     }
 
     fn row(&self) -> serde_json::Value {
@@ -294,14 +294,20 @@ async fn a_message_the_broker_refuses_is_kept_with_its_reason_and_the_rest_flow(
     let db = TestDb::new().await;
     let bus = NatsStream::new().await;
     let good = format!("{}.items", bus.prefix);
-    // No stream covers this subject: JetStream refuses every message to it.
-    let nowhere = format!("nowhere{}.items", uuid::Uuid::new_v4().simple());
+    // The relay example publishes a table's changes to `db.public.TABLE.insert`,
+    // a subject no stream covers: JetStream refuses every message to it.
+    let table = format!("t{}", uuid::Uuid::new_v4().simple());
+    db.client()
+        .await
+        .batch_execute(&format!("CREATE TABLE public.{table} (id int PRIMARY KEY)"))
+        .await
+        .unwrap();
+    let nowhere = format!("db.public.{table}.insert");
     let config = format!(
-        "{}\n[plugins.stray]\npublish = [\"bus\"]\nconfig = {{ name = \"stray\", subject = \"{nowhere}\" }}\n",
+        "{}\n[plugins.relay]\npublish = [\"bus\"]\nconfig = {{ tables = \"public.{table}\", sink = \"bus\" }}\n",
         nats_config(&nats_url(), &good, "")
     );
-    let dir = plugins_dir(&["publisher"]);
-    std::fs::copy(plugin("publisher"), dir.path().join("stray.wasm")).unwrap();
+    let dir = plugins_dir(&["publisher", "relay"]);
     let host = Host::start_with(&db, dir, settings_with(&config)).await;
     db.client()
         .await
@@ -311,12 +317,19 @@ async fn a_message_the_broker_refuses_is_kept_with_its_reason_and_the_rest_flow(
         )
         .await
         .unwrap();
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO public.{table} SELECT g FROM generate_series(1, 10) g"
+        ))
+        .await
+        .unwrap();
+    let client = db.client().await;
     let received = bus.wait_for(10).await;
     assert_eq!(check_messages(&received, 10), 0);
-    let client = db.client().await;
     eventually(
         &client,
-        "the stray plugin's 10 messages are kept as refused",
+        "the relay's 10 messages are kept as refused",
         "SELECT count(*) = 10 FROM pgevents.outbox WHERE refused IS NOT NULL",
     )
     .await;
@@ -403,15 +416,34 @@ async fn a_host_killed_mid_flush_and_restarted_loses_no_message() {
     let url = format!("nats://{}", proxy.addr());
     let dir = plugins_dir(&["publisher"]);
     let config = dir.path().join("host.toml");
-    std::fs::write(&config, nats_config(&url, &subject, "").replace("burst = 50", "burst = 20")).unwrap();
+    std::fs::write(
+        &config,
+        nats_config(&url, &subject, "").replace("burst = 50", "burst = 20"),
+    )
+    .unwrap();
     let config = config.to_str().unwrap().to_owned();
-    let args = ["--config", &config, "--lease-ttl", "3s", "--handle-timeout", "1s"];
+    let args = [
+        "--config",
+        &config,
+        "--lease-ttl",
+        "3s",
+        "--handle-timeout",
+        "1s",
+    ];
     let mut host = HostProcess::spawn(&db, dir.path(), &args);
     let client = db.client().await;
     eventually(
         &client,
-        "the host registered the plugin",
-        "SELECT count(*) > 0 FROM pgevents.cursors WHERE plugin = 'publisher'",
+        "the host installed the schema",
+        "SELECT to_regclass('pgevents.outbox') IS NOT NULL",
+    )
+    .await;
+    // Capture is on once the triggers exist (the plugin's cursor may come first).
+    eventually(
+        &client,
+        "the host installed the capture triggers",
+        "SELECT count(*) = 4 FROM pg_trigger
+         WHERE tgrelid = 'items'::regclass AND tgname LIKE 'pgevents_capture_%'",
     )
     .await;
     const N: usize = 3000;
@@ -422,9 +454,37 @@ async fn a_host_killed_mid_flush_and_restarted_loses_no_message() {
         )
         .await
         .unwrap();
-    let at_kill = bus.wait_for(200).await.len();
+    let deadline = Instant::now() + ARRIVAL;
+    let at_kill = loop {
+        let n = bus.all().await.len();
+        if n >= 200 {
+            break n;
+        }
+        if Instant::now() >= deadline {
+            let state = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pgevents.events)::text || ' events, '
+                            || (SELECT count(*) FROM pgevents.commits) || ' commits, '
+                            || (SELECT count(*) FROM pgevents.outbox) || ' in the outbox, cursors '
+                            || (SELECT string_agg(ord || '/' || seq, ',') FROM pgevents.cursors)
+                            || ', last_ord ' || (SELECT last_ord FROM pgevents.ticker)",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_else(|e| e.to_string());
+            panic!(
+                "{n} of 200 messages arrived ({state}); the host's log:\n{}",
+                host.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     host.kill9();
-    assert!(at_kill < N, "the host was killed mid-flush ({at_kill} of {N} sent)");
+    assert!(
+        at_kill < N,
+        "the host was killed mid-flush ({at_kill} of {N} sent)"
+    );
     let waiting: i64 = client
         .query_one("SELECT count(*) FROM pgevents.outbox", &[])
         .await

@@ -325,6 +325,7 @@ impl LoadedPlugin {
                 abandoned: abandoned.clone(),
             },
             publish: PublishCtx {
+                plugin: plugin_name.to_owned(),
                 granted: self.grants.publish.clone(),
                 events,
                 counts: Default::default(),

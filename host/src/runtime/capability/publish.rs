@@ -42,17 +42,20 @@ impl Outbox {
     }
 }
 
-/// The message id of message number `n` published for the event `event_id`.
-pub fn message_id(event_id: uuid::Uuid, n: u32) -> uuid::Uuid {
+/// The message id of message number `n` that `plugin` published for the
+/// event `event_id` (two plugins publishing for one event make two messages).
+pub fn message_id(plugin: &str, event_id: uuid::Uuid, n: u32) -> uuid::Uuid {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x9a3c_27e4_5b1d_4c8e_a6f0_3d2b_8e71_c405);
-    let mut name = [0u8; 20];
-    name[..16].copy_from_slice(event_id.as_bytes());
-    name[16..].copy_from_slice(&n.to_be_bytes());
+    let mut name = Vec::with_capacity(20 + plugin.len());
+    name.extend_from_slice(event_id.as_bytes());
+    name.extend_from_slice(&n.to_be_bytes());
+    name.extend_from_slice(plugin.as_bytes());
     uuid::Uuid::new_v5(&NAMESPACE, &name)
 }
 
 /// A call's part of the `publish` capability.
 pub(in crate::runtime) struct PublishCtx {
+    pub(in crate::runtime) plugin: String,
     /// The sinks granted (`publish = [...]`); `None`: not granted.
     pub(in crate::runtime) granted: Option<Vec<String>>,
     /// The batch's event ids, by index.
@@ -71,7 +74,7 @@ impl publish::Host for PublishCtx {
                         `publish = [\"SINK\"]` in its section of the host's config file"
                 .into());
         };
-        if !granted.iter().any(|s| *s == message.sink) {
+        if !granted.contains(&message.sink) {
             return Err(format!(
                 "sink `{}` is not granted to this plugin (granted: {})",
                 message.sink,
@@ -120,7 +123,7 @@ impl publish::Host for PublishCtx {
             ));
         }
         let n = self.counts.entry(index).or_default();
-        let id = message_id(event_id, *n);
+        let id = message_id(&self.plugin, event_id, *n);
         *n += 1;
         messages.push(Published {
             event: index,
@@ -142,8 +145,12 @@ mod tests {
     #[test]
     fn message_ids_are_stable_and_distinct() {
         let e = uuid::Uuid::from_u128(7);
-        assert_eq!(message_id(e, 0), message_id(e, 0));
-        assert_ne!(message_id(e, 0), message_id(e, 1));
-        assert_ne!(message_id(e, 0), message_id(uuid::Uuid::from_u128(8), 0));
+        assert_eq!(message_id("p", e, 0), message_id("p", e, 0));
+        assert_ne!(message_id("p", e, 0), message_id("p", e, 1));
+        assert_ne!(
+            message_id("p", e, 0),
+            message_id("p", uuid::Uuid::from_u128(8), 0)
+        );
+        assert_ne!(message_id("p", e, 0), message_id("q", e, 0));
     }
 }
