@@ -527,3 +527,290 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads_and_receives_events() {
     .await;
     host.stop().await;
 }
+
+/// A consumer of one of the other kinds: a RabbitMQ queue (the subject is
+/// its name, on the default exchange), a Redis stream, an MQTT topic.
+enum Bus {
+    Rabbitmq {
+        queue: Option<crate::sinks_rabbitmq_mqtt::Queue>,
+        _connection: lapin::Connection,
+    },
+    Redis {
+        key: String,
+        client: redis::Client,
+    },
+    Mqtt {
+        subscriber: Option<crate::sinks_rabbitmq_mqtt::Subscriber>,
+    },
+}
+
+/// The broker's address for `kind`, and a `[sinks.bus]` section reaching it
+/// at `address` (the broker's own, or a proxy's).
+fn broker(kind: &str) -> String {
+    match kind {
+        "rabbitmq" => {
+            crate::sinks_rabbitmq_mqtt::address(&crate::sinks_rabbitmq_mqtt::rabbitmq_url())
+                .to_owned()
+        }
+        "mqtt" => {
+            crate::sinks_rabbitmq_mqtt::address(&crate::sinks_rabbitmq_mqtt::mqtt_url()).to_owned()
+        }
+        _ => std::env::var("PGEVENTS_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned(),
+    }
+}
+
+fn sink_config(kind: &str, address: &str, subject: &str) -> String {
+    let url = match kind {
+        "rabbitmq" => format!("amqp://guest:guest@{address}/%2f"),
+        "mqtt" => format!("mqtt://{address}"),
+        _ => format!("redis://{address}"),
+    };
+    format!(
+        "[sinks.bus]\nkind = \"{kind}\"\nurl = \"{url}\"\nburst = 50\n\n\
+         [plugins.publisher]\npublish = [\"bus\"]\nconfig = {{ subject = \"{subject}\" }}\n"
+    )
+}
+
+impl Bus {
+    /// A consumer for `kind`, and the subject to publish to.
+    async fn new(kind: &str) -> (Bus, String) {
+        let subject = format!("t{}", uuid::Uuid::new_v4().simple());
+        let bus = match kind {
+            "rabbitmq" => {
+                let (connection, channel) = crate::sinks_rabbitmq_mqtt::rabbitmq().await;
+                let queue =
+                    crate::sinks_rabbitmq_mqtt::Queue::declare(&channel, Default::default()).await;
+                let subject = queue.name.clone();
+                return (
+                    Bus::Rabbitmq {
+                        queue: Some(queue),
+                        _connection: connection,
+                    },
+                    subject,
+                );
+            }
+            "mqtt" => Bus::Mqtt {
+                subscriber: Some(crate::sinks_rabbitmq_mqtt::Subscriber::start(&subject).await),
+            },
+            _ => {
+                let url = format!("redis://{}", broker("redis"));
+                let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("Redis is not reachable at {url} ({e}): start it (`redis-server`) or set PGEVENTS_TEST_REDIS_URL")
+                    });
+                Bus::Redis {
+                    key: subject.clone(),
+                    client,
+                }
+            }
+        };
+        (bus, subject)
+    }
+
+    /// What arrived, waiting until at least `n` messages did (or `ARRIVAL`
+    /// passed), then for stragglers (a resent burst) a little longer.
+    async fn receive(&mut self, n: usize, so_far: &mut Vec<Received>) {
+        let deadline = Instant::now() + ARRIVAL;
+        loop {
+            let more = match self {
+                Bus::Rabbitmq { queue, .. } => queue
+                    .as_mut()
+                    .expect("queue")
+                    .receive(usize::MAX, Duration::from_millis(500))
+                    .await
+                    .into_iter()
+                    .map(Received::from_got)
+                    .collect(),
+                Bus::Mqtt { subscriber } => subscriber
+                    .as_mut()
+                    .expect("subscriber")
+                    .receive(usize::MAX, Duration::from_millis(500))
+                    .await
+                    .into_iter()
+                    .map(Received::from_got)
+                    .collect(),
+                Bus::Redis { key, client } => {
+                    let mut conn = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("redis");
+                    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+                        .arg(&*key)
+                        .arg("-")
+                        .arg("+")
+                        .query_async(&mut conn)
+                        .await
+                        .expect("XRANGE");
+                    so_far.clear();
+                    entries
+                        .into_iter()
+                        .map(Received::from_redis)
+                        .collect::<Vec<_>>()
+                }
+            };
+            so_far.extend(more);
+            let distinct: HashSet<&str> = so_far.iter().map(|m| m.id.as_str()).collect();
+            if distinct.len() >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} messages arrived within {ARRIVAL:?}",
+                distinct.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn remove(mut self) {
+        match &mut self {
+            Bus::Rabbitmq { queue, .. } => queue.take().expect("queue").remove().await,
+            Bus::Mqtt { subscriber } => subscriber.take().expect("subscriber").stop().await,
+            Bus::Redis { key, client } => {
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis");
+                let _: Result<i64, _> = redis::cmd("DEL").arg(&*key).query_async(&mut conn).await;
+            }
+        }
+    }
+}
+
+impl Received {
+    fn from_got(got: crate::sinks_rabbitmq_mqtt::Got) -> Received {
+        Received {
+            id: got.id.map(|id| id.to_string()).unwrap_or_default(),
+            subject: got.subject,
+            headers: got.headers.into_iter().collect(),
+            payload: got.payload,
+        }
+    }
+
+    fn from_redis((_, fields): (String, Vec<(String, Vec<u8>)>)) -> Received {
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let headers: HashMap<String, String> =
+            serde_json::from_slice(&field("headers")).expect("headers as a JSON object");
+        Received {
+            id: String::from_utf8_lossy(&field("id")).into_owned(),
+            subject: String::new(),
+            headers,
+            payload: field("payload"),
+        }
+    }
+}
+
+/// Events → publisher → outbox → `kind`'s broker: every message once, in key
+/// order, with its id and headers.
+async fn every_message_once_in_key_order(kind: &str) {
+    let db = TestDb::new().await;
+    let (mut bus, subject) = Bus::new(kind).await;
+    let settings = settings_with(&sink_config(kind, &broker(kind), &subject));
+    let mut host = Host::start_with(&db, plugins_dir(&["publisher"]), settings).await;
+    write_history(&db, 20, 5).await;
+    let mut received = Vec::new();
+    bus.receive(120, &mut received).await;
+    host.settle(Duration::from_millis(500)).await;
+    assert_eq!(
+        check_messages(&received, 120),
+        0,
+        "{kind}: no duplicates without faults"
+    );
+    eventually(
+        &db.client().await,
+        "the outbox empties",
+        "SELECT count(*) = 0 FROM pgevents.outbox",
+    )
+    .await;
+    host.stop().await;
+    bus.remove().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_receives_every_message_once_in_key_order_with_ids_and_headers() {
+    every_message_once_in_key_order("rabbitmq").await;
+}
+
+#[tokio::test]
+async fn redis_receives_every_message_once_in_key_order_with_ids_and_headers() {
+    every_message_once_in_key_order("redis").await;
+}
+
+#[tokio::test]
+async fn mqtt_receives_every_message_once_in_key_order_with_ids_and_headers() {
+    every_message_once_in_key_order("mqtt").await;
+}
+
+/// `kind`'s broker cut off (through a proxy) for 5 s mid-stream: nothing
+/// lost; at most one burst (50) delivered twice, counted and reported.
+async fn cut_off_for_5s_loses_nothing(kind: &str) {
+    let db = TestDb::new().await;
+    let (mut bus, subject) = Bus::new(kind).await;
+    let proxy = Proxy::start(&broker(kind)).await;
+    let settings = settings_with(&sink_config(kind, &proxy.addr(), &subject));
+    let mut host = Host::start_with(&db, plugins_dir(&["publisher"]), settings).await;
+    let writer = {
+        let client = db.client().await;
+        tokio::spawn(async move {
+            for i in 1..=80i32 {
+                client
+                    .execute(
+                        "INSERT INTO items (id, name, qty) VALUES ($1, 'row', 0)",
+                        &[&i],
+                    )
+                    .await
+                    .expect("insert");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.restore();
+    writer.await.unwrap();
+    let mut received = Vec::new();
+    bus.receive(80, &mut received).await;
+    host.settle(Duration::from_secs(1)).await;
+    bus.receive(80, &mut received).await;
+    let duplicates = check_messages(&received, 80);
+    eprintln!("{kind} cut for 5 s: 80 messages, {duplicates} delivered twice");
+    assert!(
+        duplicates <= 50,
+        "{kind}: at most one burst again, not {duplicates}"
+    );
+    assert!(
+        proxy.connections() >= 2,
+        "{kind}: the host connected again after the cut"
+    );
+    host.stop().await;
+    bus.remove().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_cut_off_for_5s_mid_stream_loses_nothing() {
+    cut_off_for_5s_loses_nothing("rabbitmq").await;
+}
+
+#[tokio::test]
+async fn redis_cut_off_for_5s_mid_stream_loses_nothing() {
+    cut_off_for_5s_loses_nothing("redis").await;
+}
+
+#[tokio::test]
+async fn mqtt_cut_off_for_5s_mid_stream_loses_nothing() {
+    cut_off_for_5s_loses_nothing("mqtt").await;
+}

@@ -36,12 +36,12 @@ const BURST: usize = 200;
 /// heartbeat and MQTT's 30 s keep-alive, so it is noticed, not timed out.
 const PROMPTLY: Duration = Duration::from_secs(15);
 
-fn rabbitmq_url() -> String {
+pub(crate) fn rabbitmq_url() -> String {
     std::env::var("PGEVENTS_TEST_RABBITMQ_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
-fn mqtt_url() -> String {
+pub(crate) fn mqtt_url() -> String {
     std::env::var("PGEVENTS_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
 }
 
@@ -49,7 +49,7 @@ const START_RABBITMQ: &str = "start RabbitMQ (`sudo service rabbitmq-server star
 const START_MOSQUITTO: &str = "start Mosquitto (`sudo service mosquitto start`, or `docker run -d -p 1883:1883 eclipse-mosquitto:2 mosquitto -c /mosquitto-no-auth.conf`) or point PGEVENTS_TEST_MQTT_URL at an MQTT 5 broker";
 
 /// `host:port` of a broker URL (`scheme://[user:password@]host:port[/path]`).
-fn address(url: &str) -> &str {
+pub(crate) fn address(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
     authority
@@ -105,13 +105,41 @@ fn expected_headers(message: &Message) -> Vec<(String, String)> {
 
 /// A message as a test consumer received it.
 #[derive(Debug)]
-struct Got {
-    id: Option<Uuid>,
-    subject: String,
-    payload: Vec<u8>,
-    headers: Vec<(String, String)>,
+pub(crate) struct Got {
+    pub(crate) id: Option<Uuid>,
+    pub(crate) subject: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
     /// AMQP only.
     delivery_mode: Option<u8>,
+}
+
+impl Got {
+    fn from_amqp(delivery: lapin::message::Delivery) -> Got {
+        let properties = &delivery.properties;
+        let id = properties.message_id().as_ref();
+        let id = id.and_then(|id| Uuid::parse_str(id.as_str()).ok());
+        let mut headers: Vec<(String, String)> = properties
+            .headers()
+            .iter()
+            .flat_map(|table| table.inner())
+            .map(|(name, value)| {
+                let value = match value {
+                    AMQPValue::LongString(text) => text.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (name.to_string(), value)
+            })
+            .collect();
+        headers.sort();
+        Got {
+            id,
+            subject: delivery.routing_key.to_string(),
+            delivery_mode: *properties.delivery_mode(),
+            payload: delivery.data,
+            headers,
+        }
+    }
 }
 
 /// What a receiver read: the messages before the marker, and whether the
@@ -226,7 +254,7 @@ fn rabbitmq_sink(url: &str, exchange: Option<&str>) -> SinkConfig {
 }
 
 /// The test's own connection to RabbitMQ, for topology and consuming.
-async fn rabbitmq() -> (Connection, Channel) {
+pub(crate) async fn rabbitmq() -> (Connection, Channel) {
     let url = rabbitmq_url();
     let connecting = Connection::connect(&url, ConnectionProperties::default());
     let connection = match tokio::time::timeout(PATIENCE, connecting).await {
@@ -240,14 +268,14 @@ async fn rabbitmq() -> (Connection, Channel) {
 
 /// A queue of the test's, consumed from as soon as it is declared. Exclusive,
 /// so the broker removes it if the test dies before [`Queue::remove`].
-struct Queue {
-    name: String,
+pub(crate) struct Queue {
+    pub(crate) name: String,
     channel: Channel,
     consumer: lapin::Consumer,
 }
 
 impl Queue {
-    async fn declare(channel: &Channel, arguments: FieldTable) -> Queue {
+    pub(crate) async fn declare(channel: &Channel, arguments: FieldTable) -> Queue {
         let name = unique("queue");
         let exclusive = QueueDeclareOptions {
             exclusive: true,
@@ -288,6 +316,19 @@ impl Queue {
             )
             .await
             .expect("bind the queue");
+    }
+
+    /// Every message that arrives within `within` of the last one, up to `n`.
+    pub(crate) async fn receive(&mut self, n: usize, within: Duration) -> Vec<Got> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let Ok(Some(Ok(delivery))) = tokio::time::timeout(within, self.consumer.next()).await
+            else {
+                break;
+            };
+            got.push(Got::from_amqp(delivery));
+        }
+        got
     }
 
     async fn receive_until(&mut self, marker: &Message) -> Received {
@@ -335,7 +376,7 @@ impl Queue {
         }
     }
 
-    async fn remove(self) {
+    pub(crate) async fn remove(self) {
         let removing = self
             .channel
             .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default());
@@ -586,14 +627,14 @@ fn mqtt_sink(url: &str) -> SinkConfig {
 }
 
 /// A second MQTT client, subscribed (QoS 1) before it is returned.
-struct Subscriber {
+pub(crate) struct Subscriber {
     client: AsyncClient,
     publishes: mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Subscriber {
-    async fn start(topic: &str) -> Subscriber {
+    pub(crate) async fn start(topic: &str) -> Subscriber {
         let url = mqtt_url();
         let (host, port) = address(&url).rsplit_once(':').expect("host:port");
         let port = port.parse().expect("a port");
@@ -637,6 +678,34 @@ impl Subscriber {
         }
     }
 
+    /// Every message that arrives within `within` of the last one, up to `n`.
+    pub(crate) async fn receive(&mut self, n: usize, within: Duration) -> Vec<Got> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let Ok(Some(publish)) = tokio::time::timeout(within, self.publishes.recv()).await
+            else {
+                break;
+            };
+            let properties = publish.properties.clone().unwrap_or_default();
+            let mut id = None;
+            let mut headers = Vec::new();
+            for (name, value) in properties.user_properties {
+                if name == "message-id" {
+                    id = Uuid::parse_str(&value).ok();
+                }
+                headers.push((name, value));
+            }
+            got.push(Got {
+                id,
+                subject: String::from_utf8_lossy(&publish.topic).into_owned(),
+                payload: publish.payload.to_vec(),
+                headers,
+                delivery_mode: None,
+            });
+        }
+        got
+    }
+
     async fn receive_until(&mut self, marker: &Message) -> Received {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         let mut messages = Vec::new();
@@ -675,7 +744,7 @@ impl Subscriber {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.client
             .disconnect()
             .await
