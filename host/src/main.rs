@@ -7,11 +7,19 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use pgevents_host::RunOptions;
 use pgevents_host::config::{self, ConfigFile, SettingFlags, Settings};
-use pgevents_host::eventlog::dead_letters;
+
 use pgevents_host::eventlog::{self, EventRef, ReplayFrom};
 use pgevents_host::runtime::{Grants, Pool, Runtime};
-use pgevents_host::{db, demo, outbox, registry, schema, status};
+use pgevents_host::{db, demo, registry, schema, status};
 use tokio::sync::watch;
+
+#[path = "cli/dead_letters.rs"]
+mod dead_letters_cli;
+#[path = "cli/outbox.rs"]
+mod outbox_cli;
+
+use dead_letters_cli::{DeadLetterCommand, dead_letter_command};
+use outbox_cli::{OutboxCommand, outbox_command};
 
 /// Run sandboxed WebAssembly plugins on every row change in PostgreSQL.
 #[derive(Debug, Parser)]
@@ -162,98 +170,6 @@ enum Command {
         #[arg(long, default_value = "plugins")]
         plugins: PathBuf,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum OutboxCommand {
-    /// Per sink: messages waiting, the oldest one's age, refused ones, the last error.
-    Status {
-        #[command(flatten)]
-        db: DbArgs,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Send every waiting message now and exit (like `flask signalbus
-    /// flushmany`), unless a running host flushes the sink.
-    Flush {
-        #[command(flatten)]
-        db: DbArgs,
-        /// The config file with the `[sinks.NAME]` sections.
-        #[arg(long, env = "PGEVENTS_CONFIG")]
-        config: PathBuf,
-        /// Only this sink (default: every sink in the config file).
-        #[arg(long)]
-        sink: Option<String>,
-    },
-    /// Delete the messages the brokers refused (with --pending, the waiting
-    /// ones too: they are then never sent).
-    Purge {
-        #[command(flatten)]
-        db: DbArgs,
-        /// Only this sink's.
-        #[arg(long)]
-        sink: Option<String>,
-        /// Also the messages still waiting.
-        #[arg(long)]
-        pending: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum DeadLetterCommand {
-    /// Show dead letters: plugin, event, error, attempts, times.
-    List {
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        which: Which,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Hand dead letters to their plugin again (that plugin only). One that
-    /// fails again stays, with the new error.
-    Redeliver {
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        which: Which,
-    },
-    /// Delete dead letters for good.
-    Purge {
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        which: Which,
-    },
-}
-
-#[derive(Debug, Args)]
-struct Which {
-    /// Only this plugin's dead letters.
-    #[arg(long)]
-    plugin: Option<String>,
-    /// Only the dead letter with this id (see `list`).
-    #[arg(long)]
-    id: Option<i64>,
-    /// All dead letters (of --plugin, if given); required to redeliver or purge without --id.
-    #[arg(long)]
-    all: bool,
-}
-
-impl Which {
-    fn selection(&self, verb: &str) -> anyhow::Result<dead_letters::Selection> {
-        if verb != "list" && self.id.is_none() && !self.all {
-            anyhow::bail!(
-                "say which dead letters to {verb}: --id N, or --all (optionally with --plugin NAME)"
-            );
-        }
-        Ok(dead_letters::Selection {
-            plugin: self.plugin.clone(),
-            id: self.id,
-        })
-    }
 }
 
 #[derive(Debug, Args)]
@@ -548,114 +464,6 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 _ => config::reference::cli(&<Cli as clap::CommandFactory>::command()),
             };
             pgevents_host::out!("{text}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn outbox_command(command: OutboxCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        OutboxCommand::Status { db, json } => {
-            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let sinks = outbox::status(&client).await?;
-            if json {
-                pgevents_host::outln!("{}", serde_json::to_string_pretty(&sinks)?);
-            } else if sinks.is_empty() {
-                pgevents_host::outln!("the outbox is empty and no sink has been used");
-            } else {
-                for s in &sinks {
-                    pgevents_host::out!("{s}");
-                }
-            }
-        }
-        OutboxCommand::Flush { db, config, sink } => {
-            let mut settings = Settings::default();
-            ConfigFile::load(&config)?.apply(&mut settings);
-            let chosen: Vec<(&String, &pgevents_host::sinks::SinkConfig)> = settings
-                .sinks
-                .iter()
-                .filter(|(name, _)| sink.as_ref().is_none_or(|s| s == *name))
-                .collect();
-            anyhow::ensure!(
-                !chosen.is_empty(),
-                "{} has no [sinks.{}] section",
-                config.display(),
-                sink.as_deref().unwrap_or("NAME")
-            );
-            db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            for (name, sink) in chosen {
-                match outbox::flush_now(&db.database_url, name, sink)
-                    .await
-                    .map_err(anyhow::Error::msg)?
-                {
-                    outbox::FlushReport::Flushed { sent, refused } => pgevents_host::outln!(
-                        "sink {name}: {sent} message(s) sent, {refused} refused by the broker"
-                    ),
-                    outbox::FlushReport::HeldByAHost => pgevents_host::outln!(
-                        "sink {name}: a running host flushes this sink; it sends what waits"
-                    ),
-                }
-            }
-        }
-        OutboxCommand::Purge { db, sink, pending } => {
-            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let n = outbox::purge(&client, sink.as_deref(), pending).await?;
-            pgevents_host::outln!("{n} message(s) deleted from the outbox");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        DeadLetterCommand::List { db, which, json } => {
-            let selection = which.selection("list")?;
-            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let letters = dead_letters::list(&client, &selection).await?;
-            if json {
-                pgevents_host::outln!("{}", serde_json::to_string_pretty(&letters)?);
-            } else if letters.is_empty() {
-                pgevents_host::outln!("no dead letters");
-            } else {
-                for d in &letters {
-                    pgevents_host::outln!(
-                        "#{} {} {} {} key {} at {} (event {}): {} attempt(s), first failed {}, dead since {}{}\n    {}",
-                        d.id,
-                        d.plugin,
-                        d.operation,
-                        d.table,
-                        d.key.as_deref().unwrap_or("-"),
-                        d.event,
-                        d.event_id,
-                        d.attempts,
-                        d.first_failed_at,
-                        d.dead_at,
-                        if d.redeliver {
-                            " [redelivery requested]"
-                        } else {
-                            ""
-                        },
-                        d.error
-                    );
-                }
-            }
-        }
-        DeadLetterCommand::Redeliver { db, which } => {
-            let selection = which.selection("redeliver")?;
-            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let n = dead_letters::redeliver(&client, &selection).await?;
-            pgevents_host::outln!(
-                "{n} dead letter(s) will be delivered again by the running host(s)"
-            );
-            if n == 0 {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        DeadLetterCommand::Purge { db, which } => {
-            let selection = which.selection("purge")?;
-            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
-            let n = dead_letters::purge(&client, &selection).await?;
-            pgevents_host::outln!("purged {n} dead letter(s)");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -60,7 +60,7 @@ pub enum HostEvent {
     /// Transactions that wrote have been open for a while (longer than
     /// `horizon_warn_after`): their events arrive when they commit.
     LongTransactions {
-        writers: Vec<crate::status::OpenWriter>,
+        writers: Vec<crate::eventlog::OpenWriter>,
     },
     PartitionAcquired {
         plugin: String,

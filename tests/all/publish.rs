@@ -538,7 +538,7 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads_and_receives_events() {
 enum Bus {
     Rabbitmq {
         queue: Option<crate::sinks_rabbitmq_mqtt::Queue>,
-        _connection: lapin::Connection,
+        _connection: Box<lapin::Connection>,
     },
     Redis {
         key: String,
@@ -593,7 +593,7 @@ impl Bus {
                 return (
                     Bus::Rabbitmq {
                         queue: Some(queue),
-                        _connection: connection,
+                        _connection: Box::new(connection),
                     },
                     subject,
                 );
@@ -646,7 +646,7 @@ impl Bus {
                         .get_multiplexed_async_connection()
                         .await
                         .expect("redis");
-                    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+                    let entries: Vec<RedisEntry> = redis::cmd("XRANGE")
                         .arg(&*key)
                         .arg("-")
                         .arg("+")
@@ -689,6 +689,9 @@ impl Bus {
     }
 }
 
+/// An XRANGE entry: its id and its fields.
+type RedisEntry = (String, Vec<(String, Vec<u8>)>);
+
 impl Received {
     fn from_got(got: crate::sinks_rabbitmq_mqtt::Got) -> Received {
         Received {
@@ -699,7 +702,7 @@ impl Received {
         }
     }
 
-    fn from_redis((_, fields): (String, Vec<(String, Vec<u8>)>)) -> Received {
+    fn from_redis((_, fields): RedisEntry) -> Received {
         let field = |name: &str| {
             fields
                 .iter()

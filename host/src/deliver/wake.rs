@@ -116,7 +116,7 @@ pub(crate) async fn keep_ticking(
 
 /// Say in the log which transactions that wrote have been open for long.
 async fn tell_of_long_transactions(client: &Client, shared: &Context) {
-    match crate::status::open_writers(client, shared.settings.horizon_warn_after).await {
+    match crate::eventlog::open_writers(client, shared.settings.horizon_warn_after).await {
         Ok(writers) if !writers.is_empty() => {
             for w in &writers {
                 tracing::warn!(

@@ -18,6 +18,7 @@
 
 mod cursors;
 pub mod dead_letters;
+mod open_writers;
 mod reader;
 mod replay;
 mod retention;
@@ -25,6 +26,7 @@ mod tick;
 
 pub(crate) use cursors::position_text;
 pub use cursors::{RepartitionError, cursor, describe, ensure_cursors, repartition};
+pub use open_writers::{OpenWriter, open_writers};
 pub use reader::{Batch, Reader, Within, ack_with, barrier_open};
 pub use replay::{ReplayError, ReplayFrom, Replayed, replay};
 pub use retention::{RETENTION_BATCH_ROWS, prune};
