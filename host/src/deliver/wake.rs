@@ -193,9 +193,12 @@ impl Deliverer {
             .await?
             .get(0);
         if !running {
+            // They ended since the last look, perhaps after the last tick
+            // was taken: one more short wait, and the tick after it, find
+            // what they wrote (rather than the idle wait).
             lease.catch_up.lock().expect("wake lease lock").clear();
         }
-        Ok(running)
+        Ok(true)
     }
 
     /// Ask the ticker for a tick and wait until one has been taken (at most
