@@ -95,7 +95,8 @@ host with the section flushes the sink in turn: one at a time, under a lease.\n\
     out.push_str(
         "\nThe `sql` role needs `LOGIN` and the privileges the plugin's statements need, and \
 must not be a superuser (the host refuses one, and a URL that logs in as anyone else). The host \
-grants it `USAGE` on schema `pgevents` and `EXECUTE` on the two acknowledgement functions, which \
+grants it `USAGE` on schema `pgevents` and `EXECUTE` on the two acknowledgement functions and on \
+`record_messages` (the outbox), all of which \
 check a lease token only the host knows.\n",
     );
     out

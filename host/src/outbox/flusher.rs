@@ -89,6 +89,15 @@ async fn flush_while_leased(
     let mut client = db::connect_once(url)
         .await
         .map_err(|e| db::error_text(&e))?;
+    // A lease of this host's from a flusher session that broke: the lease
+    // coordinator renews every lease of this host, so it would never expire.
+    client
+        .execute(
+            &format!("DELETE FROM {SCHEMA}.leases WHERE plugin = $1 AND owner = $2"),
+            &[&lease_name(sink), &host_id],
+        )
+        .await
+        .map_err(|e| db::error_text(&e))?;
     let Some(token) = leases::acquire(&client, host_id, &lease_name(sink), 0, ttl)
         .await
         .map_err(|e| db::error_text(&e))?
@@ -172,6 +181,17 @@ impl Flusher<'_> {
             match self.send(&rows).await {
                 Ok(results) => {
                     failures = 0;
+                    let held = leases::holds(&*client, token)
+                        .await
+                        .map_err(|e| db::error_text(&e))?;
+                    if !held {
+                        // Another host may be sending these now: leave them to it.
+                        tracing::warn!(
+                            sink = self.sink,
+                            "lost the sink's lease during a burst; another host flushes it now"
+                        );
+                        return Ok(());
+                    }
                     settle(client, self.sink, &rows, &results).await?;
                 }
                 Err(e) => {

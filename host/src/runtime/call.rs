@@ -329,6 +329,7 @@ impl LoadedPlugin {
                 granted: self.grants.publish.clone(),
                 events,
                 counts: Default::default(),
+                bytes: 0,
                 outbox: effects.outbox,
                 abandoned,
             },

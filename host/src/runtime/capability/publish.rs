@@ -13,6 +13,13 @@ use crate::runtime::bindings::pgevents::plugin::publish;
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// Most messages one call may publish.
 pub const MAX_MESSAGES_PER_CALL: usize = 100_000;
+/// Most bytes (payloads, subjects, keys, headers) one call may publish: the
+/// host holds them until the batch is acknowledged.
+pub const MAX_BYTES_PER_CALL: usize = 64 << 20;
+/// Longest subject, key, header name or value.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Most headers per message.
+pub const MAX_HEADERS: usize = 64;
 
 /// A message a plugin published, for the event at `event` in its batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +69,8 @@ pub(in crate::runtime) struct PublishCtx {
     pub(in crate::runtime) events: Vec<uuid::Uuid>,
     /// Messages so far per event.
     pub(in crate::runtime) counts: HashMap<usize, u32>,
+    /// Bytes published so far in this call.
+    pub(in crate::runtime) bytes: usize,
     pub(in crate::runtime) outbox: Option<Arc<Outbox>>,
     /// Set when the call was abandoned: nothing more is collected.
     pub(in crate::runtime) abandoned: Arc<AtomicBool>,
@@ -102,13 +111,40 @@ impl publish::Host for PublishCtx {
         if message.subject.is_empty() || message.subject.contains('\0') {
             return Err("the subject must be non-empty text without NUL bytes".into());
         }
-        let texts = message
-            .headers
-            .iter()
-            .flat_map(|(k, v)| [k, v])
-            .chain(message.key.iter());
-        if texts.into_iter().any(|t| t.contains('\0')) {
+        // `$...` subjects and topics are the brokers' own (NATS `$JS.API`,
+        // MQTT `$SYS`): a plugin must not reach a broker's administration.
+        if message.subject.starts_with('$') {
+            return Err(format!(
+                "subject `{}` starts with `$`: such subjects are the broker's own",
+                message.subject.chars().take(80).collect::<String>()
+            ));
+        }
+        let texts = || {
+            std::iter::once(&message.subject)
+                .chain(message.key.iter())
+                .chain(message.headers.iter().flat_map(|(k, v)| [k, v]))
+        };
+        if texts().any(|t| t.contains('\0')) {
             return Err("keys and headers must not contain NUL bytes".into());
+        }
+        if let Some(long) = texts().find(|t| t.len() > MAX_TEXT_BYTES) {
+            return Err(format!(
+                "a subject, key or header of {} bytes: at most {MAX_TEXT_BYTES}",
+                long.len()
+            ));
+        }
+        if message.headers.len() > MAX_HEADERS {
+            return Err(format!(
+                "{} headers: a message may have at most {MAX_HEADERS}",
+                message.headers.len()
+            ));
+        }
+        let size = message.payload.len() + texts().map(String::len).sum::<usize>();
+        if self.bytes + size > MAX_BYTES_PER_CALL {
+            return Err(format!(
+                "a call may publish at most {} MiB in all",
+                MAX_BYTES_PER_CALL >> 20
+            ));
         }
         if self.abandoned.load(Ordering::SeqCst) {
             return Err("the call was abandoned (time limit)".into());
@@ -122,6 +158,7 @@ impl publish::Host for PublishCtx {
                 "a call may publish at most {MAX_MESSAGES_PER_CALL} messages"
             ));
         }
+        self.bytes += size;
         let n = self.counts.entry(index).or_default();
         let id = message_id(&self.plugin, event_id, *n);
         *n += 1;
@@ -141,6 +178,65 @@ impl publish::Host for PublishCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx() -> PublishCtx {
+        PublishCtx {
+            plugin: "p".into(),
+            granted: Some(vec!["bus".into()]),
+            events: vec![uuid::Uuid::from_u128(1)],
+            counts: HashMap::new(),
+            bytes: 0,
+            outbox: Some(Arc::new(Outbox::default())),
+            abandoned: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn message(sink: &str, subject: &str, payload: usize) -> publish::Message {
+        publish::Message {
+            sink: sink.into(),
+            subject: subject.into(),
+            key: None,
+            payload: vec![b'x'; payload],
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn hostile_messages_are_refused_with_the_reason() {
+        use publish::Host;
+        let mut c = ctx();
+        assert!(c.send(0, message("bus", "ok", 10)).is_ok());
+        let cases = [
+            (0, message("other", "ok", 1), "not granted"),
+            (1, message("bus", "ok", 1), "not in the batch"),
+            (
+                0,
+                message("bus", "$JS.API.STREAM.DELETE.s", 1),
+                "broker's own",
+            ),
+            (0, message("bus", "a\0b", 1), "NUL"),
+            (0, message("bus", &"s".repeat(5000), 1), "at most 4096"),
+            (0, message("bus", "ok", MAX_PAYLOAD_BYTES + 1), "more than"),
+        ];
+        for (event, m, why) in cases {
+            let err = c.send(event, m).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        // The per-call budget: 64 messages of 1 MiB fit, the 65th does not.
+        let mut c = ctx();
+        for _ in 0..63 {
+            c.send(0, message("bus", "ok", MAX_PAYLOAD_BYTES)).unwrap();
+        }
+        let err = loop {
+            if let Err(e) = c.send(0, message("bus", "ok", MAX_PAYLOAD_BYTES)) {
+                break e;
+            }
+        };
+        assert!(err.contains("in all"), "{err}");
+        let kept = c.outbox.as_ref().unwrap().take();
+        assert!(kept.len() <= 64 && kept.len() >= 63, "{}", kept.len());
+        assert_eq!(kept[1].id, message_id("p", uuid::Uuid::from_u128(1), 1));
+    }
 
     #[test]
     fn message_ids_are_stable_and_distinct() {

@@ -394,7 +394,7 @@ fn failure(e: &tokio_postgres::Error) -> SqlFailure {
 }
 
 /// Let the grant's role acknowledge its plugin's batches: `USAGE` on the
-/// host's schema and `EXECUTE` on the two acknowledgement functions (which
+/// host's schema and `EXECUTE` on the acknowledgement functions and `record_messages` (which
 /// demand a lease token that only the host knows). Done by the host's session
 /// `client` before each sql session opens (so a role created after the host
 /// started works), under the install lock: concurrent GRANTs on one object fail.
