@@ -1032,3 +1032,94 @@ async fn redis_host_killed_mid_flush_loses_nothing() {
 async fn mqtt_host_killed_mid_flush_loses_nothing() {
     killed_mid_flush_loses_nothing("mqtt").await;
 }
+
+/// A sink whose broker is unreachable: its outbox grows to `max_pending`,
+/// then the plugin publishing to it pauses (its events wait in the log).
+/// `outbox status` shows the waiting messages and the last error; `outbox
+/// flush` sends them once the broker is there; `outbox purge` deletes what
+/// the broker refused.
+#[tokio::test]
+async fn a_full_outbox_pauses_its_publisher_and_the_outbox_commands_drain_it() {
+    let db = TestDb::new().await;
+    let bus = NatsStream::new().await;
+    let subject = format!("{}.items", bus.prefix);
+    // Nothing listens on port 1.
+    let config = nats_config("nats://127.0.0.1:1", &subject, "batch_size = 5\n")
+        .replace("burst = 50", "burst = 50\nmax_pending = 5");
+    let mut host = Host::start_with(&db, plugins_dir(&["publisher"]), settings_with(&config)).await;
+    let client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO items (id, name) SELECT g, 'row' FROM generate_series(1, 50) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    eventually(
+        &client,
+        "the outbox fills to max_pending",
+        "SELECT count(*) >= 5 FROM pgevents.outbox",
+    )
+    .await;
+    host.settle(Duration::from_secs(2)).await;
+    let waiting: i64 = client
+        .query_one("SELECT count(*) FROM pgevents.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (5..50).contains(&waiting),
+        "the plugin paused at the limit rather than filling the outbox: {waiting} waiting"
+    );
+    host.stop().await;
+
+    let status = host_bin()
+        .args(["outbox", "status", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("outbox to sink bus: {waiting} waiting"))
+            && text.contains("last error"),
+        "{text}"
+    );
+    // The broker is back (the right URL): flush sends everything waiting.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("host.toml");
+    std::fs::write(&file, nats_config(&nats_url(), &subject, "")).unwrap();
+    let flush = host_bin()
+        .args(["outbox", "flush", "--database-url", &db.url, "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&flush.stdout);
+    assert!(
+        flush.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&flush.stderr)
+    );
+    assert!(
+        text.contains(&format!("sink bus: {waiting} message(s) sent")),
+        "{text}"
+    );
+    assert_eq!(bus.all().await.len() as i64, waiting);
+    // A host with the broker delivers the rest, each message once.
+    let host = Host::start_with(
+        &db,
+        plugins_dir(&["publisher"]),
+        settings_with(&nats_config(&nats_url(), &subject, "")),
+    )
+    .await;
+    let received = bus.wait_for(50).await;
+    assert_eq!(check_messages(&received, 50), 0);
+    host.stop().await;
+    let purge = host_bin()
+        .args(["outbox", "purge", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&purge.stdout).contains("0 message(s) deleted"),
+        "nothing was refused"
+    );
+}
