@@ -64,7 +64,7 @@ pub async fn record(
     Ok(row.get(0))
 }
 
-/// The messages waiting for one sink, up to `limit` (its first ones).
+/// One sink's outbox, as `outbox status` and `status` show it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SinkStatus {
     pub sink: String,
