@@ -42,16 +42,25 @@ figure, measured value, target, met or not.
   P6  host VmRSS, idle, with every plugins/*.wasm loaded (and topped up to five
       plugins with test plugins if fewer), sampled after startup settles.
   P9  publishing: a backlog of 100,000 events through the `publisher` test plugin,
-      one message each to NATS JetStream (a sink with burst 1,000): messages/s
-      as the stream received them (its message count, polled with nats-py),
-      from the first message and from host start.
+      one message each to NATS JetStream (a sink with the default burst and
+      linger): messages/s as a consumer in this program received them (a core
+      NATS subscription on the stream's subject, nats-py), from the first message
+      and from host start. P9r: the same to RabbitMQ (a queue on the default
+      exchange, consumed with pika, auto-ack). The full run also measures NATS
+      with bursts of 100 and 2,000, which the default (500) was chosen between.
+  P10 commit-to-consumer latency at a steady 1,000 rows/s, written as in P4,
+      through the publisher plugin (batch size 100) and a sink with the default
+      linger (5 ms), to NATS (P10) and RabbitMQ (P10r): the consumer's arrival
+      time of a row's message - the time its INSERT's commit returned. The full
+      run also measures NATS with linger 0 and 20 ms.
   P7  psycopg2-pgevents 0.2.2 (PyPI), used as its README shows (install_trigger_function,
       install_trigger, register_event_channel, then `for evt in poll(conn)`):
       its insert overhead, the time to receive a burst of rows, latency at
       1,000 rows/s measured exactly as P4, and events lost when its listener /
       our host is stopped (SIGTERM) for 5 s during a steady 1,000 rows/s run.
 
-Python packages come from PyPI into .tools/bench-venv (pinned below); pgbench
+Python packages come from PyPI into .tools/bench-venv (pinned below: psycopg2,
+psycopg2-pgevents, nats-py, pika); pgbench
 comes with PostgreSQL.
 """
 
@@ -71,7 +80,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".tools" / "bench-venv"
-REQUIREMENTS = ["psycopg2-binary==2.9.13", "psycopg2-pgevents==0.2.2", "nats-py==2.11.0"]
+REQUIREMENTS = ["psycopg2-binary==2.9.13", "psycopg2-pgevents==0.2.2", "nats-py==2.11.0", "pika==1.3.2"]
 
 
 def ensure_venv():
@@ -108,6 +117,7 @@ WASM = TARGET_DIR / "wasm32-wasip2" / "release"
 NOOP = WASM / "noop.wasm"
 PUBLISHER = WASM / "publisher.wasm"
 NATS_URL = os.environ.get("PGEVENTS_BENCH_NATS_URL", "nats://127.0.0.1:4222")
+RABBITMQ_URL = os.environ.get("PGEVENTS_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 
 # Sizes: full about 5 minutes, quick about 2.
 P1_SECONDS = 3 if QUICK else 8
@@ -916,13 +926,33 @@ def table():
             cold = f" (cold start {p['cold']:.1f})" if "cold" in p else ""
             row(f"P6 RSS idle, {p['label']} ({p['loaded']} active)", f"{p['warm']:.1f} MiB{cold}",
                 "<= 64 MB", p["warm"] <= 64)
-    if not err("P9", "P9 publish to NATS JetStream", ">= 20k/s"):
-        p = RESULTS["P9"]
-        if "from_first" in p:
-            row(f"P9 publish {p['n'] // 1000}k backlog to NATS JetStream, from 1st message",
-                f"{p['from_first']:,.0f} messages/s", ">= 20,000/s", p["from_first"] >= 20_000)
-        row(f"P9 publish {p['n'] // 1000}k backlog, from host start", f"{p['from_start']:,.0f} messages/s",
-            "(info)", None)
+    for key, who in (("P9", "NATS JetStream"), ("P9r", "RabbitMQ")):
+        if not err(key, f"{key} publish to {who}", ">= 20k/s"):
+            p = RESULTS[key]
+            if "from_first" in p:
+                row(f"{key} publish {p['n'] // 1000}k backlog to {who}, from 1st message",
+                    f"{p['from_first']:,.0f} messages/s ({p['duplicates']} dup)", ">= 20,000/s",
+                    p["from_first"] >= 20_000)
+            row(f"{key} publish {p['n'] // 1000}k backlog, from host start", f"{p['from_start']:,.0f} messages/s",
+                "(info)", None)
+    for key in ("P9b100", "P9b2000"):
+        if not err(key, key, "(info)"):
+            p = RESULTS[key]
+            row(f"   the same to NATS with burst {p['burst']}", f"{p.get('from_first', 0):,.0f} messages/s",
+                "(info)", None)
+    for key, who in (("P10", "NATS JetStream"), ("P10r", "RabbitMQ")):
+        if not err(key, f"{key} commit-to-consumer latency, {who}", "p50 <= 10 ms, p99 <= 50 ms"):
+            p = RESULTS[key]
+            c = p["commit"]
+            row(f"{key} commit to {who} consumer at {p['rate']:,.0f}/s, p50", f"{c['p50']:.2f} ms", "<= 10 ms",
+                c["p50"] <= 10)
+            row(f"{key} p99 / max", f"{c['p99']:.2f} / {c['max']:.1f} ms ({c['n']:,} messages, {p['missing']} missing)",
+                "<= 50 ms", c["p99"] <= 50 and p["missing"] == 0)
+    for key in ("P10l0", "P10l20"):
+        if not err(key, key, "(info)"):
+            c = RESULTS[key]["commit"]
+            row(f"   the same to NATS with linger {RESULTS[key]['linger']}", f"p50 {c['p50']:.2f} / p99 {c['p99']:.2f} ms",
+                "(info)", None)
     err("P7", "P7 psycopg2-pgevents 0.2.2", "(info)")
     if "P7" in RESULTS:  # possibly partial
         p = RESULTS["P7"]
@@ -978,12 +1008,87 @@ def table():
                   f"at most {100 * p['instantiate_us'] / (1000 * p['handle_ack_ms']):.1f}% of a batch")
 
 
-def p9_publish():
-    say(f"P9: {P9_EVENTS:,} events through a plugin publishing one message each to NATS JetStream")
-    import asyncio
-    import nats  # from the bench venv
+class Consumer:
+    """A consumer of `kind` (nats | rabbitmq) on `subject`, in a thread of its own: the
+    wall-clock time each message arrived, by the row id in its JSON payload."""
 
-    stream = f"pgbench{os.getpid()}"
+    def __init__(self, kind, subject):
+        self.kind, self.subject = kind, subject
+        self.first = {}  # row id -> first arrival
+        self.count = 0
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(30):
+            raise RuntimeError(f"the {kind} consumer did not start: {self.error}")
+
+    def got(self, body):
+        now = time.time()
+        self.count += 1
+        try:
+            row = json.loads(body)["id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        self.first.setdefault(row, now)
+
+    def run(self):
+        try:
+            if self.kind == "nats":
+                self.run_nats()
+            else:
+                self.run_rabbitmq()
+        except Exception as e:  # noqa: BLE001
+            self.error = e
+            self.ready.set()
+
+    def run_nats(self):
+        import asyncio
+        import nats
+
+        async def main():
+            nc = await nats.connect(NATS_URL)
+            await nc.subscribe(self.subject, cb=lambda m: self._nats(m))
+            await nc.flush()
+            self.ready.set()
+            while not self.done.is_set():
+                await asyncio.sleep(0.05)
+            await nc.close()
+
+        asyncio.run(main())
+
+    async def _nats(self, message):
+        self.got(message.data)
+
+    def run_rabbitmq(self):
+        import pika
+        conn = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        ch = conn.channel()
+        ch.queue_declare(self.subject, exclusive=True)
+        ch.basic_consume(self.subject, lambda c, m, p, body: self.got(body), auto_ack=True)
+        self.ready.set()
+        while not self.done.is_set():
+            conn.process_data_events(time_limit=0.05)
+        conn.close()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(10)
+
+
+def sink_config(kind, subject, burst=None, linger=None, batch_size=1000):
+    url = NATS_URL if kind == "nats" else RABBITMQ_URL
+    extra = (f"burst = {burst}\n" if burst else "") + (f'linger = "{linger}"\n' if linger else "")
+    return (f'[sinks.bus]\nkind = "{kind}"\nurl = "{url}"\n{extra}\n'
+            f'[plugins.publisher]\npublish = ["bus"]\nbatch_size = {batch_size}\n'
+            f'config = {{ subject = "{subject}", tables = "public.bench_items" }}\n')
+
+
+def nats_stream(name):
+    """Create (and return a deleter of) a JetStream stream on `name.>`."""
+    import asyncio
+    import nats
 
     async def with_js(action):
         nc = await nats.connect(NATS_URL)
@@ -992,33 +1097,39 @@ def p9_publish():
         finally:
             await nc.close()
 
-    async def create(js):
-        await js.add_stream(name=stream, subjects=[f"{stream}.>"], duplicate_window=120.0)
+    asyncio.run(with_js(lambda js: js.add_stream(name=name, subjects=[f"{name}.>"], duplicate_window=120.0)))
 
-    async def count(js):
-        return (await js.stream_info(stream)).state.messages
+    def delete():
+        try:
+            asyncio.run(with_js(lambda js: js.delete_stream(name)))
+        except Exception as e:  # noqa: BLE001
+            say(f"could not delete stream {name}: {e}")
+    return delete
 
-    async def delete(js):
-        await js.delete_stream(stream)
 
+def p9_publish(kind, burst=None, key=None):
+    key = key or ("P9" if kind == "nats" else "P9r")
+    say(f"{key}: {P9_EVENTS:,} events through a plugin publishing one message each to {kind}"
+        f" (burst {burst or 'default'})")
+    name = f"pgbench{os.getpid()}{key.lower()}"
+    subject = f"{name}.items" if kind == "nats" else name
     url = fresh_db("pgevents_bench_p9")
-    asyncio.run(with_js(create))
+    delete = nats_stream(name) if kind == "nats" else (lambda: None)
+    consumer = None
     try:
-        config = (f'[sinks.bus]\nkind = "nats"\nurl = "{NATS_URL}"\nburst = 1000\n\n'
-                  f'[plugins.publisher]\npublish = ["bus"]\nbatch_size = 1000\n'
-                  f'config = {{ subject = "{stream}.items", tables = "public.bench_items" }}\n')
-        d, cfg = plugins_dir("p9", [PUBLISHER], config)
+        d, cfg = plugins_dir(key.lower(), [PUBLISHER], sink_config(kind, subject, burst))
         install(url, d, cfg)
-        warm = Host(url, d, "p9_warm", cfg)
+        warm = Host(url, d, f"{key.lower()}_warm", cfg)
         warm.wait_for(r"partition acquired", 120)
         warm.stop()
         run_sql(url, bulk_insert(P9_EVENTS))
-        host = Host(url, d, "p9", cfg)
+        consumer = Consumer(kind, subject)
+        host = Host(url, d, key.lower(), cfg)
         t0 = host.started
         first = None
         try:
             while True:
-                n = asyncio.run(with_js(count))
+                n = len(consumer.first)
                 now = time.time()
                 if n > 0 and first is None:
                     first = (now, n)
@@ -1027,21 +1138,57 @@ def p9_publish():
                 if host.proc.poll() is not None or now - t0 > 300:
                     raise RuntimeError(f"host stopped or publishing took > 300 s ({n:,} received):\n"
                                        + "".join(host.lines()[-20:]))
-                time.sleep(0.1)
-            t_done = time.time()
+                time.sleep(0.05)
+            t_done = max(consumer.first.values())
         finally:
             host.stop()
-        r = {"n": P9_EVENTS, "from_start": P9_EVENTS / (t_done - t0)}
+        r = {"n": P9_EVENTS, "from_start": P9_EVENTS / (t_done - t0), "kind": kind, "burst": burst,
+             "duplicates": consumer.count - len(consumer.first)}
         if first and t_done > first[0]:
             r["from_first"] = (P9_EVENTS - first[1]) / (t_done - first[0])
         say(f"   {r}")
-        RESULTS["P9"] = r
+        RESULTS[key] = r
     finally:
-        try:
-            asyncio.run(with_js(delete))
-        except Exception as e:  # noqa: BLE001
-            say(f"could not delete stream {stream}: {e}")
+        if consumer:
+            consumer.stop()
+        delete()
         drop_db("pgevents_bench_p9")
+
+
+def p10_latency(kind, linger=None, key=None):
+    key = key or ("P10" if kind == "nats" else "P10r")
+    say(f"{key}: commit-to-consumer latency through {kind} at {P4_RATE} rows/s for {P4_SECONDS}s"
+        f" (linger {linger or 'default'})")
+    name = f"pgbench{os.getpid()}{key.lower()}"
+    subject = f"{name}.items" if kind == "nats" else name
+    url = fresh_db("pgevents_bench_p10")
+    delete = nats_stream(name) if kind == "nats" else (lambda: None)
+    consumer = None
+    try:
+        consumer = Consumer(kind, subject)
+        d, cfg = plugins_dir(key.lower(), [PUBLISHER], sink_config(kind, subject, linger=linger, batch_size=100))
+        install(url, d, cfg)
+        host = Host(url, d, key.lower(), cfg)
+        try:
+            host.wait_for(r"flushing the outbox to this sink", 60)
+            host.wait_for(r"partition acquired", 60)
+            time.sleep(0.5)
+            threads, start, written = paced_writer(url, P4_RATE, P4_SECONDS)
+            join(threads)
+            expected = {r for r, _ in written}
+            wait_until_handled(expected, lambda: consumer.first, 60)
+        finally:
+            host.stop()
+        lat = commit_latencies(written, dict(consumer.first), start + 1.0)
+        r = {"commit": latency_stats(lat), "rate": len(written) / P4_SECONDS, "kind": kind, "linger": linger,
+             "missing": len(expected - set(consumer.first))}
+        say(f"   {r}")
+        RESULTS[key] = r
+    finally:
+        if consumer:
+            consumer.stop()
+        delete()
+        drop_db("pgevents_bench_p10")
 
 
 ERRORS = {}
@@ -1061,7 +1208,13 @@ def main():
     only = set(os.environ.get("PGEVENTS_BENCH_ONLY", "").replace(",", " ").split())
     steps = [("P1", p1_insert_rate), ("P2", lambda: RESULTS.__setitem__("P2", p2_bulk_insert())),
              ("P3", p3_drain), ("P4", p4_latency), ("P5", p5_reload), ("P6", p6_memory), ("P7", p7_other),
-             ("P9", p9_publish)]
+             ("P9", lambda: p9_publish("nats")), ("P9r", lambda: p9_publish("rabbitmq")),
+             ("P10", lambda: p10_latency("nats")), ("P10r", lambda: p10_latency("rabbitmq"))]
+    if not QUICK:  # what the burst and linger defaults were chosen from
+        steps += [("P9b100", lambda: p9_publish("nats", 100, "P9b100")),
+                  ("P9b2000", lambda: p9_publish("nats", 2000, "P9b2000")),
+                  ("P10l0", lambda: p10_latency("nats", "0ms", "P10l0")),
+                  ("P10l20", lambda: p10_latency("nats", "20ms", "P10l20"))]
     try:
         for key, step in steps:
             if only and key not in only:

@@ -295,7 +295,7 @@ async fn a_message_for_a_failed_event_is_never_recorded_and_the_others_are_sent_
 }
 
 #[tokio::test]
-async fn a_message_the_broker_refuses_is_kept_with_its_reason_and_the_rest_flow() {
+async fn a_message_the_broker_refuses_is_kept_with_its_reason_the_rest_flow_and_it_can_be_resent() {
     let db = TestDb::new().await;
     let bus = NatsStream::new().await;
     let good = format!("{}.items", bus.prefix);
@@ -346,6 +346,52 @@ async fn a_message_the_broker_refuses_is_kept_with_its_reason_and_the_rest_flow(
     let status = pgevents_host::outbox::status(&client).await.unwrap();
     assert_eq!(status[0].refused, 10, "{status:?}");
     assert_eq!(status[0].pending, 0, "{status:?}");
+
+    // `outbox refused` lists them with the broker's reason; once a stream
+    // covers their subject, `outbox resend` sends them, each once.
+    let listed = host_bin()
+        .args(["outbox", "refused", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{text}");
+    assert_eq!(
+        text.matches(&nowhere).count(),
+        20,
+        "subject and reason, 10 times: {text}"
+    );
+    assert!(text.contains("from plugin relay"), "{text}");
+    let late = NatsStream::on(Some(format!("db.public.{table}.>"))).await;
+    let none_chosen = host_bin()
+        .args(["outbox", "resend", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(!none_chosen.status.success(), "resend needs --id or --all");
+    let resend = host_bin()
+        .args([
+            "outbox",
+            "resend",
+            "--all",
+            "--sink",
+            "bus",
+            "--database-url",
+            &db.url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&resend.stdout);
+    assert!(text.contains("10 message(s) wait"), "{text}");
+    let resent = late.wait_for(10).await;
+    let mut ids: Vec<String> = resent.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each refused message once, with its id");
+    eventually(
+        &client,
+        "the resent messages leave the outbox",
+        "SELECT count(*) = 0 FROM pgevents.outbox",
+    )
+    .await;
     host.stop().await;
 }
 
@@ -658,6 +704,106 @@ async fn every_message_once_in_key_order(kind: &str) {
     .await;
     host.stop().await;
     bus.remove().await;
+}
+
+/// A RabbitMQ queue that is full (`x-max-length` with `reject-publish`)
+/// nacks: the host keeps the messages waiting, refuses none, and sends them
+/// once a consumer drains the queue — every one, in key order.
+#[tokio::test]
+async fn a_full_rabbitmq_queue_holds_messages_back_and_loses_none() {
+    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let db = TestDb::new().await;
+    let (_connection, channel) = crate::sinks_rabbitmq_mqtt::rabbitmq().await;
+    let queue = format!("t{}", uuid::Uuid::new_v4().simple());
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), exclusive, arguments)
+        .await
+        .expect("declare a bounded queue");
+    let settings = settings_with(&sink_config("rabbitmq", &broker("rabbitmq"), &queue));
+    let mut host = Host::start_with(&db, plugins_dir(&["publisher"]), settings).await;
+    write_history(&db, 20, 1).await; // 40 messages, 10 of which fit
+    let client = db.client().await;
+    eventually(
+        &client,
+        "the flusher meets the full queue",
+        "SELECT coalesce(bool_or(last_error LIKE '%basic.nack%'), false) FROM pgevents.sinks WHERE name = 'bus'",
+    )
+    .await;
+    host.settle(Duration::from_millis(500)).await;
+    let (waiting, refused): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE refused IS NULL), count(*) FILTER (WHERE refused IS NOT NULL)
+                 FROM pgevents.outbox",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(refused, 0, "a full queue refuses nothing for good");
+    assert!(waiting >= 30, "the 30 that do not fit wait: {waiting}");
+
+    // A consumer drains the queue: the rest arrive.
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut received = Vec::new();
+    let deadline = Instant::now() + ARRIVAL;
+    while received
+        .iter()
+        .map(|m: &Received| m.id.clone())
+        .collect::<HashSet<_>>()
+        .len()
+        < 40
+    {
+        use futures_util::StreamExt;
+        assert!(
+            Instant::now() < deadline,
+            "{} of 40 arrived",
+            received.len()
+        );
+        if let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+        {
+            received.push(Received::from_got(
+                crate::sinks_rabbitmq_mqtt::Got::from_amqp(delivery),
+            ));
+        }
+    }
+    let duplicates = check_messages(&received, 40);
+    println!("full queue: {duplicates} duplicates");
+    eventually(
+        &client,
+        "the outbox empties",
+        "SELECT count(*) = 0 FROM pgevents.outbox",
+    )
+    .await;
+    host.stop().await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
 }
 
 #[tokio::test]

@@ -91,6 +91,7 @@ async fn send_redis(redis: &mut Redis, burst: &[Message]) -> Result<BurstResult,
     tokio::time::timeout(PATIENCE, redis.send(burst))
         .await
         .unwrap_or_else(|_| panic!("a Redis send of {} messages hung", burst.len()))
+        .map_err(|unsent| unsent.to_string())
 }
 
 // ---- NATS ----

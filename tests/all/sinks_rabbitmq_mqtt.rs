@@ -115,7 +115,7 @@ pub(crate) struct Got {
 }
 
 impl Got {
-    fn from_amqp(delivery: lapin::message::Delivery) -> Got {
+    pub(crate) fn from_amqp(delivery: lapin::message::Delivery) -> Got {
         let properties = &delivery.properties;
         let id = properties.message_id().as_ref();
         let id = id.and_then(|id| Uuid::parse_str(id.as_str()).ok());
@@ -466,12 +466,13 @@ async fn rabbitmq_cut_connection_fails_the_send_and_a_resend_delivers_at_least_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_refused_messages_are_reported_at_their_index_and_the_rest_flow() {
+async fn rabbitmq_refused_messages_are_reported_at_their_index_and_a_full_queue_means_later() {
     let (connection, channel) = rabbitmq().await;
     let exchange = declare_exchange(&channel).await;
     let mut routed = Queue::declare(&channel, FieldTable::default()).await;
     routed.bind(&exchange, "routed").await;
-    // A queue that takes nothing: RabbitMQ nacks what is routed to it.
+    // A queue that takes nothing: RabbitMQ nacks what is routed to it, which
+    // means "not now" (a full queue drains), not "never".
     let mut full_arguments = FieldTable::default();
     full_arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
     full_arguments.insert(
@@ -488,11 +489,21 @@ async fn rabbitmq_refused_messages_are_reported_at_their_index_and_the_rest_flow
 
     let mut mixed = burst("routed", "mixed", 6);
     mixed[1].subject = "nowhere".into();
-    mixed[4].subject = "full".into();
-    let results = send(&mut sink, &mixed).await;
+    mixed[5].subject = "full".into();
+    let unsent = sink
+        .send(&mixed, PATIENCE)
+        .await
+        .expect_err("a nacked message stops the burst there");
+    let results = unsent.settled.clone();
     let end = marker("routed");
     assert_all_accepted(&send(&mut sink, std::slice::from_ref(&end)).await);
     let received = routed.receive_until(&end).await;
+    // Once the queue takes messages again, the rest of the burst goes.
+    full.remove().await;
+    let mut drained = Queue::declare(&channel, FieldTable::default()).await;
+    drained.bind(&exchange, "full").await;
+    assert_all_accepted(&send(&mut sink, &mixed[5..]).await);
+    let got_later = drained.receive(1, PATIENCE).await;
 
     // An exchange that does not exist: the broker closes the channel at each
     // message; the sink reopens it, and keeps working once the exchange exists.
@@ -523,20 +534,19 @@ async fn rabbitmq_refused_messages_are_reported_at_their_index_and_the_rest_flow
     assert_all_accepted(&send(&mut lost, std::slice::from_ref(&end_found)).await);
     let received_later = found.receive_until(&end_found).await;
 
-    for queue in [routed, full, found] {
+    for queue in [routed, drained, found] {
         queue.remove().await;
     }
     delete_exchange(&channel, &exchange).await;
     delete_exchange(&channel, &missing).await;
     connection.close(200, "OK".into()).await.expect("close");
 
-    println!("mixed burst: {results:#?}");
-    let refused: Vec<usize> = (0..mixed.len()).filter(|&i| results[i].is_some()).collect();
-    assert_eq!(
-        refused,
-        [1, 4],
-        "only the unroutable and the nacked message are refused"
-    );
+    println!("mixed burst: {unsent:#?}");
+    assert_eq!(results.len(), 5, "settled up to the nacked message");
+    let refused: Vec<usize> = (0..results.len())
+        .filter(|&i| results[i].is_some())
+        .collect();
+    assert_eq!(refused, [1], "only the unroutable message is refused");
     let unroutable = results[1].as_deref().unwrap_or_default();
     for part in [
         "returned",
@@ -547,12 +557,14 @@ async fn rabbitmq_refused_messages_are_reported_at_their_index_and_the_rest_flow
     ] {
         assert!(unroutable.contains(part), "`{part}` in {unroutable:?}");
     }
-    let nacked = results[4].as_deref().unwrap_or_default();
-    for part in ["basic.nack", exchange.as_str(), "`full`"] {
+    let nacked = &unsent.error;
+    for part in ["basic.nack", "now", exchange.as_str(), "`full`"] {
         assert!(nacked.contains(part), "`{part}` in {nacked:?}");
     }
-    let flowed: Vec<Message> = [0, 2, 3, 5].map(|i| mixed[i].clone()).into();
+    let flowed: Vec<Message> = [0, 2, 3, 4].map(|i| mixed[i].clone()).into();
     assert_in_order(&flowed, &received);
+    let later_ids: Vec<Option<Uuid>> = got_later.iter().map(|g| g.id).collect();
+    assert_eq!(later_ids, [Some(mixed[5].id)], "the nacked message, later");
 
     println!("missing exchange: {missing_results:#?}");
     for (n, result) in missing_results.iter().enumerate() {

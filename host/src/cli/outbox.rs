@@ -31,6 +31,35 @@ pub(crate) enum OutboxCommand {
         #[arg(long)]
         sink: Option<String>,
     },
+    /// List the messages the brokers refused for good, with the broker's reason.
+    Refused {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// At most this many (oldest first).
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send refused messages again, once what the broker refused them for is
+    /// fixed (the stream or queue created, a limit raised).
+    Resend {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only the message with this id (see `outbox refused`).
+        #[arg(long)]
+        id: Option<i64>,
+        /// Every refused message (of --sink, if given); required without --id.
+        #[arg(long)]
+        all: bool,
+    },
     /// Delete the messages the brokers refused (with --pending, the waiting
     /// ones too: they are then never sent).
     Purge {
@@ -87,6 +116,50 @@ pub(crate) async fn outbox_command(command: OutboxCommand) -> anyhow::Result<Exi
                         "sink {name}: a running host flushes this sink; it sends what waits"
                     ),
                 }
+            }
+        }
+        OutboxCommand::Refused {
+            db,
+            sink,
+            limit,
+            json,
+        } => {
+            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            let messages = outbox::refused(&client, sink.as_deref(), limit).await?;
+            if json {
+                pgevents_host::outln!("{}", serde_json::to_string_pretty(&messages)?);
+            } else if messages.is_empty() {
+                pgevents_host::outln!("no refused messages");
+            } else {
+                for m in &messages {
+                    pgevents_host::outln!(
+                        "#{} sink {} subject {} key {} from plugin {} ({} bytes, message id {}), recorded {}, refused {}\n    {}",
+                        m.id,
+                        m.sink,
+                        m.subject,
+                        m.key.as_deref().unwrap_or("-"),
+                        m.plugin,
+                        m.payload_bytes,
+                        m.message_id,
+                        m.created_at,
+                        m.refused_at.as_deref().unwrap_or("-"),
+                        m.reason
+                    );
+                }
+            }
+        }
+        OutboxCommand::Resend { db, sink, id, all } => {
+            anyhow::ensure!(
+                id.is_some() || all,
+                "say which refused messages to send again: --id N, or --all (optionally with --sink NAME)"
+            );
+            let client = db::connect(&db.database_url, Some(db.connect_timeout)).await?;
+            let n = outbox::resend(&client, sink.as_deref(), id).await?;
+            pgevents_host::outln!(
+                "{n} message(s) wait to be sent again (by a running host, or `outbox flush`)"
+            );
+            if n == 0 {
+                return Ok(ExitCode::FAILURE);
             }
         }
         OutboxCommand::Purge { db, sink, pending } => {

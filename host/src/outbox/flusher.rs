@@ -17,7 +17,7 @@ use crate::db;
 use crate::leases;
 use crate::schema::SCHEMA;
 use crate::shutdown::stopped;
-use crate::sinks::{Message, Sink, SinkConfig};
+use crate::sinks::{BurstResult, Message, Sink, SinkConfig, Unsent};
 
 /// Messages per burst unless the sink says.
 pub const DEFAULT_BURST: u32 = 500;
@@ -194,15 +194,27 @@ impl Flusher<'_> {
                     }
                     settle(client, self.sink, &rows, &results).await?;
                 }
-                Err(e) => {
+                Err(unsent) => {
                     failures += 1;
                     self.broker = None;
-                    note_failure(client, self.sink, &rows, &e).await?;
+                    let settled = unsent.settled.len();
+                    if settled > 0 {
+                        if !leases::holds(&*client, token)
+                            .await
+                            .map_err(|e| db::error_text(&e))?
+                        {
+                            return Ok(());
+                        }
+                        settle(client, self.sink, &rows[..settled], &unsent.settled).await?;
+                    }
+                    let rest = &rows[settled..];
+                    note_failure(client, self.sink, rest, &unsent.error).await?;
                     let delay = db::reconnect_delay(failures);
                     tracing::warn!(
                         sink = self.sink,
-                        messages = rows.len(),
-                        "could not send a burst: {e}; sending it again in {delay:?}"
+                        messages = rest.len(),
+                        "could not send a burst: {unsent}; sending {} again in {delay:?}",
+                        if settled > 0 { "the rest" } else { "it" }
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -214,7 +226,7 @@ impl Flusher<'_> {
     }
 
     /// Send `rows` as one burst, connecting first if need be.
-    async fn send(&mut self, rows: &[Row]) -> Result<Vec<Option<String>>, String> {
+    async fn send(&mut self, rows: &[Row]) -> Result<BurstResult, Unsent> {
         if self.broker.is_none() {
             let sink =
                 Sink::connect(self.config, Duration::from_millis(CONNECT_TIMEOUT_MS)).await?;
@@ -370,10 +382,19 @@ pub async fn flush_now(url: &str, sink: &str, config: &SinkConfig) -> Result<Flu
             if rows.is_empty() {
                 return Ok(());
             }
-            let results = flusher.send(&rows).await?;
+            let (results, unsent) = match flusher.send(&rows).await {
+                Ok(results) => (results, None),
+                Err(unsent) => (unsent.settled, Some(unsent.error)),
+            };
             refused += results.iter().filter(|r| r.is_some()).count();
             sent += results.iter().filter(|r| r.is_none()).count();
-            settle(&mut client, sink, &rows, &results).await?;
+            if !results.is_empty() {
+                settle(&mut client, sink, &rows[..results.len()], &results).await?;
+            }
+            if let Some(error) = unsent {
+                note_failure(&client, sink, &rows[results.len()..], &error).await?;
+                return Err(error);
+            }
             // Long flushes keep the lease.
             leases::renew(&client, &host_id, ttl)
                 .await

@@ -72,7 +72,7 @@ pub struct SinkStatus {
     pub pending: i64,
     /// Seconds since the oldest waiting message was recorded.
     pub oldest_age_seconds: Option<f64>,
-    /// Messages the broker refused for good (kept until purged).
+    /// Messages the broker refused for good (kept until resent or purged).
     pub refused: i64,
     pub sent: i64,
     pub last_sent_at: Option<String>,
@@ -95,8 +95,9 @@ impl std::fmt::Display for SinkStatus {
         if self.refused > 0 {
             writeln!(
                 f,
-                "  {} refused by the broker for good (kept; `pgevents-host outbox purge --sink {}` deletes them)",
-                self.refused, self.sink
+                "  {} refused by the broker for good (kept: `pgevents-host outbox refused --sink {sink}` lists them with the reason, `outbox resend --sink {sink} --all` sends them again, `outbox purge --sink {sink}` deletes them)",
+                self.refused,
+                sink = self.sink
             )?;
         }
         if let Some(e) = &self.last_error {
@@ -172,6 +173,92 @@ pub async fn full(
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// A message a broker refused for good, as `outbox refused` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusedMessage {
+    /// Its row in the outbox (for `outbox resend --id`).
+    pub id: i64,
+    pub sink: String,
+    pub message_id: String,
+    pub subject: String,
+    pub key: Option<String>,
+    pub plugin: String,
+    pub payload_bytes: i32,
+    pub created_at: String,
+    pub refused_at: Option<String>,
+    /// The broker's reason.
+    pub reason: String,
+}
+
+/// The refused messages of `sink` (or of every sink), oldest first, at most `limit`.
+pub async fn refused(
+    client: &impl GenericClient,
+    sink: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RefusedMessage>, tokio_postgres::Error> {
+    let time = |column: &str| {
+        format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, sink, message_id, subject, key, plugin, octet_length(payload),
+                        {}, {}, refused
+                 FROM {SCHEMA}.outbox WHERE refused IS NOT NULL AND ($1::text IS NULL OR sink = $1)
+                 ORDER BY id LIMIT $2",
+                time("created_at"),
+                time("refused_at")
+            ),
+            &[&sink, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RefusedMessage {
+            id: r.get(0),
+            sink: r.get(1),
+            message_id: r.get::<_, uuid::Uuid>(2).to_string(),
+            subject: r.get(3),
+            key: r.get(4),
+            plugin: r.get(5),
+            payload_bytes: r.get(6),
+            created_at: r.get(7),
+            refused_at: r.get(8),
+            reason: r.get(9),
+        })
+        .collect())
+}
+
+/// Make refused messages wait to be sent again (once the operator fixed what
+/// the broker refused them for: created the stream, raised a size limit):
+/// those of `sink` (or of every sink), or only the one with outbox row `id`.
+/// They keep their place (their row id) and message id. Returns how many.
+pub async fn resend(
+    client: &impl GenericClient,
+    sink: Option<&str>,
+    id: Option<i64>,
+) -> Result<u64, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE {SCHEMA}.outbox SET refused = NULL, refused_at = NULL
+                 WHERE refused IS NOT NULL AND ($1::text IS NULL OR sink = $1)
+                   AND ($2::bigint IS NULL OR id = $2)"
+            ),
+            &[&sink, &id],
+        )
+        .await?;
+    if n > 0 {
+        client
+            .execute(
+                &format!("SELECT pg_notify('{OUTBOX_CHANNEL}', coalesce($1::text, ''))"),
+                &[&sink],
+            )
+            .await?;
+    }
+    Ok(n)
 }
 
 /// Delete messages: the refused ones of `sink` (or of every sink), or with

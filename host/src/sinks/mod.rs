@@ -124,6 +124,61 @@ pub enum Sink {
 /// stream): that one is dead-lettered and the others flow.
 pub type BurstResult = Vec<Option<String>>;
 
+/// A burst that did not go through: the broker settled its first
+/// `settled.len()` messages (as in [`BurstResult`]), and the rest are to be
+/// sent again later because of `error`: the connection failed or timed out
+/// (then `settled` is empty: what was acknowledged is unknown), or the
+/// broker said "not now" for the message at `settled.len()` (a RabbitMQ
+/// queue full with `reject-publish`, an MQTT quota, a Redis out of memory).
+/// Messages after that one may have gone through and go again: at most one
+/// burst twice, and the outbox's order kept for the resend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsent {
+    pub settled: BurstResult,
+    pub error: String,
+}
+
+impl Unsent {
+    /// Nothing of the burst is known to be settled.
+    pub fn all(error: String) -> Unsent {
+        Unsent {
+            settled: Vec::new(),
+            error,
+        }
+    }
+
+    /// `results` hold for the messages before `at`; the one at `at` must
+    /// wait, because of `error`.
+    pub fn from(mut results: BurstResult, at: usize, error: String) -> Unsent {
+        results.truncate(at);
+        Unsent {
+            settled: results,
+            error,
+        }
+    }
+}
+
+impl From<String> for Unsent {
+    fn from(error: String) -> Unsent {
+        Unsent::all(error)
+    }
+}
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.settled.is_empty() {
+            f.write_str(&self.error)
+        } else {
+            write!(
+                f,
+                "{} (after the broker settled the first {} messages)",
+                self.error,
+                self.settled.len()
+            )
+        }
+    }
+}
+
 impl Sink {
     /// Connect to the sink's broker, giving up after `timeout`.
     pub async fn connect(config: &SinkConfig, timeout: Duration) -> Result<Sink, String> {
@@ -144,25 +199,27 @@ impl Sink {
     }
 
     /// Send `burst` in order and wait for the broker's acknowledgements (at
-    /// most `timeout` for the whole burst). `Err`: the connection failed or
-    /// timed out; what was acknowledged is unknown, so the caller connects
-    /// again and sends the whole burst again (at least once: NATS drops the
-    /// repeats by id; the other kinds may deliver up to one burst twice).
+    /// most `timeout` for the whole burst). `Err`: see [`Unsent`]; the caller
+    /// settles its prefix, connects again if the connection failed, and sends
+    /// the rest again later (at least once: NATS drops the repeats by id; the
+    /// other kinds may deliver up to one burst twice).
     pub async fn send(
         &mut self,
         burst: &[Message],
         timeout: Duration,
-    ) -> Result<BurstResult, String> {
+    ) -> Result<BurstResult, Unsent> {
         let sending = async {
             match self {
-                Sink::Nats(s) => s.send(burst).await,
+                Sink::Nats(s) => s.send(burst).await.map_err(Unsent::all),
                 Sink::Rabbitmq(s) => s.send(burst).await,
                 Sink::Redis(s) => s.send(burst).await,
                 Sink::Mqtt(s) => s.send(burst).await,
             }
         };
         let result = tokio::time::timeout(timeout, sending).await.map_err(|_| {
-            format!("the broker did not acknowledge the burst within {timeout:?}")
+            Unsent::all(format!(
+                "the broker did not acknowledge the burst within {timeout:?}"
+            ))
         })??;
         debug_assert_eq!(result.len(), burst.len());
         Ok(result)

@@ -19,7 +19,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, Publish, PublishP
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BurstResult, Message};
+use super::{BurstResult, Message, Unsent};
 
 /// An idle connection sends a PINGREQ this often; a missing PINGRESP ends it
 /// at the next one (so a silent loss shows within 2 x 30 s, sooner if `send`
@@ -53,6 +53,14 @@ pub struct Mqtt {
 
 /// What the event loop did with the publishes `send` requested.
 #[derive(Debug)]
+/// What a PUBACK says of a message.
+enum Refusal {
+    None,
+    ForGood(String),
+    /// Quota exceeded: send it again later.
+    NotNow(String),
+}
+
 enum Progress {
     /// The next requested publish went out with this packet id.
     Sent(u16),
@@ -96,12 +104,12 @@ impl Mqtt {
         })
     }
 
-    pub async fn send(&mut self, burst: &[Message]) -> Result<BurstResult, String> {
+    pub async fn send(&mut self, burst: &[Message]) -> Result<BurstResult, Unsent> {
         if self.interrupted {
-            return Err(format!(
+            return Err(Unsent::all(format!(
                 "an earlier burst to MQTT broker {} did not get all its PUBACKs (it failed or was cancelled); connect again",
                 self.broker
-            ));
+            )));
         }
         self.interrupted = true;
         let mut results: BurstResult = vec![None; burst.len()];
@@ -123,44 +131,57 @@ impl Mqtt {
                 properties,
             );
             if publishing.await.is_err() {
-                return Err(self.lost());
+                return Err(self.lost().into());
             }
             requested.push_back(index);
         }
         let mut unacked = requested.len();
+        // The first message the broker said "not now" to (quota exceeded).
+        let mut later: Option<(usize, String)> = None;
         let mut in_flight = HashMap::with_capacity(unacked);
         while unacked > 0 {
             match self.progress.recv().await {
                 Some(Ok(Progress::Sent(pkid))) => {
                     let Some(index) = requested.pop_front() else {
-                        return Err(format!(
+                        return Err(Unsent::all(format!(
                             "rumqttc sent a publish to MQTT broker {} that this burst did not request",
                             self.broker
-                        ));
+                        )));
                     };
                     if in_flight.insert(pkid, index).is_some() {
-                        return Err(format!(
+                        return Err(Unsent::all(format!(
                             "rumqttc reused packet id {pkid} toward MQTT broker {} before its PUBACK",
                             self.broker
-                        ));
+                        )));
                     }
                 }
                 Some(Ok(Progress::Acked(ack))) => {
                     let Some(index) = in_flight.remove(&ack.pkid) else {
-                        return Err(format!(
+                        return Err(Unsent::all(format!(
                             "MQTT broker {} acknowledged packet id {}, which this burst is not waiting for",
                             self.broker, ack.pkid
-                        ));
+                        )));
                     };
                     unacked -= 1;
-                    results[index] = self.refusal(&burst[index], &ack)?;
+                    match self.refusal(&burst[index], &ack)? {
+                        Refusal::None => {}
+                        Refusal::ForGood(reason) => results[index] = Some(reason),
+                        Refusal::NotNow(reason) => {
+                            if later.as_ref().is_none_or(|(at, _)| index < *at) {
+                                later = Some((index, reason));
+                            }
+                        }
+                    }
                 }
-                Some(Err(text)) => return Err(text),
-                None => return Err(self.lost()),
+                Some(Err(text)) => return Err(text.into()),
+                None => return Err(self.lost().into()),
             }
         }
         self.interrupted = false;
-        Ok(results)
+        match later {
+            Some((at, error)) => Err(Unsent::from(results, at, error)),
+            None => Ok(results),
+        }
     }
 
     /// The payload and properties of `message`, or why MQTT cannot carry it.
@@ -209,11 +230,13 @@ impl Mqtt {
         Ok((payload, properties))
     }
 
-    /// `None` if the PUBACK accepts `message`, the broker's reason if it
-    /// refuses it, `Err` if it shows the session is confused.
-    fn refusal(&self, message: &Message, ack: &PubAck) -> Result<Option<String>, String> {
+    /// What the PUBACK says of `message`; `Err` if it shows the session is
+    /// confused.
+    fn refusal(&self, message: &Message, ack: &PubAck) -> Result<Refusal, String> {
         let reason = match ack.reason {
-            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => return Ok(None),
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
+                return Ok(Refusal::None);
+            }
             PubAckReason::PacketIdentifierInUse => {
                 return Err(format!(
                     "MQTT broker {} says packet id {} is already in use",
@@ -232,10 +255,14 @@ impl Mqtt {
             .as_ref()
             .and_then(|p| p.reason_string.as_ref());
         let said = said.map(|s| format!(": {s}")).unwrap_or_default();
-        Ok(Some(format!(
+        let text = format!(
             "MQTT broker {} refused the message to topic `{}` ({reason}{said})",
             self.broker, message.subject
-        )))
+        );
+        Ok(match ack.reason {
+            PubAckReason::QuotaExceeded => Refusal::NotNow(text),
+            _ => Refusal::ForGood(text),
+        })
     }
 
     /// Why the connection ended, as the task reported it.

@@ -2,9 +2,10 @@
 //! connection with one channel in publisher-confirm mode.
 //!
 //! A burst is published without waiting (pipelined), then every confirm is
-//! awaited in order. RabbitMQ refuses a message in one of three ways:
-//! - `basic.nack`: a queue it routes to would not take it (full, with
-//!   `x-overflow = reject-publish`) or is unavailable;
+//! awaited in order. A `basic.nack` (a queue it routes to is full, with
+//! `x-overflow = reject-publish`, or unavailable) means "not now": that
+//! message and the rest of the burst go again later. RabbitMQ refuses a
+//! message for good in one of two ways:
 //! - `basic.return` then `basic.ack`: it is `mandatory` and no queue is bound
 //!   for its routing key. lapin hands a returned message to whichever confirm
 //!   completes next, not necessarily its own, so returns are matched to the
@@ -26,7 +27,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 
-use super::{BurstResult, Message};
+use super::{BurstResult, Message, Unsent};
 
 /// AMQP `delivery-mode` 2: a durable queue writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -86,7 +87,7 @@ impl Rabbitmq {
         })
     }
 
-    pub async fn send(&mut self, burst: &[Message]) -> Result<BurstResult, String> {
+    pub async fn send(&mut self, burst: &[Message]) -> Result<BurstResult, Unsent> {
         let mut results: BurstResult = vec![None; burst.len()];
         let mut next = 0;
         // Messages before this index go one at a time: the culprit of a
@@ -100,11 +101,15 @@ impl Rabbitmq {
             };
             let publishing = self.publish(burst, next..end, &mut results);
             let (at, sent, error) = match publishing.await {
-                Ok(()) => {
+                Ok(None) => {
                     next = end;
                     continue;
                 }
-                Err(Broken::Connection(text)) => return Err(text),
+                Ok(Some(nacked)) => {
+                    let error = self.nack_reason(&burst[nacked]);
+                    return Err(Unsent::from(results, nacked, error));
+                }
+                Err(Broken::Connection(text)) => return Err(text.into()),
                 Err(Broken::Channel { at, sent, error }) => (at, sent, error),
             };
             if end - next == 1 {
@@ -127,13 +132,14 @@ impl Rabbitmq {
     }
 
     /// Publish `burst[range]` without waiting, then await each confirm in
-    /// order, noting refusals in `results`.
+    /// order, noting refusals in `results`. `Some`: the first message the
+    /// broker nacked.
     async fn publish(
         &self,
         burst: &[Message],
         range: Range<usize>,
         results: &mut BurstResult,
-    ) -> Result<(), Broken> {
+    ) -> Result<Option<usize>, Broken> {
         let mandatory = BasicPublishOptions {
             mandatory: true,
             immediate: false,
@@ -165,6 +171,7 @@ impl Rabbitmq {
             }
         }
         let sent = broken.as_ref().map_or(range.end, |(index, _)| *index);
+        let mut nacked = None;
         // A confirm that fails is earlier than a publish that failed.
         for (index, confirm) in confirms {
             match confirm.await {
@@ -172,7 +179,7 @@ impl Rabbitmq {
                     self.attribute_return(burst, results, returned);
                 }
                 Ok(Confirmation::Nack(returned)) => {
-                    results[index] = Some(self.nack_reason(&burst[index]));
+                    nacked = nacked.or(Some(index));
                     self.attribute_return(burst, results, returned);
                 }
                 Ok(Confirmation::NotRequested) => {
@@ -188,7 +195,7 @@ impl Rabbitmq {
             }
         }
         match broken {
-            None => Ok(()),
+            None => Ok(nacked),
             Some((at, error)) if error.is_amqp_soft_error() => {
                 Err(Broken::Channel { at, sent, error })
             }
@@ -261,7 +268,7 @@ impl Rabbitmq {
 
     fn nack_reason(&self, message: &Message) -> String {
         format!(
-            "RabbitMQ refused (basic.nack) the message to {} with routing key `{}`: a queue it routes to would not take it (full with `x-overflow` = `reject-publish`, or unavailable)",
+            "RabbitMQ cannot take the message to {} with routing key `{}` now (basic.nack): a queue it routes to is full (`x-overflow` = `reject-publish`) or unavailable",
             self.exchange_name(),
             message.subject
         )

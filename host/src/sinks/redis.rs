@@ -1,14 +1,16 @@
 //! The redis sink (see the module doc of `sinks`): each message is
 //! `XADD <subject> * id <uuid> key <key or empty> payload <bytes> headers <JSON object>`,
 //! a whole burst in one pipelined round trip. Redis has no dedupe: a burst
-//! sent again after a lost connection may add up to that burst twice.
+//! sent again after a lost connection may add up to that burst twice; after
+//! a "not now" reply (OOM, LOADING, ...), the entries it had already added
+//! stay settled and only the rest go again.
 
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult, Value};
 
-use super::{BurstResult, Message};
+use super::{BurstResult, Message, Unsent};
 
 /// Connecting gives up after 5 s.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -67,7 +69,7 @@ impl Redis {
     }
 
     /// `XADD` every message of `burst`, in order, in one round trip.
-    pub async fn send(&mut self, burst: &[Message]) -> Result<BurstResult, String> {
+    pub async fn send(&mut self, burst: &[Message]) -> Result<BurstResult, Unsent> {
         if burst.is_empty() {
             return Ok(Vec::new());
         }
@@ -98,28 +100,33 @@ impl Redis {
                 )
             })?;
         if replies.len() != burst.len() {
-            return Err(format!(
+            return Err(Unsent::all(format!(
                 "Redis at {} answered {} replies to a burst of {} messages",
                 self.server,
                 replies.len(),
                 burst.len()
-            ));
+            )));
         }
-        burst
-            .iter()
-            .zip(replies)
-            .map(|(message, reply)| match reply {
-                Ok(_) => Ok(None),
-                Err(e) if e.code().is_some_and(|code| RETRY_CODES.contains(&code)) => Err(format!(
-                    "Redis at {} cannot take the message to `{}` now: {e}",
-                    self.server, message.subject
-                )),
-                Err(e) => Ok(Some(format!(
+        let mut results = BurstResult::with_capacity(burst.len());
+        for (at, (message, reply)) in burst.iter().zip(replies).enumerate() {
+            match reply {
+                Ok(_) => results.push(None),
+                // "Not now": this one and the rest go again later (the
+                // entries after it that Redis added may then be added twice).
+                Err(e) if e.code().is_some_and(|code| RETRY_CODES.contains(&code)) => {
+                    let error = format!(
+                        "Redis at {} cannot take the message to `{}` now: {e}",
+                        self.server, message.subject
+                    );
+                    return Err(Unsent::from(results, at, error));
+                }
+                Err(e) => results.push(Some(format!(
                     "Redis refused XADD to `{}`: {e}",
                     message.subject
                 ))),
-            })
-            .collect()
+            }
+        }
+        Ok(results)
     }
 }
 
