@@ -90,11 +90,17 @@ pub async fn run(
     for r in &loaded.rejected {
         observers.observe(HostEvent::PluginRejected(r.clone()));
     }
-    if loaded.plugins.is_empty() {
+    if loaded.plugins.is_empty() && loaded.rejected.is_empty() {
         tracing::warn!(
             folder = %options.plugins_dir.display(),
             "no plugin is running; add a .wasm file to the plugins folder{}",
             if settings.watch { "" } else { " and restart" }
+        );
+    } else if loaded.plugins.is_empty() {
+        tracing::warn!(
+            folder = %options.plugins_dir.display(),
+            "no plugin is running: {} file(s) in the plugins folder did not load (see the errors above)",
+            loaded.rejected.len()
         );
     }
     let set: PluginSet = Arc::new(

@@ -346,7 +346,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(path) = &config {
                 ConfigFile::load(path)?.apply(&mut settings);
             }
-            let runtime = Runtime::new(None, Pool::default())?;
+            let mut runtime = Runtime::new(None, Pool::default())?;
+            if let Some(dir) = &settings.compile_cache {
+                runtime = runtime.with_compile_cache(dir.clone());
+            }
             let grants = move |name: &str| Grants {
                 config: settings.policy(name).config,
                 ..Grants::permissive()

@@ -35,6 +35,8 @@ pub struct Status {
     pub disabled_triggers: Vec<String>,
     /// Per sink: messages waiting in the outbox, refused, sent, last error.
     pub outbox: Vec<crate::outbox::SinkStatus>,
+    /// Hosts that said they were alive within the last minute.
+    pub running_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +55,12 @@ pub struct PluginStatus {
     pub waiting: i64,
     pub halted: Option<String>,
     pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// The last error was an event's that went to the dead letters (the
+    /// plugin went on past it).
+    pub last_error_dead_lettered: bool,
+    /// It never loaded: this row only says why (`load_error`).
+    pub never_loaded: bool,
     /// Why the newest file for this plugin was not loaded (the version shown
     /// keeps serving), and when.
     pub load_error: Option<String>,
@@ -88,6 +96,7 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
             triggers: BTreeMap::new(),
             disabled_triggers: Vec::new(),
             outbox: Vec::new(),
+            running_hosts: Vec::new(),
         });
     }
     let open_writers = open_writers(client, std::time::Duration::ZERO).await?;
@@ -114,7 +123,10 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                         p.load_error,
                         to_char(p.load_error_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                         (SELECT k.txid::text FROM {SCHEMA}.commits k WHERE k.ord = c.ord),
-                        p.self_events
+                        p.self_events,
+                        to_char(p.last_error_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        EXISTS (SELECT 1 FROM {SCHEMA}.dead_letters d
+                                WHERE d.plugin = p.name AND d.error = p.last_error)
                  FROM {SCHEMA}.plugins p
                  LEFT JOIN LATERAL (SELECT ord, seq FROM {SCHEMA}.cursors oc WHERE oc.plugin = p.name
                                     ORDER BY ord, seq LIMIT 1) c ON true
@@ -149,6 +161,9 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
                 load_error: r.get(12),
                 load_error_at: r.get(13),
                 own_writes: r.get(15),
+                last_error_at: r.get(16),
+                last_error_dead_lettered: r.get(17),
+                never_loaded: r.get::<_, String>(1).is_empty(),
                 partitions: Vec::new(),
             }
         })
@@ -201,6 +216,18 @@ pub async fn status(client: &impl GenericClient) -> Result<Status, SchemaError> 
         triggers: schema::by_table(&installed_triggers),
         disabled_triggers,
         outbox: crate::outbox::status(client).await?,
+        running_hosts: client
+            .query(
+                &format!(
+                    "SELECT id FROM {SCHEMA}.hosts
+                     WHERE seen_at > clock_timestamp() - interval '1 minute' ORDER BY id"
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
     })
 }
 
@@ -241,9 +268,27 @@ impl fmt::Display for Status {
         if self.plugins.is_empty() {
             writeln!(f, "plugins: none registered yet")?;
         }
+        if self.running_hosts.is_empty() && self.plugins.iter().any(|p| p.active) {
+            writeln!(
+                f,
+                "no host is running (none said it was alive within the last minute): nothing is delivered until one runs (`pgevents-host run`)"
+            )?;
+        }
         for p in &self.plugins {
+            if p.never_loaded {
+                writeln!(
+                    f,
+                    "plugin {} [not loaded] file {}: {} ({})",
+                    p.name,
+                    p.file,
+                    p.load_error.as_deref().unwrap_or("?"),
+                    p.load_error_at.as_deref().unwrap_or("?")
+                )?;
+                continue;
+            }
             let state = match (&p.halted, p.active) {
                 (Some(_), _) => "halted",
+                (None, true) if self.running_hosts.is_empty() => "active, no host running",
                 (None, true) => "active",
                 (None, false) => "paused: file missing",
             };
@@ -277,7 +322,16 @@ impl fmt::Display for Status {
                 )?;
             }
             if let Some(e) = &p.last_error {
-                writeln!(f, "  last error: {e}")?;
+                let at = p.last_error_at.as_deref().unwrap_or("?");
+                if p.last_error_dead_lettered && p.halted.is_none() {
+                    writeln!(
+                        f,
+                        "  last failure ({at}): {e}\n    that event is in the dead letters (`pgevents-host dead-letters list --plugin {}`); delivery went on past it",
+                        p.name
+                    )?;
+                } else {
+                    writeln!(f, "  last error ({at}): {e}")?;
+                }
             }
             if p.own_writes > 0 {
                 writeln!(

@@ -18,6 +18,42 @@ fn output(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// `inspect` compiles a plugin once: the compile cache the config names
+/// holds it afterwards, and the second look uses it.
+#[test]
+fn inspect_uses_the_compile_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!("compile_cache = \"{}\"\n", cache.display()),
+    )
+    .unwrap();
+    let entries = || {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(entries(), 0);
+    for _ in 0..2 {
+        let (ok, stdout, stderr) = output(
+            bin()
+                .arg("inspect")
+                .arg(plugin("recorder"))
+                .arg("--config")
+                .arg(&config),
+        );
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("plugin:     recorder 1.0.0"), "{stdout}");
+        assert_eq!(entries(), 1, "one compiled entry, reused");
+    }
+}
+
 #[test]
 fn inspect_prints_a_manifest_or_says_what_is_wrong() {
     let (ok, stdout, stderr) = output(bin().arg("inspect").arg(plugin("recorder")));

@@ -36,6 +36,58 @@ async fn a_manifest_naming_a_missing_table_rejects_only_that_plugin() {
     host.stop().await;
 }
 
+/// A plugin refused because its table is missing is listed by `status` as
+/// not loaded, and starts by itself once the table is created (no restart,
+/// no touch): the schema may change under a running host.
+#[tokio::test]
+async fn a_plugin_refused_for_a_missing_table_starts_once_the_table_exists() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["greeter", "recorder"]).await;
+    assert_eq!(host.rejections().len(), 1, "{:#?}", host.rejections());
+    let client = db.client().await;
+    let shown = status::status(&client).await.unwrap();
+    let text = shown.to_string();
+    assert!(
+        text.contains("plugin greeter [not loaded]")
+            && text.contains("`public.user_accounts`, which does not exist")
+            && text.contains("tried again"),
+        "{text}"
+    );
+    client
+        .batch_execute(
+            "CREATE TABLE public.user_accounts (id bigserial PRIMARY KEY, email text, name text)",
+        )
+        .await
+        .unwrap();
+    host.wait_until("greeter starts", |e| {
+        matches!(e, pgevents_host::observer::HostEvent::PluginStarted { plugin, .. } if plugin == "greeter")
+    })
+    .await;
+    eventually(
+        &client,
+        "greeter's table is captured",
+        "SELECT count(*) > 0 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+         WHERE c.relname = 'user_accounts' AND t.tgname LIKE 'pgevents_capture_%'",
+    )
+    .await;
+    client
+        .batch_execute(
+            "INSERT INTO public.user_accounts (email, name) VALUES ('a@example.com', 'Ada')",
+        )
+        .await
+        .unwrap();
+    host.wait_until("greeter welcomes Ada", |e| {
+        matches!(e, pgevents_host::observer::HostEvent::PluginLog(log) if log.message == "Welcome, Ada!")
+    })
+    .await;
+    let text = status::status(&client).await.unwrap().to_string();
+    assert!(text.contains("plugin greeter 1.0.0 [active]"), "{text}");
+    assert!(!text.contains("[not loaded]"), "{text}");
+    // The rejection was reported once, not at every scan.
+    assert_eq!(host.rejections().len(), 1, "{:#?}", host.rejections());
+    host.stop().await;
+}
+
 #[tokio::test]
 async fn broken_foreign_and_core_module_files_are_rejected_and_others_run() {
     let db = TestDb::new().await;

@@ -99,6 +99,17 @@ async fn a_failing_event_is_dead_lettered_others_go_on_and_the_cli_redelivers_it
     assert_eq!(faulty.dead_letters, 2, "{report}");
     assert_eq!(faulty.waiting, 0, "{report}");
     assert!(report.to_string().contains("2 dead letter(s)"), "{report}");
+    // Its last error was a dead-lettered event's: said so, not as if the
+    // plugin were failing now.
+    let text = report.to_string();
+    assert!(
+        text.contains("last failure (")
+            && text.contains("note says permanent")
+            && text.contains("that event is in the dead letters")
+            && text.contains("plugin faulty 1.0.0 [active]"),
+        "{text}"
+    );
+    assert!(!text.contains("no host is running"), "{text}");
 
     let (ok, stdout, stderr) = run_cli(&["dead-letters", "list", "--database-url", &db.url]);
     assert!(ok, "{stderr}");
@@ -164,6 +175,12 @@ async fn a_failing_event_is_dead_lettered_others_go_on_and_the_cli_redelivers_it
     host.settle(Duration::from_millis(300)).await;
     assert_eq!(host.seen("faulty").len(), 4, "nothing else was delivered");
     host.stop().await;
+    // With no host running, `status` says so rather than "[active]".
+    let text = status::status(&c).await.unwrap().to_string();
+    assert!(
+        text.contains("no host is running") && text.contains("[active, no host running]"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -297,7 +297,8 @@ async fn a_plugin_importing_http_without_a_grant_is_refused_at_load() {
         rejections.iter().any(|r| r.contains(
             "plugin `webhook` imports the `http` capability, which the operator has not granted it"
         ) && r
-            .contains("[plugins.webhook]\n    http = { allow = [\"host:port\"] }")),
+            .contains("[plugins.webhook]\n    http = { allow = [\"host:port\"] }")
+            && r.contains("-d http fetch-event")),
         "{rejections:?}"
     );
     host.stop().await;

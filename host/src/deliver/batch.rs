@@ -229,13 +229,7 @@ impl Deliverer {
         if messages.is_empty() {
             return Ok(conn.reader.ack(&conn.client, &self.stream, to).await?);
         }
-        conn.client.batch_execute("BEGIN").await?;
-        let done = outbox::record(&conn.client, &self.stream, messages).await?
-            && conn.reader.ack(&conn.client, &self.stream, to).await?;
-        conn.client
-            .batch_execute(if done { "COMMIT" } else { "ROLLBACK" })
-            .await?;
-        Ok(done)
+        Ok(outbox::record_and_ack(&conn.client, &self.stream, messages, to).await?)
     }
 
     /// Events that the plugin's own sql writes caused (its session's

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::OUTBOX_CHANNEL;
 use crate::db;
@@ -42,6 +42,8 @@ pub fn lease_name(sink: &str) -> String {
 /// One waiting message as read from the outbox.
 struct Row {
     id: i64,
+    /// Milliseconds since it was recorded, when read.
+    age_ms: f64,
     message: Message,
 }
 
@@ -149,63 +151,69 @@ impl Flusher<'_> {
             .config
             .linger
             .unwrap_or(Duration::from_millis(DEFAULT_LINGER_MS));
+        let sql = Statements::prepare(client).await?;
+        let lost = |sink: &str| {
+            tracing::warn!(sink, "lost the sink's lease; another host flushes it now");
+            Ok(())
+        };
         let mut failures = 0;
+        // After an idle wait, a burst may wait `linger` to fill; after a
+        // burst, the next one is read at once (it filled while this one went).
+        let mut idle = false;
         loop {
             if *self.shutdown.borrow() {
                 return Ok(());
             }
-            if !leases::holds(&*client, token)
-                .await
-                .map_err(|e| db::error_text(&e))?
-            {
-                tracing::warn!(
-                    sink = self.sink,
-                    "lost the sink's lease; another host flushes it now"
-                );
-                return Ok(());
+            if idle && !linger.is_zero() {
+                tokio::time::sleep(linger).await;
             }
             self.wake.borrow_and_update();
-            let mut rows = read(client, self.sink, burst).await?;
+            let (held, rows) = read(client, &sql, self.sink, burst, token).await?;
+            if !held {
+                return lost(self.sink);
+            }
             if rows.is_empty() {
                 tokio::select! {
                     _ = self.wake.changed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
                     _ = stopped(&mut self.shutdown) => return Ok(()),
                 }
+                idle = true;
                 continue;
             }
-            if (rows.len() as i64) < burst && !linger.is_zero() {
-                tokio::time::sleep(linger).await;
-                rows = read(client, self.sink, burst).await?;
-            }
+            idle = false;
+            let sending = std::time::Instant::now();
             match self.send(&rows).await {
                 Ok(results) => {
                     failures = 0;
-                    let held = leases::holds(&*client, token)
-                        .await
-                        .map_err(|e| db::error_text(&e))?;
-                    if !held {
+                    tracing::debug!(
+                        sink = self.sink,
+                        messages = rows.len(),
+                        oldest_age_ms = rows[0].age_ms,
+                        send_us = sending.elapsed().as_micros() as u64,
+                        "burst sent"
+                    );
+                    if !settle(client, &sql, self.sink, token, &rows, &results).await? {
                         // Another host may be sending these now: leave them to it.
-                        tracing::warn!(
-                            sink = self.sink,
-                            "lost the sink's lease during a burst; another host flushes it now"
-                        );
-                        return Ok(());
+                        return lost(self.sink);
                     }
-                    settle(client, self.sink, &rows, &results).await?;
                 }
                 Err(unsent) => {
                     failures += 1;
                     self.broker = None;
                     let settled = unsent.settled.len();
-                    if settled > 0 {
-                        if !leases::holds(&*client, token)
-                            .await
-                            .map_err(|e| db::error_text(&e))?
-                        {
-                            return Ok(());
-                        }
-                        settle(client, self.sink, &rows[..settled], &unsent.settled).await?;
+                    if settled > 0
+                        && !settle(
+                            client,
+                            &sql,
+                            self.sink,
+                            token,
+                            &rows[..settled],
+                            &unsent.settled,
+                        )
+                        .await?
+                    {
+                        return lost(self.sink);
                     }
                     let rest = &rows[settled..];
                     note_failure(client, self.sink, rest, &unsent.error).await?;
@@ -240,84 +248,141 @@ impl Flusher<'_> {
     }
 }
 
-/// The sink's first `limit` waiting messages, in order.
-async fn read(client: &Client, sink: &str, limit: i64) -> Result<Vec<Row>, String> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT id, message_id, subject, key, payload, headers FROM {SCHEMA}.outbox
-                 WHERE sink = $1 AND refused IS NULL ORDER BY id LIMIT $2"
-            ),
-            &[&sink, &limit],
-        )
-        .await
-        .map_err(|e| db::error_text(&e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let headers: serde_json::Value = r.get(5);
-            Row {
-                id: r.get(0),
-                message: Message {
-                    id: r.get(1),
-                    subject: r.get(2),
-                    key: r.get(3),
-                    payload: r.get(4),
-                    headers: serde_json::from_value(headers).unwrap_or_default(),
-                },
-            }
-        })
-        .collect())
+/// The flusher's two statements, prepared once per session: each checks the
+/// lease in the same round trip.
+struct Statements {
+    read: Statement,
+    settle: Statement,
 }
 
-/// After a burst: delete what the broker acknowledged, keep what it refused
-/// (with its reason), in one transaction.
-async fn settle(
-    client: &mut Client,
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, String> {
+        let err = |e: tokio_postgres::Error| db::error_text(&e);
+        // A settle lost in a crash only sends its burst again (at least
+        // once; NATS drops the repeats): it need not wait for the disk.
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(err)?;
+        // Whether the lease holds, then the sink's first waiting messages in
+        // order (none if it does not hold).
+        let read = client
+            .prepare(&format!(
+                "SELECT h.held, o.id, o.message_id, o.subject, o.key, o.payload, o.headers,
+                        1000 * extract(epoch FROM clock_timestamp() - o.created_at)::float8
+                 FROM (SELECT EXISTS (SELECT 1 FROM {SCHEMA}.leases
+                                      WHERE token = $3 AND expires_at > clock_timestamp()) AS held) h
+                 LEFT JOIN LATERAL (SELECT * FROM {SCHEMA}.outbox
+                                    WHERE h.held AND sink = $1 AND refused IS NULL
+                                    ORDER BY id LIMIT $2) o ON true
+                 ORDER BY o.id"
+            ))
+            .await
+            .map_err(err)?;
+        // If the lease holds: delete the acknowledged messages, mark the
+        // refused ones with the broker's reason, count what went. One
+        // statement, so one transaction.
+        let settle = client
+            .prepare(&format!(
+                "WITH held AS (SELECT EXISTS (SELECT 1 FROM {SCHEMA}.leases
+                                              WHERE token = $1 AND expires_at > clock_timestamp()) AS held),
+                      sent AS (DELETE FROM {SCHEMA}.outbox
+                               WHERE id = ANY ($2::bigint[]) AND (SELECT held FROM held)
+                               RETURNING 1),
+                      refused AS (UPDATE {SCHEMA}.outbox o SET refused = r.reason, refused_at = now()
+                                  FROM unnest($3::bigint[], $4::text[]) AS r(id, reason)
+                                  WHERE o.id = r.id AND (SELECT held FROM held)
+                                  RETURNING 1),
+                      counted AS (INSERT INTO {SCHEMA}.sinks AS s (name, sent, last_sent_at)
+                                  SELECT $5, count(*), now() FROM sent HAVING (SELECT held FROM held)
+                                  ON CONFLICT (name) DO UPDATE
+                                  SET sent = s.sent + excluded.sent, last_sent_at = now()
+                                  RETURNING 1)
+                 SELECT (SELECT held FROM held), (SELECT count(*) FROM refused), (SELECT count(*) FROM counted)"
+            ))
+            .await
+            .map_err(err)?;
+        Ok(Statements { read, settle })
+    }
+}
+
+/// Whether the lease `token` holds, and if so the sink's first `limit`
+/// waiting messages, in order.
+async fn read(
+    client: &Client,
+    sql: &Statements,
     sink: &str,
+    limit: i64,
+    token: uuid::Uuid,
+) -> Result<(bool, Vec<Row>), String> {
+    let rows = client
+        .query(&sql.read, &[&sink, &limit, &token])
+        .await
+        .map_err(|e| db::error_text(&e))?;
+    let held = rows.first().is_some_and(|r| r.get::<_, bool>(0));
+    Ok((
+        held,
+        rows.iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .map(|r| {
+                let headers: serde_json::Value = r.get(6);
+                Row {
+                    id: r.get(1),
+                    age_ms: r.get(7),
+                    message: Message {
+                        id: r.get(2),
+                        subject: r.get(3),
+                        key: r.get(4),
+                        payload: r.get(5),
+                        headers: serde_json::from_value(headers).unwrap_or_default(),
+                    },
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// After a burst, while the lease `token` holds: delete what the broker
+/// acknowledged, keep what it refused (with its reason). False if the lease
+/// is gone (then nothing changed: another host may be sending these now).
+async fn settle(
+    client: &Client,
+    sql: &Statements,
+    sink: &str,
+    token: uuid::Uuid,
     rows: &[Row],
     results: &[Option<String>],
-) -> Result<(), String> {
-    let err = |e: tokio_postgres::Error| db::error_text(&e);
+) -> Result<bool, String> {
     let acked: Vec<i64> = rows
         .iter()
         .zip(results)
         .filter(|(_, r)| r.is_none())
         .map(|(row, _)| row.id)
         .collect();
-    let tx = client.transaction().await.map_err(err)?;
-    tx.execute(
-        &format!("DELETE FROM {SCHEMA}.outbox WHERE id = ANY ($1)"),
-        &[&acked],
-    )
-    .await
-    .map_err(err)?;
-    for (row, refused) in rows.iter().zip(results) {
-        if let Some(reason) = refused {
-            tracing::error!(
-                sink, subject = %row.message.subject, message_id = %row.message.id,
-                "the broker refused a message for good: {reason}; it stays in the outbox (see `pgevents-host outbox status`)"
-            );
-            tx.execute(
-                &format!(
-                    "UPDATE {SCHEMA}.outbox SET refused = $2, refused_at = now() WHERE id = $1"
-                ),
-                &[&row.id, reason],
-            )
-            .await
-            .map_err(err)?;
+    let (refused_ids, reasons): (Vec<i64>, Vec<&str>) = rows
+        .iter()
+        .zip(results)
+        .filter_map(|(row, r)| Some((row.id, r.as_deref()?)))
+        .unzip();
+    let row = client
+        .query_one(
+            &sql.settle,
+            &[&token, &acked, &refused_ids, &reasons, &sink],
+        )
+        .await
+        .map_err(|e| db::error_text(&e))?;
+    let held: bool = row.get(0);
+    if held {
+        for (row, reason) in rows.iter().zip(results) {
+            if let Some(reason) = reason {
+                tracing::error!(
+                    sink, subject = %row.message.subject, message_id = %row.message.id,
+                    "the broker refused a message for good: {reason}; it stays in the outbox (see `pgevents-host outbox refused`)"
+                );
+            }
         }
     }
-    tx.execute(
-        &format!(
-            "INSERT INTO {SCHEMA}.sinks AS s (name, sent, last_sent_at) VALUES ($1, $2, now())
-             ON CONFLICT (name) DO UPDATE SET sent = s.sent + excluded.sent, last_sent_at = now()"
-        ),
-        &[&sink, &(acked.len() as i64)],
-    )
-    .await
-    .map_err(err)?;
-    tx.commit().await.map_err(err)
+    Ok(held)
 }
 
 /// A burst failed: count it against its messages and remember the error.
@@ -353,7 +418,7 @@ async fn note_failure(
 /// return how many went, unless a running host holds the sink's lease (then
 /// it sends them, and this says so).
 pub async fn flush_now(url: &str, sink: &str, config: &SinkConfig) -> Result<FlushReport, String> {
-    let mut client = db::connect_once(url)
+    let client = db::connect_once(url)
         .await
         .map_err(|e| db::error_text(&e))?;
     let host_id = format!("cli:{}", leases::new_host_id());
@@ -377,8 +442,12 @@ pub async fn flush_now(url: &str, sink: &str, config: &SinkConfig) -> Result<Flu
     let mut sent = 0;
     let mut refused = 0;
     let result = async {
+        let sql = Statements::prepare(&client).await?;
         loop {
-            let rows = read(&client, sink, burst).await?;
+            let (held, rows) = read(&client, &sql, sink, burst, token).await?;
+            if !held {
+                return Err("lost the sink's lease (another process took it)".to_owned());
+            }
             if rows.is_empty() {
                 return Ok(());
             }
@@ -389,7 +458,7 @@ pub async fn flush_now(url: &str, sink: &str, config: &SinkConfig) -> Result<Flu
             refused += results.iter().filter(|r| r.is_some()).count();
             sent += results.iter().filter(|r| r.is_none()).count();
             if !results.is_empty() {
-                settle(&mut client, sink, &rows[..results.len()], &results).await?;
+                settle(&client, &sql, sink, token, &rows[..results.len()], &results).await?;
             }
             if let Some(error) = unsent {
                 note_failure(&client, sink, &rows[results.len()..], &error).await?;

@@ -23,6 +23,32 @@ use crate::schema::SCHEMA;
 /// The NOTIFY channel `pgevents.record_messages` signals (payload: the sink).
 pub const OUTBOX_CHANNEL: &str = "pgevents_outbox";
 
+/// Messages as the parallel arrays `pgevents.record_messages` takes.
+struct Columns<'a> {
+    ids: Vec<uuid::Uuid>,
+    sinks: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+    payloads: Vec<&'a [u8]>,
+    headers: Vec<serde_json::Value>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(messages: &'a [Published]) -> Columns<'a> {
+        Columns {
+            ids: messages.iter().map(|m| m.id).collect(),
+            sinks: messages.iter().map(|m| m.sink.as_str()).collect(),
+            subjects: messages.iter().map(|m| m.subject.as_str()).collect(),
+            keys: messages.iter().map(|m| m.key.as_deref()).collect(),
+            payloads: messages.iter().map(|m| m.payload.as_slice()).collect(),
+            headers: messages
+                .iter()
+                .map(|m| serde_json::json!(m.headers))
+                .collect(),
+        }
+    }
+}
+
 /// Record `messages` for `stream`'s plugin in the caller's transaction, with
 /// the lease check of the acknowledgement. Returns false if the lease is gone.
 pub async fn record(
@@ -33,15 +59,7 @@ pub async fn record(
     if messages.is_empty() {
         return Ok(true);
     }
-    let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id).collect();
-    let sinks: Vec<&str> = messages.iter().map(|m| m.sink.as_str()).collect();
-    let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
-    let keys: Vec<Option<&str>> = messages.iter().map(|m| m.key.as_deref()).collect();
-    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    let headers: Vec<serde_json::Value> = messages
-        .iter()
-        .map(|m| serde_json::json!(m.headers))
-        .collect();
+    let c = Columns::of(messages);
     let part = stream.part as i32;
     // Every parameter's type is inferred from the function's signature (this
     // also runs on a plugin's sql session; see `ACK_SQL`).
@@ -52,12 +70,51 @@ pub async fn record(
                 &stream.plugin,
                 &part,
                 &stream.token,
-                &ids,
-                &sinks,
-                &subjects,
-                &keys,
-                &payloads,
-                &headers,
+                &c.ids,
+                &c.sinks,
+                &c.subjects,
+                &c.keys,
+                &c.payloads,
+                &c.headers,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Record `messages` for `stream`'s plugin and acknowledge its events up to
+/// `to`, in one statement (so one transaction, and one round trip fewer than
+/// BEGIN ... COMMIT): both or neither. Returns false if the lease is gone.
+/// Both functions check the same lease, so they agree; were one to record
+/// and the other not acknowledge, the messages would be recorded again with
+/// the same ids on the next delivery, and skipped.
+pub async fn record_and_ack(
+    client: &impl GenericClient,
+    stream: &Stream,
+    messages: &[Published],
+    to: crate::eventlog::Position,
+) -> Result<bool, tokio_postgres::Error> {
+    let c = Columns::of(messages);
+    let part = stream.part as i32;
+    let parts = stream.parts as i32;
+    let row = client
+        .query_one(
+            "SELECT pgevents.record_messages($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                AND pgevents.ack($1, $2, $10, $3, $11, $12, $13)",
+            &[
+                &stream.plugin,
+                &part,
+                &stream.token,
+                &c.ids,
+                &c.sinks,
+                &c.subjects,
+                &c.keys,
+                &c.payloads,
+                &c.headers,
+                &parts,
+                &stream.rewinds,
+                &to.ord,
+                &to.seq,
             ],
         )
         .await?;

@@ -154,14 +154,32 @@ pub async fn load_folder(
     }
 
     let mut accepted = Vec::new();
+    let mut waiting = Vec::new();
     for (file, plugin) in plugins {
         match check_subscriptions(client, &plugin.manifest).await? {
             Ok(()) => accepted.push((file, plugin)),
-            Err(problem) => rejected.push(Rejected {
-                plugin: Some(plugin.manifest.name.clone()),
-                error: format!("{}: {problem}", file.display()),
-                file,
-            }),
+            Err(problem) => {
+                // As `activate` words it, for the reloader to compare.
+                let raw = format!("{}: {problem}", file.display());
+                let error = if settings.watch {
+                    format!(
+                        "{}: {problem} (tried again whenever the folder is scanned, every {} ms, so it starts once the database has what it needs)",
+                        file.display(),
+                        super::reload::RELOAD_RESCAN_MS
+                    )
+                } else {
+                    format!(
+                        "{}: {problem} (restart the host once the database has what it needs)",
+                        file.display()
+                    )
+                };
+                rejected.push(Rejected {
+                    plugin: Some(plugin.manifest.name.clone()),
+                    error: error.clone(),
+                    file: file.clone(),
+                });
+                waiting.push((file, Arc::new(plugin), raw));
+            }
         }
     }
 
@@ -179,6 +197,7 @@ pub async fn load_folder(
             .map(|(file, p)| (file, Arc::new(p)))
             .collect(),
         rejected,
+        waiting,
     })
 }
 

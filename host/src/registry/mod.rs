@@ -33,6 +33,10 @@ pub struct Loaded {
     /// Each with the file it came from.
     pub plugins: Vec<(PathBuf, Arc<LoadedPlugin>)>,
     pub rejected: Vec<Rejected>,
+    /// Of the rejected, those that compiled but do not fit the database (a
+    /// table they subscribe to is missing): the reloader tries them again,
+    /// since the schema may change. Each with its file and the problem.
+    pub waiting: Vec<(PathBuf, Arc<LoadedPlugin>, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]

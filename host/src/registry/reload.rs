@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::observer::{HostEvent, Observer};
 use crate::registry;
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::{LoadError, LoadedPlugin, Runtime};
 
 /// The plugins folder is watched for changes; after a change, it is read once
 /// nothing has changed in it for this long (so a file being copied is not
@@ -41,6 +41,10 @@ struct Seen {
     sha256: String,
     /// The plugin this file serves (by name), if it loaded.
     serves: Option<String>,
+    /// The plugin it holds compiled but that does not fit the database (a
+    /// table it subscribes to is missing), and why: tried again at every
+    /// scan, since the schema may change.
+    waiting: Option<(Arc<LoadedPlugin>, String)>,
 }
 
 /// Keeps the plugin set in step with the plugins folder.
@@ -74,6 +78,7 @@ impl Reloader {
             modified: SystemTime::UNIX_EPOCH,
             sha256,
             serves,
+            waiting: None,
         };
         let mut files = HashMap::new();
         for (file, plugin) in &loaded.plugins {
@@ -90,6 +95,11 @@ impl Reloader {
             files
                 .entry(r.file.clone())
                 .or_insert_with(|| unknown(sha256, None));
+        }
+        for (file, plugin, problem) in &loaded.waiting {
+            if let Some(seen) = files.get_mut(file) {
+                seen.waiting = Some((plugin.clone(), problem.clone()));
+            }
         }
         Reloader {
             dir,
@@ -208,6 +218,7 @@ impl Reloader {
                         modified,
                         sha256: String::new(),
                         serves: self.files.get(file).and_then(|s| s.serves.clone()),
+                        waiting: None,
                     };
                     let name = seen.serves.clone();
                     self.files.insert(file.to_owned(), seen);
@@ -229,9 +240,16 @@ impl Reloader {
             if let Some(seen) = self.files.get_mut(file)
                 && seen.sha256 == sha256
             {
+                // The same bytes, touched: a file that serves, or that waits
+                // for the schema (tried below anyway), stays as it is; one
+                // that did not load is tried again (`touch` means "try
+                // again"), unless this is the first look since startup.
+                let touched = seen.modified != SystemTime::UNIX_EPOCH;
                 seen.len = len;
                 seen.modified = modified;
-                continue;
+                if !touched || seen.serves.is_some() || seen.waiting.is_some() {
+                    continue;
+                }
             }
             let settle = Duration::from_millis(SETTLE_MS);
             let young = age < settle;
@@ -244,6 +262,7 @@ impl Reloader {
                         modified,
                         sha256,
                         serves: None,
+                        waiting: None,
                     },
                     young,
                 )
@@ -260,6 +279,26 @@ impl Reloader {
             .collect();
         for file in gone {
             self.remove(&file).await;
+        }
+        // Plugins that did not fit the database: the schema may have changed.
+        let waiting: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter(|(_, s)| s.waiting.is_some())
+            .map(|(f, _)| f.clone())
+            .collect();
+        for file in waiting {
+            let Some(mut seen) = self.files.remove(&file) else {
+                continue;
+            };
+            let (plugin, problem) = seen.waiting.take().expect("waiting");
+            let previous = seen.serves.clone();
+            if let Some(wait) = self
+                .serve(&file, plugin, seen, previous, Some(problem))
+                .await
+            {
+                soon(wait);
+            }
         }
         again
     }
@@ -307,6 +346,23 @@ impl Reloader {
             self.report(rejected, previous).await;
             return None;
         }
+        self.serve(file, Arc::new(plugin), seen, previous, None)
+            .await
+    }
+
+    /// Make `plugin` (compiled from `file`) serve if it fits the database,
+    /// in place of `previous` (the plugin the file served). If it does not
+    /// fit, it waits for the schema to change (`Seen::waiting`); `known` is
+    /// the problem it had last time, not reported again.
+    async fn serve(
+        &mut self,
+        file: &Path,
+        plugin: Arc<LoadedPlugin>,
+        mut seen: Seen,
+        previous: Option<String>,
+        known: Option<String>,
+    ) -> Option<Duration> {
+        let name = plugin.manifest.name.clone();
         let activated = async {
             let mut client = db::connect_once(&self.url).await?;
             let result = registry::activate(&mut client, file, &plugin, &self.settings).await;
@@ -321,13 +377,19 @@ impl Reloader {
         match activated {
             Ok(Ok(())) => {}
             Ok(Err(problem)) => {
+                let again = known.as_deref() == Some(problem.as_str());
+                seen.waiting = Some((plugin, problem.clone()));
                 self.files.insert(file.to_owned(), seen);
-                let rejected = Rejected {
-                    file: file.to_owned(),
-                    plugin: Some(name.clone()),
-                    error: problem,
-                };
-                self.report(rejected, previous.or(Some(name))).await;
+                if !again {
+                    let rejected = Rejected {
+                        file: file.to_owned(),
+                        plugin: Some(name.clone()),
+                        error: format!(
+                            "{problem} (tried again whenever the folder is scanned, every {RELOAD_RESCAN_MS} ms, so it starts once the database has what it needs)"
+                        ),
+                    };
+                    self.report(rejected, previous.or(Some(name))).await;
+                }
                 return None;
             }
             Err(e) => {
@@ -335,11 +397,15 @@ impl Reloader {
                     file = %file.display(),
                     "could not register the new version ({e}); trying again shortly"
                 );
+                if let Some(problem) = known {
+                    seen.waiting = Some((plugin, problem));
+                    self.files.insert(file.to_owned(), seen);
+                    return None;
+                }
                 return Some(Duration::from_millis(RELOAD_RESCAN_MS));
             }
         }
         registry::log_loaded(file, &plugin);
-        let plugin = Arc::new(plugin);
         let old_version = self
             .set
             .borrow()
@@ -424,7 +490,8 @@ impl Reloader {
         }
         if let Some(name) = &plugin
             && let Ok(client) = db::connect_once(&self.url).await
-            && let Err(e) = registry::record_load_error(&client, name, &rejected.error).await
+            && let Err(e) =
+                registry::record_load_error(&client, name, &rejected.file, &rejected.error).await
         {
             tracing::warn!(plugin = %name, "could not record the load error: {e}");
         }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::{RegistryError, Rejected};
 use crate::config::{Settings, StartFrom};
@@ -45,19 +45,28 @@ pub async fn deactivate(client: &Client, name: &str) -> Result<(), RegistryError
     Ok(())
 }
 
-/// Remember why a new file for `name` was not loaded (the running version
-/// keeps serving), for `status`.
+/// Remember why a file for `name` was not loaded, for `status`: on the
+/// plugin's row if it ever served (that version keeps serving), or on a row
+/// of its own (version empty, inactive, no cursors) so that `status` lists a
+/// plugin that never loaded too.
 pub async fn record_load_error(
-    client: &Client,
+    client: &impl GenericClient,
     name: &str,
+    file: &Path,
     error: &str,
 ) -> Result<(), RegistryError> {
     client
         .execute(
             &format!(
-                "UPDATE {SCHEMA}.plugins SET load_error = $2, load_error_at = now() WHERE name = $1"
+                "INSERT INTO {SCHEMA}.plugins AS p (name, version, file, sha256, manifest, active, load_error, load_error_at)
+                 VALUES ($1, '', $3, '', 'null', false, $2, now())
+                 ON CONFLICT (name) DO UPDATE SET load_error = $2, load_error_at = now()"
             ),
-            &[&name, &crate::runtime::plugin_text(error.to_owned())],
+            &[
+                &name,
+                &crate::runtime::plugin_text(error.to_owned()),
+                &file.display().to_string(),
+            ],
         )
         .await?;
     Ok(())
@@ -156,18 +165,12 @@ pub(super) async fn register(
     for (file, plugin) in accepted {
         register_one(&tx, file, plugin, settings).await?;
     }
-    let errors: HashMap<&str, &str> = rejected
+    let errors: HashMap<&str, &Rejected> = rejected
         .iter()
-        .filter_map(|r| Some((r.plugin.as_deref()?, r.error.as_str())))
+        .filter_map(|r| Some((r.plugin.as_deref()?, r)))
         .collect();
-    for (name, error) in errors {
-        tx.execute(
-            &format!(
-                "UPDATE {SCHEMA}.plugins SET load_error = $2, load_error_at = now() WHERE name = $1"
-            ),
-            &[&name, &crate::runtime::plugin_text(error.to_owned())],
-        )
-        .await?;
+    for (name, r) in errors {
+        record_load_error(&tx, name, &r.file, &r.error).await?;
     }
     tx.commit().await?;
     Ok(())

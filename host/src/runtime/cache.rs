@@ -24,16 +24,17 @@ impl Runtime {
     /// the cache if there; returns whether it was.
     pub(super) fn compile(
         &self,
+        path: &str,
         bytes: &[u8],
         sha256: &str,
     ) -> wasmtime::Result<(Component, bool)> {
         let Some(dir) = &self.cache else {
-            return Ok((Component::new(&self.engine, bytes)?, false));
+            return Ok((compile_now(&self.engine, path, bytes)?, false));
         };
         let entry = dir.join(format!("{sha256}-{}.cwasm", self.compatibility()));
         if let Err(why) = private_folder(dir) {
             tracing::warn!(dir = %dir.display(), "not using the compile cache: {why}");
-            return Ok((Component::new(&self.engine, bytes)?, false));
+            return Ok((compile_now(&self.engine, path, bytes)?, false));
         }
         if entry.is_file() && private_file(&entry) {
             // SAFETY: `deserialize_file` trusts the file to be wasmtime output
@@ -51,7 +52,7 @@ impl Runtime {
                 ),
             }
         }
-        let component = Component::new(&self.engine, bytes)?;
+        let component = compile_now(&self.engine, path, bytes)?;
         let written = (|| {
             let serialized = component.serialize().map_err(std::io::Error::other)?;
             let mut temp = tempfile::NamedTempFile::new_in(dir)?;
@@ -75,6 +76,20 @@ impl Runtime {
         use sha2::Digest;
         hex(&hasher.0.finalize()[..16])
     }
+}
+
+/// Compile `bytes` (read from `path`), saying so: a large component (a
+/// Python or JavaScript one is 12-40 MB) takes seconds.
+fn compile_now(engine: &wasmtime::Engine, path: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+    let mb = bytes.len() as f64 / (1024.0 * 1024.0);
+    tracing::info!("compiling {path} ({mb:.1} MB); the compile cache makes the next load fast");
+    let started = std::time::Instant::now();
+    let component = Component::new(engine, bytes)?;
+    tracing::info!(
+        "compiled {path} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(component)
 }
 
 pub(super) fn sha256_hex(bytes: &[u8]) -> String {

@@ -51,13 +51,15 @@ pub enum LoadError {
     Manifest { path: String, error: ManifestError },
     #[error(
         "{path}: plugin `{plugin}` imports the `{capability}` capability, which the operator has not granted it; \
-         to grant it, add to the host's config file:\n    [plugins.{plugin}]\n    {grant}"
+         to grant it, add to the host's config file:\n    [plugins.{plugin}]\n    {grant}{hint}"
     )]
     NotGranted {
         path: String,
         plugin: String,
         capability: &'static str,
         grant: &'static str,
+        /// What else may be wrong (a toolchain that adds the import).
+        hint: &'static str,
     },
     #[error("{path}: the plugin says its name is `{first}`, then, given its config, `{second}`")]
     NameChanged {
@@ -106,7 +108,7 @@ impl Runtime {
         }
         let sha256 = sha256_hex(bytes);
         let (component, from_cache) =
-            self.compile(bytes, &sha256)
+            self.compile(&path, bytes, &sha256)
                 .map_err(|e| LoadError::Compile {
                     path: path.clone(),
                     message: format!("{e:#}"),
@@ -175,6 +177,11 @@ impl Runtime {
                     plugin: name,
                     capability: capability.name,
                     grant: capability.grant,
+                    hint: if capability.name == "http" {
+                        "\nIf the plugin makes no HTTP requests, its toolchain added the import:                          componentize-js does unless given `-d http fetch-event`                          (see docs/plugins/javascript.md); build it so instead."
+                    } else {
+                        ""
+                    },
                 });
             }
         }
