@@ -61,7 +61,14 @@ impl Deliverer {
             if !self.lease_covers_a_call().await {
                 return Ok(Handled::Stopped);
             }
+            let calling = std::time::Instant::now();
             let (outcome, mut messages) = self.call(events, None, end, ahead).await;
+            tracing::trace!(
+                stream = %self.stream,
+                call_us = calling.elapsed().as_micros() as u64,
+                messages = messages.len(),
+                "plugin called"
+            );
             return Ok(match outcome {
                 Outcome::Handled => {
                     if !self.acknowledge_with(end, &messages).await? {
@@ -123,6 +130,8 @@ impl Deliverer {
                     };
                     match sql.acknowledge_and_commit(ack).await {
                         Ok(true) => {
+                            let conn = self.conn();
+                            outbox::recorded(&conn.client, &self.ctx.url, &messages).await;
                             return Ok(Handled::Upto {
                                 to: Some(to),
                                 failed,
@@ -229,7 +238,11 @@ impl Deliverer {
         if messages.is_empty() {
             return Ok(conn.reader.ack(&conn.client, &self.stream, to).await?);
         }
-        Ok(outbox::record_and_ack(&conn.client, &self.stream, messages, to).await?)
+        let done = outbox::record_and_ack(&conn.client, &self.stream, messages, to).await?;
+        if done {
+            outbox::recorded(&conn.client, &self.ctx.url, messages).await;
+        }
+        Ok(done)
     }
 
     /// Events that the plugin's own sql writes caused (its session's

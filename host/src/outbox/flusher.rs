@@ -108,12 +108,21 @@ async fn flush_while_leased(
     };
     tracing::info!(sink, "flushing the outbox to this sink");
     let (wake_tx, wake) = watch::channel(0u64);
+    let wake_tx = Arc::new(wake_tx);
+    // Woken by other hosts' notifications, and by this process's deliverers.
     let listener = tokio::spawn(crate::db::listen(
         url.to_owned(),
         OUTBOX_CHANNEL,
-        Arc::new(wake_tx),
+        wake_tx.clone(),
         shutdown.clone(),
     ));
+    let mut local = super::local_wake();
+    let forwarder = tokio::spawn(async move {
+        while local.changed().await.is_ok() {
+            wake_tx.send_modify(|n| *n += 1);
+        }
+    });
+    super::set_flushing(url, sink, true);
     let result = Flusher {
         sink,
         config,
@@ -123,7 +132,9 @@ async fn flush_while_leased(
     }
     .run(&mut client, token)
     .await;
+    super::set_flushing(url, sink, false);
     listener.abort();
+    forwarder.abort();
     if let Err(e) = leases::release(&client, token).await {
         tracing::debug!(
             sink,

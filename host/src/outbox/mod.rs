@@ -14,14 +14,80 @@ pub use flusher::{
     DEFAULT_BURST, DEFAULT_LINGER_MS, DEFAULT_MAX_PENDING, FlushReport, flush_now, lease_name,
 };
 
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Mutex, OnceLock};
+
+use tokio::sync::watch;
 use tokio_postgres::GenericClient;
 
 use crate::eventlog::Stream;
 use crate::runtime::Published;
 use crate::schema::SCHEMA;
 
-/// The NOTIFY channel `pgevents.record_messages` signals (payload: the sink).
+/// The NOTIFY channel that wakes a sink's flusher on another host (payload:
+/// the sink); see [`recorded`].
 pub const OUTBOX_CHANNEL: &str = "pgevents_outbox";
+
+/// This process's flushers: the sinks whose lease they hold (by database
+/// URL and sink), and the wake-up they watch besides [`OUTBOX_CHANNEL`].
+struct Local {
+    flushing: Mutex<HashSet<(String, String)>>,
+    wake: watch::Sender<u64>,
+}
+
+fn local() -> &'static Local {
+    static LOCAL: OnceLock<Local> = OnceLock::new();
+    LOCAL.get_or_init(|| Local {
+        flushing: Mutex::new(HashSet::new()),
+        wake: watch::channel(0).0,
+    })
+}
+
+/// Bumped whenever a deliverer of this process recorded messages.
+pub(crate) fn local_wake() -> watch::Receiver<u64> {
+    local().wake.subscribe()
+}
+
+/// Whether this process's flusher of `sink` (in the database at `url`)
+/// holds its lease.
+pub(crate) fn set_flushing(url: &str, sink: &str, flushing: bool) {
+    let mut set = local().flushing.lock().expect("flushing sinks");
+    let key = (url.to_owned(), sink.to_owned());
+    if flushing {
+        set.insert(key);
+    } else {
+        set.remove(&key);
+    }
+}
+
+/// After the commit that recorded `messages` (in the database at `url`):
+/// wake this process's flushers, and notify for the sinks another host
+/// flushes. A NOTIFY inside the recording transaction would hold a
+/// database-wide lock through its commit's disk flush, behind every busy
+/// writer's; outside it, it costs a round trip, and only for remote sinks.
+/// A lost wake-up only delays: flushers look at the outbox every second.
+pub(crate) async fn recorded(client: &impl GenericClient, url: &str, messages: &[Published]) {
+    if messages.is_empty() {
+        return;
+    }
+    local().wake.send_modify(|n| *n += 1);
+    let remote: BTreeSet<&str> = {
+        let set = local().flushing.lock().expect("flushing sinks");
+        messages
+            .iter()
+            .map(|m| m.sink.as_str())
+            .filter(|sink| !set.contains(&(url.to_owned(), (*sink).to_owned())))
+            .collect()
+    };
+    for sink in remote {
+        if let Err(e) = client
+            .execute("SELECT pg_notify($1, $2)", &[&OUTBOX_CHANNEL, &sink])
+            .await
+        {
+            tracing::debug!(sink, "could not notify the sink's flusher: {e}");
+        }
+    }
+}
 
 /// Messages as the parallel arrays `pgevents.record_messages` takes.
 struct Columns<'a> {

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0005_commit_order.sql"),
     include_str!("0006_hardening.sql"),
     include_str!("0007_outbox.sql"),
+    include_str!("0008_outbox_wake.sql"),
 ];
 
 /// Serializes the first install across hosts sharing a database, before the
