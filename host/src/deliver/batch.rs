@@ -131,7 +131,7 @@ impl Deliverer {
                     match sql.acknowledge_and_commit(ack).await {
                         Ok(true) => {
                             let conn = self.conn();
-                            outbox::recorded(&conn.client, &self.ctx.url, &messages).await;
+                            outbox::recorded(&conn.client, &self.ctx.url, messages).await;
                             return Ok(Handled::Upto {
                                 to: Some(to),
                                 failed,

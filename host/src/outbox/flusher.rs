@@ -19,10 +19,15 @@ use crate::schema::SCHEMA;
 use crate::shutdown::stopped;
 use crate::sinks::{BurstResult, Message, Sink, SinkConfig, Unsent};
 
-/// Messages per burst unless the sink says.
+/// Messages per burst unless the sink says. Measured (`./dev bench`, P9 to
+/// NATS): 9,444 messages/s with 100, 13,960 with 500, 15,971 with 2,000; 500
+/// keeps most of that while bounding what a lost connection may send twice.
 pub const DEFAULT_BURST: u32 = 500;
-/// How long a burst may wait to fill once a message waits, unless the sink says.
-pub const DEFAULT_LINGER_MS: u64 = 5;
+/// How long a burst may wait to fill after an idle wait, unless the sink says:
+/// none, measured (`./dev bench`, P10 at 1,000 messages/s to NATS: p50 29.5 ms
+/// with 0, 35.8 ms with 5 ms, 38.5 ms with 20 ms; a backlog fills its bursts
+/// anyway). A sink whose broker prefers fewer, fuller bursts can set it.
+pub const DEFAULT_LINGER_MS: u64 = 0;
 /// Waiting messages past which a sink's publishers pause, unless it says.
 pub const DEFAULT_MAX_PENDING: u64 = 100_000;
 /// Without a notification, the outbox is looked at this often anyway.

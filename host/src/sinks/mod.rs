@@ -61,8 +61,8 @@ pub struct SinkConfig {
     pub exchange: Option<String>,
     /// Messages per burst (default 500).
     pub burst: Option<u32>,
-    /// How long the flusher waits for a burst to fill once a message is
-    /// pending (default 5 ms).
+    /// How long the flusher lets a burst fill after an idle wait (default
+    /// none).
     #[serde(default, with = "humantime_serde_opt")]
     pub linger: Option<Duration>,
     /// How many messages may wait in the outbox for this sink before the
@@ -102,7 +102,7 @@ pub const SINK_KEYS: &[(&str, &str)] = &[
     ("burst", "messages per burst (default 500)"),
     (
         "linger",
-        "how long a burst may wait to fill once a message waits (default `5ms`)",
+        "how long a burst may wait to fill after the flusher was idle, e.g. `5ms` (default `0ms`: sent at once)",
     ),
     (
         "max_pending",
