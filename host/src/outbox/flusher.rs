@@ -307,14 +307,13 @@ impl Statements {
                                RETURNING 1),
                       refused AS (UPDATE {SCHEMA}.outbox o SET refused = r.reason, refused_at = now()
                                   FROM unnest($3::bigint[], $4::text[]) AS r(id, reason)
-                                  WHERE o.id = r.id AND (SELECT held FROM held)
-                                  RETURNING 1),
+                                  WHERE o.id = r.id AND (SELECT held FROM held)),
                       counted AS (INSERT INTO {SCHEMA}.sinks AS s (name, sent, last_sent_at)
                                   SELECT $5, count(*), now() FROM sent HAVING (SELECT held FROM held)
                                   ON CONFLICT (name) DO UPDATE
-                                  SET sent = s.sent + excluded.sent, last_sent_at = now()
-                                  RETURNING 1)
-                 SELECT (SELECT held FROM held), (SELECT count(*) FROM refused), (SELECT count(*) FROM counted)"
+                                  SET sent = s.sent + excluded.sent, last_sent_at = now())
+                 -- Data-modifying CTEs run whether or not the query reads them.
+                 SELECT held FROM held"
             ))
             .await
             .map_err(err)?;

@@ -71,14 +71,11 @@ pub(crate) async fn recorded(client: &impl GenericClient, url: &str, messages: &
         return;
     }
     local().wake.send_modify(|n| *n += 1);
-    let remote: BTreeSet<&str> = {
+    let mut remote: BTreeSet<&str> = messages.iter().map(|m| m.sink.as_str()).collect();
+    {
         let set = local().flushing.lock().expect("flushing sinks");
-        messages
-            .iter()
-            .map(|m| m.sink.as_str())
-            .filter(|sink| !set.contains(&(url.to_owned(), (*sink).to_owned())))
-            .collect()
-    };
+        remote.retain(|sink| !set.contains(&(url.to_owned(), (*sink).to_owned())));
+    }
     for sink in remote {
         if let Err(e) = client
             .execute("SELECT pg_notify($1, $2)", &[&OUTBOX_CHANNEL, &sink])
