@@ -4,6 +4,7 @@
 //! is cut off or the host is killed mid-flush.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgevents_host::runtime::message_id;
@@ -1180,4 +1181,113 @@ async fn a_full_outbox_pauses_its_publisher_and_the_outbox_commands_drain_it() {
         String::from_utf8_lossy(&purge.stdout).contains("0 message(s) deleted"),
         "nothing was refused"
     );
+}
+
+/// Two hosts with the same sink: one flushes it at a time, under its lease.
+/// Host B (no plugins) holds the lease; host A's plugin records messages, and
+/// B is woken by A's NOTIFY (the flushers poll only hourly here, so nothing
+/// would arrive without it); A never connects to the broker. B is SIGKILLed:
+/// A takes the lease over when it expires and flushes what waited, then is
+/// woken in-process for what it records next. Redis does not drop repeats,
+/// so every duplicate shows: none without a kill mid-burst.
+#[tokio::test]
+async fn two_hosts_flush_a_sink_one_at_a_time_woken_across_hosts_and_one_takes_over_when_the_other_dies()
+ {
+    let db = TestDb::new().await;
+    let (mut bus, subject) = Bus::new("redis").await;
+    let (proxy_a, proxy_b) = (
+        Proxy::start(&broker("redis")).await,
+        Proxy::start(&broker("redis")).await,
+    );
+    let config = |dir: &Path, proxy: &Proxy| {
+        let path = dir.join("host.toml");
+        let toml = sink_config("redis", &proxy.addr(), &subject)
+            .replace("burst = 50", "burst = 50\npoll_interval = \"1h\"");
+        std::fs::write(&path, toml).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let args = |config: &str| {
+        [
+            "--config".to_owned(),
+            config.to_owned(),
+            "--lease-ttl".into(),
+            "3s".into(),
+            "--handle-timeout".into(),
+            "1s".into(),
+        ]
+    };
+    let dir_b = plugins_dir(&[]);
+    let config_b = config(dir_b.path(), &proxy_b);
+    let args_b = args(&config_b);
+    let mut host_b = HostProcess::spawn(&db, dir_b.path(), &args_b.each_ref().map(|s| s.as_str()));
+    let client = db.client().await;
+    eventually(
+        &client,
+        "host B installed the schema",
+        "SELECT to_regclass('pgevents.leases') IS NOT NULL",
+    )
+    .await;
+    eventually(
+        &client,
+        "host B holds the sink's lease",
+        "SELECT EXISTS (SELECT FROM pgevents.leases WHERE plugin = '@sink:bus')",
+    )
+    .await;
+    let owner_b = texts(
+        &client,
+        "SELECT owner FROM pgevents.leases WHERE plugin = '@sink:bus'",
+    )
+    .await;
+    let dir_a = plugins_dir(&["publisher"]);
+    let config_a = config(dir_a.path(), &proxy_a);
+    let args_a = args(&config_a);
+    let mut host_a = HostProcess::spawn(&db, dir_a.path(), &args_a.each_ref().map(|s| s.as_str()));
+    eventually(
+        &client,
+        "host A installed the capture triggers",
+        "SELECT count(*) = 4 FROM pg_trigger
+         WHERE tgrelid = 'items'::regclass AND tgname LIKE 'pgevents_capture_%'",
+    )
+    .await;
+    let insert = |from: i64, to: i64| {
+        format!(
+            "INSERT INTO items (id, name, qty) SELECT g, 'row', 0 FROM generate_series({from}, {to}) g"
+        )
+    };
+    for k in 0..5 {
+        client
+            .execute(&insert(k * 100 + 1, k * 100 + 100), &[])
+            .await
+            .unwrap();
+    }
+    let mut received = Vec::new();
+    bus.receive(500, &mut received).await;
+    assert_eq!(check_messages(&received, 500), 0, "no duplicates");
+    assert_eq!(
+        proxy_a.connections(),
+        0,
+        "host A never reached the broker: B flushes the sink"
+    );
+    assert_eq!(
+        texts(
+            &client,
+            "SELECT owner FROM pgevents.leases WHERE plugin = '@sink:bus'"
+        )
+        .await,
+        owner_b,
+        "the lease stayed B's"
+    );
+
+    host_b.kill9();
+    client.execute(&insert(501, 1000), &[]).await.unwrap();
+    bus.receive(1000, &mut received).await;
+    assert!(proxy_a.connections() > 0, "host A took the sink over");
+    // Now A flushes: what it records next wakes its own flusher.
+    client.execute(&insert(1001, 1200), &[]).await.unwrap();
+    bus.receive(1200, &mut received).await;
+    let duplicates = check_messages(&received, 1200);
+    eprintln!("two hosts, B killed while idle: 1200 messages, {duplicates} delivered twice");
+    assert_eq!(duplicates, 0, "B was idle when killed: nothing sent twice");
+    host_a.stop();
+    bus.remove().await;
 }

@@ -307,7 +307,7 @@ mod tests {
             let value = match *key {
                 "kind" => "\"nats\"",
                 "burst" | "max_pending" => "1",
-                "linger" => "\"5ms\"",
+                "linger" | "poll_interval" => "\"5ms\"",
                 _ => "\"x\"",
             };
             let toml = format!("[sinks.s]\nkind = \"nats\"\n{key} = {value}\n");

@@ -30,8 +30,8 @@ pub const DEFAULT_BURST: u32 = 500;
 pub const DEFAULT_LINGER_MS: u64 = 0;
 /// Waiting messages past which a sink's publishers pause, unless it says.
 pub const DEFAULT_MAX_PENDING: u64 = 100_000;
-/// Without a notification, the outbox is looked at this often anyway.
-const IDLE_POLL_MS: u64 = 1_000;
+/// Without a wake-up, the outbox is read this often unless the sink says.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
 /// A host that does not hold a sink's lease tries to take it this often.
 const LEASE_RETRY_MS: u64 = 2_000;
 /// Connecting to a broker, and a burst's acknowledgements, may take this long.
@@ -167,6 +167,10 @@ impl Flusher<'_> {
             .config
             .linger
             .unwrap_or(Duration::from_millis(DEFAULT_LINGER_MS));
+        let poll = self
+            .config
+            .poll_interval
+            .unwrap_or(Duration::from_millis(DEFAULT_POLL_INTERVAL_MS));
         let sql = Statements::prepare(client).await?;
         let lost = |sink: &str| {
             tracing::warn!(sink, "lost the sink's lease; another host flushes it now");
@@ -191,7 +195,7 @@ impl Flusher<'_> {
             if rows.is_empty() {
                 tokio::select! {
                     _ = self.wake.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
+                    _ = tokio::time::sleep(poll) => {}
                     _ = stopped(&mut self.shutdown) => return Ok(()),
                 }
                 idle = true;

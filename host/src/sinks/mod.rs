@@ -68,6 +68,11 @@ pub struct SinkConfig {
     /// How many messages may wait in the outbox for this sink before the
     /// plugins publishing to it pause (default 100000).
     pub max_pending: Option<u64>,
+    /// How often the flusher reads the outbox without being woken (default
+    /// 1s). It is woken whenever messages are recorded: in-process when this
+    /// host records them, by a NOTIFY when another host does.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub poll_interval: Option<Duration>,
 }
 
 impl SinkConfig {
@@ -107,6 +112,10 @@ pub const SINK_KEYS: &[(&str, &str)] = &[
     (
         "max_pending",
         "waiting messages past which the plugins publishing to this sink pause (default 100000)",
+    ),
+    (
+        "poll_interval",
+        "how often the flusher reads the outbox without being woken, e.g. `5s` (default `1s`; it is woken when messages are recorded, by any host)",
     ),
 ];
 
