@@ -56,15 +56,24 @@ python_plugin() {
         "$TOOLS/py/bin/pip" install --quiet --disable-pip-version-check \
             "componentize-py==$COMPONENTIZE_PY_VERSION"
     fi
-    local out=plugins/greeter-py.wasm
-    if up_to_date "$out" plugins/greeter-py wit "$tool"; then
+    py_component plugins/greeter-py.wasm plugins/greeter-py "$tool"
+    # The Python SDK's test plugin, beside the Rust test plugins.
+    local release="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release"
+    mkdir -p "$release"
+    py_component "$release/sdk-py.wasm" tests/plugins/sdk-py "$tool"
+}
+
+# Build the component $1 from the app.py in $2, with the Python SDK on the path.
+py_component() {
+    local out=$1 src=$2 tool=$3
+    if up_to_date "$out" "$src" plugin-sdk/python wit "$tool"; then
         return
     fi
-    say "building $out (componentize-py, about 30 s)"
+    say "building $out (componentize-py, about 10 s)"
     build_into "$out" "$tool" -d wit -w handler-only componentize \
-        -p plugins/greeter-py app
-    # The build imports app.py, which leaves bytecode next to the source.
-    rm -rf plugins/greeter-py/__pycache__
+        -p "$src" -p plugin-sdk/python app
+    # The build imports the modules, which leaves bytecode next to the source.
+    rm -rf "$src/__pycache__" plugin-sdk/python/__pycache__
 }
 
 js_plugin() {

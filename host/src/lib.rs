@@ -11,8 +11,10 @@
 //! - `registry/`: loading plugin files, recording them, live reload.
 //! - `runtime/`: the WebAssembly engine and each capability plugins may use.
 //! - `schema/`: migrations, capture triggers; `db`: connections, SQLSTATEs.
+//! - `authoring/`: tools for plugin authors (`test`, `events export`).
 //! - `config`, `observer`, `status`, `demo`, `out`, `backoff`.
 
+pub mod authoring;
 pub mod backoff;
 pub mod config;
 pub mod db;

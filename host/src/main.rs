@@ -13,11 +13,17 @@ use pgevents_host::runtime::{Grants, Pool, Runtime};
 use pgevents_host::{db, demo, registry, schema, status};
 use tokio::sync::watch;
 
+#[path = "cli/authoring.rs"]
+mod authoring_cli;
 #[path = "cli/dead_letters.rs"]
 mod dead_letters_cli;
 #[path = "cli/outbox.rs"]
 mod outbox_cli;
 
+use authoring_cli::{
+    CodegenArgs, EventsCommand, NewArgs, TestArgs, codegen_command, events_command, new_command,
+    test_command,
+};
 use dead_letters_cli::{DeadLetterCommand, dead_letter_command};
 use outbox_cli::{OutboxCommand, outbox_command};
 
@@ -150,6 +156,28 @@ enum Command {
         #[arg(value_parser = clap::value_parser!(u32).range(1..=64))]
         partitions: u32,
     },
+    /// Call a plugin's handler on events from a file (or samples), without a
+    /// host, and print per batch its outcome, log lines, sql statements, HTTP
+    /// requests and published messages. Exits 1 if a batch fails: for a
+    /// plugin's own CI.
+    ///
+    /// The plugin is loaded as the host loads it, with the grants, tables and
+    /// limits of --config. Its sql runs as its granted role on
+    /// --database-url, rolled back after each batch unless --commit; its HTTP
+    /// requests are answered by the --http rules, never sent.
+    Test(TestArgs),
+    /// Create a plugin project: manifest, a sample handler, the build
+    /// command, sample events its test runs on, and a README; with --table,
+    /// subscribed to those tables with typed rows from the live catalog. It
+    /// builds with its toolchain alone (the SDK and WIT come with it).
+    New(NewArgs),
+    /// Write row types for tables from the live catalog (Rust, Python or
+    /// TypeScript), matching how the host renders values: nullability,
+    /// numeric as exact decimal text, timestamps, uuid, json, arrays, enums.
+    Codegen(CodegenArgs),
+    /// Recorded events, for testing handlers on real traffic.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Print a reference document, generated from what this binary accepts
     /// (docs/reference/ holds them): `config` or `cli`.
     Reference {
@@ -241,15 +269,25 @@ impl RunArgs {
 
 fn main() -> ExitCode {
     pgevents_host::runtime::tune_allocator();
+    let cli = Cli::parse();
+    // `test` reports the plugin's log lines itself.
+    let quiet = matches!(
+        cli.command,
+        Command::Test(_) | Command::Events(_) | Command::Codegen(_) | Command::New(_)
+    );
+    let default_filter = if quiet {
+        "warn,tokio_postgres=warn,pgevents_host::runtime::capability::log=off"
+    } else {
+        "info,tokio_postgres=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGEVENTS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -394,6 +432,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::DeadLetters(command) => return dead_letter_command(command).await,
         Command::Outbox(command) => return outbox_command(command).await,
+        Command::Test(args) => return test_command(args).await,
+        Command::Codegen(args) => return codegen_command(args).await,
+        Command::New(args) => return new_command(args).await,
+        Command::Events(command) => return events_command(command).await,
         Command::Replay {
             db,
             plugin,

@@ -69,6 +69,7 @@ pub mod log;
 mod manifest;
 pub mod publish;
 pub mod sql;
+pub mod types;
 
 /// Raw bindings generated from `wit/plugin.wit`; use the re-exports at the crate root.
 #[doc(hidden)]
@@ -312,3 +313,7 @@ pub mod __private {
     pub use crate::bindings::exports::pgevents::plugin::handler::Guest;
     pub use wit_bindgen;
 }
+
+/// The JSON library rows are decoded with (typed rows from `codegen` use its
+/// `Value` for `json` columns).
+pub use serde_json;

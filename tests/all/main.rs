@@ -1,6 +1,7 @@
 //! The one integration-test binary: real PostgreSQL, real plugin components.
 //! Each test creates and drops its own database.
 
+mod authoring;
 mod capture;
 mod cli;
 mod delivery;

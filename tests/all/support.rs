@@ -383,7 +383,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    fn from_fields(plugin: &str, fields: &[(String, String)]) -> Seen {
+    pub fn from_fields(plugin: &str, fields: &[(String, String)]) -> Seen {
         let get = |k: &str| {
             fields
                 .iter()

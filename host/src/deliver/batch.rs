@@ -208,6 +208,7 @@ impl Deliverer {
         let effects = Effects {
             sql,
             outbox: outbox.clone(),
+            http: None,
         };
         let published = |outcome| (outcome, outbox.map(|o| o.take()).unwrap_or_default());
         let Some((window, within)) = ahead else {

@@ -144,6 +144,7 @@ impl Deliverer {
                 let effects = Effects {
                     sql: Some(access),
                     outbox: outbox.clone(),
+                    http: None,
                 };
                 let outcome = sql.checked(self.plugin.handle(events, effects).await);
                 if outcome == Outcome::Handled
@@ -160,6 +161,7 @@ impl Deliverer {
                 let effects = Effects {
                     sql: None,
                     outbox: outbox.clone(),
+                    http: None,
                 };
                 let outcome = self.plugin.handle(events, effects).await;
                 let done = match &outcome {

@@ -40,6 +40,8 @@ pub const FAILURE_MESSAGE_MAX_BYTES: usize = 4096;
 pub struct Effects {
     pub sql: Option<Arc<dyn SqlAccess>>,
     pub outbox: Option<Arc<Outbox>>,
+    /// Answers HTTP requests instead of the network (`test`); `None`: sent.
+    pub http: Option<Arc<dyn http::HttpResponder>>,
 }
 
 impl std::fmt::Debug for Effects {
@@ -47,6 +49,7 @@ impl std::fmt::Debug for Effects {
         f.debug_struct("Effects")
             .field("sql", &self.sql.is_some())
             .field("outbox", &self.outbox)
+            .field("http", &self.http.is_some())
             .finish()
     }
 }
@@ -303,6 +306,7 @@ impl LoadedPlugin {
             self.grants.http.clone(),
             abandoned.clone(),
             timeout,
+            effects.http,
         );
         let state = State {
             wasi,

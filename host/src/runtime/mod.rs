@@ -27,7 +27,7 @@ mod state;
 
 pub use call::{ABANDON_GRACE, Effects, LoadedPlugin, plugin_text};
 pub use capability::Grants;
-pub use capability::http::HttpGrant;
+pub use capability::http::{HttpAnswer, HttpGrant, HttpRequestSeen, HttpResponder};
 pub use capability::log::{LogLevel, LogSink, PluginLog};
 pub use capability::publish::{Outbox, Published, message_id};
 pub use capability::sql::{

@@ -63,6 +63,32 @@ fn split_host_port(entry: &str) -> (&str, Option<Option<u16>>) {
     }
 }
 
+/// A request a plugin sent, as a [`HttpResponder`] sees it.
+#[derive(Debug, Clone)]
+pub struct HttpRequestSeen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The response a [`HttpResponder`] gives.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Answers a call's HTTP requests instead of the network (`pgevents-host
+/// test`): sees each request the grant allows, and each it refuses.
+pub trait HttpResponder: Send + Sync {
+    /// The answer to an allowed request; `None` refuses it.
+    fn answer(&self, request: HttpRequestSeen) -> Option<HttpAnswer>;
+    /// A request the grant refused, and why.
+    fn refused(&self, method: &str, uri: &str, reason: &str);
+}
+
 /// A call's HTTP state: the context and the hooks that enforce the grant.
 pub(in crate::runtime) struct Outgoing {
     ctx: WasiHttpCtx,
@@ -75,6 +101,8 @@ struct Hooks {
     abandoned: Arc<AtomicBool>,
     /// No connect or response wait may outlast the call's own limit.
     timeout: Duration,
+    /// Where requests go instead of the network, if anywhere.
+    responder: Option<Arc<dyn HttpResponder>>,
 }
 
 impl Outgoing {
@@ -83,6 +111,7 @@ impl Outgoing {
         grant: Option<HttpGrant>,
         abandoned: Arc<AtomicBool>,
         timeout: Duration,
+        responder: Option<Arc<dyn HttpResponder>>,
     ) -> Outgoing {
         Outgoing {
             ctx: WasiHttpCtx::new(),
@@ -91,6 +120,7 @@ impl Outgoing {
                 grant,
                 abandoned,
                 timeout,
+                responder,
             },
         }
     }
@@ -155,7 +185,18 @@ impl WasiHttpHooks for Hooks {
     > {
         if let Some(reason) = self.refusal(request.uri()) {
             tracing::warn!(plugin = self.plugin, "refused an HTTP request: {reason}");
+            if let Some(responder) = &self.responder {
+                responder.refused(
+                    request.method().as_str(),
+                    &request.uri().to_string(),
+                    &reason,
+                );
+            }
             return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        if let Some(responder) = self.responder.clone() {
+            drop(fut);
+            return Box::new(answer_with(responder, request));
         }
         let limit = self.timeout;
         let bounded = |asked: Option<Duration>| Some(asked.map_or(limit, |d| d.min(limit)));
@@ -175,6 +216,54 @@ impl WasiHttpHooks for Hooks {
             ))
         })
     }
+}
+
+/// Read the request's body and let `responder` answer it.
+async fn answer_with(
+    responder: Arc<dyn HttpResponder>,
+    request: http::Request<WasiBody>,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes().to_vec();
+    let seen = HttpRequestSeen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    };
+    let Some(answer) = responder.answer(seen) else {
+        return Err(Error::HttpRequestDenied);
+    };
+    let mut response = http::Response::builder().status(answer.status);
+    for (k, v) in &answer.headers {
+        response = response.header(k, v);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(answer.body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let response = response
+        .body(body)
+        .map_err(|e| Error::InternalError(Some(e.to_string())))?;
+    Ok((
+        response,
+        Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ))
 }
 
 #[cfg(test)]

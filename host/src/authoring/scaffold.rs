@@ -1,0 +1,422 @@
+//! `new`: a plugin project in a folder of its own — manifest, a sample
+//! handler, the build command, sample events its test runs on, a README —
+//! that builds with nothing but its language's toolchain: the binary carries
+//! the WIT and the SDK sources it needs.
+
+use std::path::{Path, PathBuf};
+
+use super::catalog::Column;
+use super::codegen::{self, Lang};
+
+/// The plugin world and the Rust SDK, as this binary was built with them.
+const WIT: &str = include_str!("../../../wit/plugin.wit");
+const RUST_SDK: &[(&str, &str)] = &[
+    ("lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
+    (
+        "config.rs",
+        include_str!("../../../plugin-sdk/src/config.rs"),
+    ),
+    ("event.rs", include_str!("../../../plugin-sdk/src/event.rs")),
+    (
+        "failure.rs",
+        include_str!("../../../plugin-sdk/src/failure.rs"),
+    ),
+    ("log.rs", include_str!("../../../plugin-sdk/src/log.rs")),
+    (
+        "manifest.rs",
+        include_str!("../../../plugin-sdk/src/manifest.rs"),
+    ),
+    (
+        "publish.rs",
+        include_str!("../../../plugin-sdk/src/publish.rs"),
+    ),
+    ("sql.rs", include_str!("../../../plugin-sdk/src/sql.rs")),
+    ("types.rs", include_str!("../../../plugin-sdk/src/types.rs")),
+];
+
+/// The Python SDK (one module).
+const PYTHON_SDK: &str = include_str!("../../../plugin-sdk/python/pgevents_sdk.py");
+/// The componentize-py version the SDK is built and tested with.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// The SDK's manifest outside this repository's workspace.
+const RUST_SDK_MANIFEST: &str = r#"[package]
+name = "pgevents-plugin-sdk"
+description = "Write pgevents-host plugins in Rust (the copy `pgevents-host new` wrote)"
+version = "0.1.0"
+edition = "2024"
+license = "Apache-2.0"
+
+[dependencies]
+serde = { version = "1", features = ["derive"] }
+serde_json = { version = "1", features = ["raw_value"] }
+wit-bindgen = "0.61"
+"#;
+
+/// A table the new plugin subscribes to, with its columns if it is typed.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<Column>,
+    /// A row of it, rendered as the host renders rows, for the sample events.
+    pub sample_row: String,
+}
+
+/// What `new` writes.
+#[derive(Debug, Clone)]
+pub struct NewPlugin {
+    pub name: String,
+    pub lang: Lang,
+    /// Empty: an untyped handler subscribed to `public.user_accounts`.
+    pub tables: Vec<TableSpec>,
+}
+
+/// The folder's files, by path relative to it.
+pub fn files(plugin: &NewPlugin) -> Result<Vec<(PathBuf, String)>, String> {
+    let name = &plugin.name;
+    if name.is_empty()
+        || name.len() > 100
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || !name.starts_with(|c: char| c.is_ascii_alphabetic())
+    {
+        return Err(format!(
+            "`{name}` cannot name a plugin: use letters, digits, `-` and `_`, starting with a letter"
+        ));
+    }
+    match plugin.lang {
+        Lang::Rust => Ok(rust(plugin)),
+        Lang::Python => Ok(python(plugin)),
+        Lang::Ts => Err("`new` writes Rust and Python projects so far (--lang rust|python)".into()),
+    }
+}
+
+/// Write the project into `dir` (which must not exist yet).
+pub fn write(dir: &Path, files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+    if dir.exists() {
+        anyhow::bail!(
+            "{} exists already; give a new folder (nothing was written)",
+            dir.display()
+        );
+    }
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text)?;
+        if path.extension().is_some_and(|e| e == "sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    Ok(())
+}
+
+/// The commands that build and test the new project, from its folder.
+pub fn next_steps(plugin: &NewPlugin) -> String {
+    let module = crate_name(&plugin.name);
+    match plugin.lang {
+        Lang::Rust => format!(
+            "cargo build --release --target wasm32-wasip2 && pgevents-host test target/wasm32-wasip2/release/{module}.wasm events.jsonl"
+        ),
+        _ => format!("./build.sh && pgevents-host test {module}.wasm events.jsonl"),
+    }
+}
+
+/// `my-plugin` → `my_plugin` (the crate and the `.wasm` file).
+fn crate_name(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn sample_events(plugin: &NewPlugin) -> String {
+    let mut lines = vec![
+        "# Events for `pgevents-host test` (one JSON object per line; `pgevents-host events export`"
+            .to_owned(),
+        "# writes real ones). See docs/plugins/testing.md of pgevents-host.".to_owned(),
+    ];
+    let tables: Vec<(String, String, String)> = if plugin.tables.is_empty() {
+        vec![(
+            "public".into(),
+            "user_accounts".into(),
+            r#"{"id": 1, "name": "Ada"}"#.into(),
+        )]
+    } else {
+        plugin
+            .tables
+            .iter()
+            .map(|t| (t.schema.clone(), t.table.clone(), t.sample_row.clone()))
+            .collect()
+    };
+    for (n, (schema, table, row)) in tables.iter().enumerate() {
+        let n = n as u64 + 1;
+        let row: Box<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(row.clone()).expect("a row is JSON");
+        for (seq, (op, new_row, old_row)) in [
+            ("insert", Some(&row), None),
+            ("update", Some(&row), Some(&row)),
+            ("delete", None, Some(&row)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let event = serde_json::json!({
+                "position": {"txid": n, "seq": seq + 1},
+                "operation": op,
+                "schema": schema,
+                "table": table,
+                "new_row": new_row,
+                "old_row": old_row,
+            });
+            lines.push(event.to_string());
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+fn rust(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
+    let name = &plugin.name;
+    let krate = crate_name(name);
+    let mut files = vec![
+        (
+            "Cargo.toml".into(),
+            format!(
+                r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+pgevents-plugin-sdk = {{ path = "pgevents-sdk" }}
+serde = {{ version = "1", features = ["derive"] }}
+
+# A project of its own, even inside another workspace.
+[workspace]
+
+[profile.release]
+lto = "thin"
+"#
+            ),
+        ),
+        ("pgevents-sdk/Cargo.toml".into(), RUST_SDK_MANIFEST.into()),
+        ("wit/plugin.wit".into(), WIT.into()),
+        ("events.jsonl".into(), sample_events(plugin)),
+        (".gitignore".into(), "/target\n".into()),
+    ];
+    for (file, text) in RUST_SDK {
+        files.push((format!("pgevents-sdk/src/{file}").into(), (*text).into()));
+    }
+    let (subscriptions, row_type, rows_mod) = if plugin.tables.is_empty() {
+        (
+            "            // Your table here; the host refuses a plugin whose table is missing.\n            \
+             .subscribe(Subscription::to(\"public\", \"user_accounts\").on(&Operation::ALL))\n"
+                .to_owned(),
+            "pgevents_plugin_sdk::serde_json::Value".to_owned(),
+            String::new(),
+        )
+    } else {
+        let mut rows = String::new();
+        for t in &plugin.tables {
+            rows.push_str(&codegen::generate(
+                &t.schema,
+                &t.table,
+                &t.columns,
+                Lang::Rust,
+            ));
+        }
+        files.push(("src/rows.rs".into(), rows));
+        let subs: String = plugin
+            .tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "            .subscribe(Subscription::to({:?}, {:?}).on(&Operation::ALL))\n",
+                    t.schema, t.table
+                )
+            })
+            .collect();
+        let first = &plugin.tables[0];
+        let ty = format!("rows::{}Row", codegen::camel(&first.table));
+        (
+            subs,
+            ty,
+            "/// Row types from the live catalog (`pgevents-host codegen`); write them again when a table changes.\nmod rows;\n\n".to_owned(),
+        )
+    };
+    let typed_note = if plugin.tables.len() > 1 {
+        "            // Each table has its row type in rows.rs; match on event.table to pick one.\n"
+    } else {
+        ""
+    };
+    files.push((
+        "src/lib.rs".into(),
+        format!(
+            r#"//! The `{name}` plugin for pgevents-host: called with batches of row changes.
+
+{rows_mod}use pgevents_plugin_sdk::{{
+    Event, Failure, Manifest, Operation, Plugin, Subscription, export_plugin, log,
+}};
+
+struct Handler;
+
+impl Plugin for Handler {{
+    fn manifest() -> Manifest {{
+        Manifest::new("{name}", "0.1.0")
+{subscriptions}    }}
+
+    fn handle(events: Vec<Event>) -> Result<(), Failure> {{
+        for (i, event) in events.iter().enumerate() {{
+{typed_note}            // The row after the change (inserts, updates); `old_row` is the one before.
+            let row: Option<{row_type}> = event
+                .new_row()
+                .map_err(|e| Failure::permanent(i, format!("bad row: {{e}}")))?;
+            log::info_with(
+                format!("{{}} on {{}}.{{}}", event.operation, event.schema, event.table),
+                &[("id", event.id.clone()), ("row", format!("{{row:?}}"))],
+            );
+        }}
+        Ok(())
+    }}
+}}
+
+export_plugin!(Handler);
+"#
+        ),
+    ));
+    files.push((
+        "README.md".into(),
+        format!(
+            r#"# {name}
+
+A pgevents-host plugin in Rust (written by `pgevents-host new`).
+
+```sh
+cargo build --release --target wasm32-wasip2        # once: rustup target add wasm32-wasip2
+pgevents-host test target/wasm32-wasip2/release/{krate}.wasm events.jsonl
+cp target/wasm32-wasip2/release/{krate}.wasm /path/to/plugins/   # the running host loads it
+```
+
+- `src/lib.rs`: the manifest (tables and operations) and the handler.
+- `events.jsonl`: events `pgevents-host test` calls the handler with; record real ones with
+  `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
+- `pgevents-sdk/`, `wit/`: the SDK and the plugin world, as the host that wrote this project
+  speaks them (`cargo doc -p pgevents-plugin-sdk --open`).
+"#
+        ),
+    ));
+    files
+}
+
+fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
+    let name = &plugin.name;
+    let module = crate_name(name);
+    let mut files = vec![
+        ("pgevents_sdk.py".into(), PYTHON_SDK.to_owned()),
+        ("wit/plugin.wit".into(), WIT.into()),
+        ("events.jsonl".into(), sample_events(plugin)),
+        (
+            ".gitignore".into(),
+            format!("/{module}.wasm\n__pycache__/\n"),
+        ),
+        (
+            "build.sh".into(),
+            format!(
+                "#!/bin/sh\n# Builds {module}.wasm with componentize-py {COMPONENTIZE_PY_VERSION} \
+                 (pip install componentize-py=={COMPONENTIZE_PY_VERSION}),\n\
+                 # against the handler-only world (no sql; see the plugin docs of pgevents-host).\n\
+                 set -e\ncd \"$(dirname \"$0\")\"\n\
+                 \"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w handler-only componentize app -o {module}.wasm\n\
+                 rm -rf __pycache__\n"
+            ),
+        ),
+    ];
+    let (import, subscriptions, decode) = if plugin.tables.is_empty() {
+        (
+            String::new(),
+            "        # Your table here; the host refuses a plugin whose table is missing.\n        \
+             pg.subscribe(\"public\", \"user_accounts\"),\n"
+                .to_owned(),
+            "        row = event.new  # a dict (numbers with a fraction as Decimal), or None\n".to_owned(),
+        )
+    } else {
+        let mut rows = String::new();
+        for t in &plugin.tables {
+            rows.push_str(&codegen::generate(
+                &t.schema,
+                &t.table,
+                &t.columns,
+                Lang::Python,
+            ));
+        }
+        files.push(("rows.py".into(), rows));
+        let types: Vec<String> = plugin
+            .tables
+            .iter()
+            .map(|t| format!("{}Row", codegen::camel(&t.table)))
+            .collect();
+        let subs: String = plugin
+            .tables
+            .iter()
+            .map(|t| format!("        pg.subscribe({:?}, {:?}),\n", t.schema, t.table))
+            .collect();
+        let first = &types[0];
+        (
+            format!("from rows import {}\n", types.join(", ")),
+            subs,
+            format!(
+                "        # Typed rows from the live catalog (rows.py, by `pgevents-host codegen`).\n        \
+                 row = {first}.from_row(event.new) if event.new is not None else None\n"
+            ),
+        )
+    };
+    files.push((
+        "app.py".into(),
+        format!(
+            r#""""The `{name}` plugin for pgevents-host: called with every row change."""
+
+import pgevents_sdk as pg
+{import}
+
+class Handler(pg.Plugin):
+    name = "{name}"
+    version = "0.1.0"
+    subscriptions = [
+{subscriptions}    ]
+
+    def handle_event(self, event: pg.Event) -> None:
+        # Raise pg.Failure.retry(...), .retry_after(ms, ...) or .permanent(...)
+        # to fail this event; any other exception is retried, with its message.
+{decode}        pg.log.info(f"{{event.operation}} on {{event.schema}}.{{event.table}}", id=event.id, row=row)
+"#
+        ),
+    ));
+    files.push((
+        "README.md".into(),
+        format!(
+            r#"# {name}
+
+A pgevents-host plugin in Python (written by `pgevents-host new`).
+
+```sh
+pip install componentize-py=={COMPONENTIZE_PY_VERSION}     # once
+./build.sh                                  # writes {module}.wasm
+pgevents-host test {module}.wasm events.jsonl
+cp {module}.wasm /path/to/plugins/          # the running host loads it
+```
+
+- `app.py`: the manifest (`subscriptions`) and `handle_event`.
+- `events.jsonl`: events `pgevents-host test` calls the handler with; record real ones with
+  `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
+- `pgevents_sdk.py`, `wit/`: the SDK and the plugin world, as the host that wrote this
+  project speaks them.
+"#
+        ),
+    ));
+    files
+}

@@ -1,0 +1,278 @@
+"""Write pgevents-host plugins in Python: the same shape as the Rust SDK.
+
+Put this file next to your ``app.py`` and build against the ``handler-only``
+world with componentize-py (``pgevents-host new NAME --lang python`` writes
+such a project)::
+
+    import pgevents_sdk as pg
+
+    class Handler(pg.Plugin):
+        name = "greeter"
+        version = "1.0.0"
+        subscriptions = [pg.subscribe("public", "user_accounts", pg.INSERT)]
+
+        def handle_event(self, event: pg.Event) -> None:
+            if event.new is None or "name" not in event.new:
+                raise pg.Failure.permanent(f"not a user account: {event.new_row}")
+            pg.log.info(f"Welcome, {event.new['name']}!", user_id=event.new["id"])
+
+The SDK computes the failing event's index: events before it are
+acknowledged, the failing one and the rest are not. ``raise
+pg.Failure.retry(...)``, ``pg.Failure.retry_after(ms, ...)`` or
+``pg.Failure.permanent(...)`` say what the host does next. Any other
+exception is a retryable failure whose message (type, text and where it was
+raised) reaches ``status`` and the dead letters. Returning anything but
+``None`` is refused loudly rather than taken for success (``return
+Err(...)`` would otherwise acknowledge the event).
+"""
+
+import json
+import traceback
+from decimal import Decimal
+from typing import Any, Iterable, Optional, Union
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import config as _config
+from wit_world.imports import host as _host
+from wit_world.imports import types as _t
+
+INSERT = "insert"
+UPDATE = "update"
+DELETE = "delete"
+TRUNCATE = "truncate"
+ALL = (INSERT, UPDATE, DELETE, TRUNCATE)
+
+_OPERATIONS = {
+    INSERT: _t.Operation.INSERT,
+    UPDATE: _t.Operation.UPDATE,
+    DELETE: _t.Operation.DELETE,
+    TRUNCATE: _t.Operation.TRUNCATE,
+}
+_NAMES = {v: k for k, v in _OPERATIONS.items()}
+
+# The host cuts failure messages at 4096 bytes; keep the end of a traceback.
+_MESSAGE_MAX = 4000
+
+
+def subscribe(
+    schema: str,
+    table: str,
+    *operations: str,
+    changed_columns: Optional[Iterable[str]] = None,
+) -> "_t.Subscription":
+    """A subscription to ``schema.table``: the given operations (default all)
+    and, with ``changed_columns``, only updates that change one of them."""
+    ops = operations or ALL
+    unknown = [o for o in ops if o not in _OPERATIONS]
+    if unknown:
+        raise ValueError(f"unknown operation(s) {unknown}: use {', '.join(ALL)}")
+    return _t.Subscription(
+        schema,
+        table,
+        [_OPERATIONS[o] for o in ops],
+        list(changed_columns) if changed_columns is not None else None,
+    )
+
+
+class Failure(Exception):
+    """Raise from ``handle_event``: this event is not acknowledged."""
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after_ms: Optional[int] = None):
+        super().__init__(message)
+        self.message = str(message)
+        self.permanent = permanent
+        self.retry_after_ms = retry_after_ms
+
+    @classmethod
+    def retry(cls, message: str) -> "Failure":
+        """Deliver the event again on the host's backoff schedule."""
+        return cls(message)
+
+    @classmethod
+    def retry_after(cls, ms: int, message: str) -> "Failure":
+        """Deliver the event again after ``ms`` milliseconds."""
+        if not isinstance(ms, int) or ms < 0:
+            raise ValueError(f"retry_after: ms must be a non-negative int, not {ms!r}")
+        return cls(message, retry_after_ms=ms)
+
+    @classmethod
+    def permanent(cls, message: str) -> "Failure":
+        """Retrying cannot help: the event goes to the dead letters."""
+        return cls(message, permanent=True)
+
+    def _wit(self, index: int) -> "_t.Failure":
+        if self.permanent:
+            disposition = _t.Disposition_Permanent()
+        else:
+            disposition = _t.Disposition_Retry(self.retry_after_ms)
+        return _t.Failure(index, disposition, self.message[-_MESSAGE_MAX:])
+
+
+def _parse(text: Optional[str]) -> Any:
+    # Floats as Decimal: a numeric column keeps every digit.
+    return None if text is None else json.loads(text, parse_float=Decimal)
+
+
+class Event:
+    """One row change. ``new``, ``old`` and ``key`` are the rows as dicts
+    (numbers with a fraction as ``Decimal``, exactly); ``new_row``,
+    ``old_row`` and ``key_text`` the JSON text the host sent."""
+
+    def __init__(self, raw: "_t.Event"):
+        self.raw = raw
+        self.id: str = raw.id
+        self.txid: int = raw.position.txid
+        self.seq: int = raw.position.seq
+        self.operation: str = _NAMES[raw.operation]
+        self.schema: str = raw.schema
+        self.table: str = raw.table
+        self.new_row: Optional[str] = raw.new_row
+        self.old_row: Optional[str] = raw.old_row
+        self.key_text: Optional[str] = raw.key
+        self.captured_at: str = raw.captured_at
+        self.user: str = raw.context.user
+        self.application_name: str = raw.context.application_name
+        self.tag: Optional[str] = raw.context.tag
+        self.attempt: int = raw.attempt
+        self.new: Optional[dict] = _parse(raw.new_row)
+        self.old: Optional[dict] = _parse(raw.old_row)
+        self.key: Optional[dict] = _parse(raw.key)
+
+    def __repr__(self) -> str:
+        return f"Event({self.operation} {self.schema}.{self.table} id={self.id})"
+
+
+class _Log:
+    """``pg.log.info("message", field=value, ...)``: to the host's log."""
+
+    def _write(self, level: "_host.Level", message: Any, fields: dict) -> None:
+        _host.log(level, str(message), [(str(k), str(v)) for k, v in fields.items()])
+
+    def trace(self, message: Any, **fields: Any) -> None:
+        self._write(_host.Level.TRACE, message, fields)
+
+    def debug(self, message: Any, **fields: Any) -> None:
+        self._write(_host.Level.DEBUG, message, fields)
+
+    def info(self, message: Any, **fields: Any) -> None:
+        self._write(_host.Level.INFO, message, fields)
+
+    def warn(self, message: Any, **fields: Any) -> None:
+        self._write(_host.Level.WARN, message, fields)
+
+    def error(self, message: Any, **fields: Any) -> None:
+        self._write(_host.Level.ERROR, message, fields)
+
+
+log = _Log()
+
+
+def config(key: str, default: Optional[str] = None) -> Optional[str]:
+    """The operator's value for ``key`` (``config = {...}`` under
+    ``[plugins.NAME]`` in the host's config file), or ``default``."""
+    value = _config.get(key)
+    return default if value is None else value
+
+
+def _described(error: BaseException) -> str:
+    """An exception as a failure message: its type, text and where it came from."""
+    where = traceback.extract_tb(error.__traceback__)
+    place = f" (at {where[-1].filename}:{where[-1].lineno} in {where[-1].name})" if where else ""
+    return f"{type(error).__name__}: {error}{place}"
+
+
+def _checked(failure: Any, index: int, count: int, at: Optional[int] = None) -> "_t.Failure":
+    """A WIT failure the plugin raised itself (``raise Err(Failure(...))``),
+    or a clear failure saying what is wrong with it. ``at``: the event it
+    is about (a per-event handler cannot know its index in the batch)."""
+    def malformed(why: str) -> "_t.Failure":
+        return _t.Failure(
+            index if at is None else at,
+            _t.Disposition_Permanent(),
+            f"malformed failure ({why}); raise pg.Failure.retry/permanent/retry_after(...) instead",
+        )
+
+    if not isinstance(failure, _t.Failure):
+        return malformed(f"Err carries {type(failure).__name__}, not a Failure")
+    if not isinstance(failure.disposition, (_t.Disposition_Retry, _t.Disposition_Permanent)):
+        return malformed(
+            f"disposition is {failure.disposition!r} ({type(failure.disposition).__name__}), "
+            "not Disposition_Retry(ms or None) or Disposition_Permanent()"
+        )
+    if at is None and (not isinstance(failure.index, int) or not 0 <= failure.index < count):
+        return malformed(f"index {failure.index!r} is not an event of this {count}-event batch")
+    if not isinstance(failure.message, str):
+        return malformed(f"message is {type(failure.message).__name__}, not str")
+    if at is not None:
+        return _t.Failure(at, failure.disposition, failure.message)
+    return failure
+
+
+class Plugin(exports.Handler):
+    """Subclass as ``class Handler(pg.Plugin)`` in ``app.py``: set ``name``,
+    ``version``, ``subscriptions`` (and ``batch_size``: 0, the host's
+    default), and write ``handle_event`` — or ``handle_batch`` for the whole
+    batch at once."""
+
+    name: str = ""
+    version: str = "0.1.0"
+    batch_size: int = 0
+    subscriptions: list = []
+
+    def describe(self) -> "_t.Manifest":
+        return _t.Manifest(self.name, self.version, list(self.subscriptions), self.batch_size)
+
+    def handle_event(self, event: Event) -> None:
+        raise NotImplementedError("write handle_event(self, event) in your Handler")
+
+    def handle_batch(self, events: list) -> None:
+        for i, event in enumerate(events):
+            try:
+                result = self.handle_event(event)
+            except Failure as f:
+                raise Err(f._wit(i))
+            except Err as err:
+                raise Err(_checked(err.value, i, len(events), at=i))
+            if result is not None:
+                raise Err(_result_failure(result, i, len(events)))
+
+    def handle(self, events: list) -> None:
+        wrapped = [Event(e) for e in events]
+        current = [0]
+        try:
+            self.handle_batch(_Indexed(wrapped, current))
+        except Err as err:
+            raise Err(_checked(err.value, current[0], len(events)))
+        except Failure as f:
+            raise Err(f._wit(current[0]))
+        except Exception as error:
+            message = _described(error)
+            raise Err(_t.Failure(current[0], _t.Disposition_Retry(None), message[-_MESSAGE_MAX:]))
+
+
+def _result_failure(result: Any, index: int, count: int) -> "_t.Failure":
+    if isinstance(result, Err):
+        return _checked(result.value, index, count, at=index)
+    if isinstance(result, Failure):
+        return result._wit(index)
+    return _t.Failure(
+        index,
+        _t.Disposition_Permanent(),
+        f"handle_event returned {result!r}; return None when the event is handled, "
+        "or raise pg.Failure.retry/permanent(...)",
+    )
+
+
+class _Indexed(list):
+    """The batch's events; iterating it notes which event is current, so
+    that an exception is reported at that event's index."""
+
+    def __init__(self, events: list, current: list):
+        super().__init__(events)
+        self._current = current
+
+    def __iter__(self):
+        for i, event in enumerate(list.__iter__(self)):
+            self._current[0] = i
+            yield event

@@ -1,0 +1,717 @@
+//! Plugin authors' tools, run as the binary: `test` calls a plugin on
+//! events from a file without a host (outcomes, log lines, sql rolled back
+//! or committed, HTTP answered by rules, grants as the host applies them),
+//! and `events export` writes what the host delivered in the shape `test`
+//! reads.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Run the binary; (exit code, stdout, stderr).
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run pgevents-host");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Insert events of `public.items` as JSONL, one per `note`.
+fn item_events(dir: &Path, notes: &[&str]) -> std::path::PathBuf {
+    let lines: Vec<String> = notes
+        .iter()
+        .enumerate()
+        .map(|(i, note)| {
+            serde_json::json!({
+                "operation": "insert",
+                "schema": "public",
+                "table": "items",
+                "key": {"id": i + 1},
+                "new_row": {"id": i + 1, "name": format!("item {}", i + 1), "qty": 1, "note": note},
+            })
+            .to_string()
+        })
+        .collect();
+    let path = dir.join("events.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// `test` on a file: every batch handled exits 0 with the plugin's log
+/// lines; a failure at event k reports k, its message, that the events
+/// before it were handled, and exits 1 — and the events after it still run.
+#[test]
+fn test_reports_each_batch_and_a_failure_at_its_index_with_the_prefix_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = item_events(dir.path(), &["a", "b", "c"]);
+    let (code, out, err) = run(host_bin().arg("test").arg(plugin("faulty")).arg(&events));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("plugin faulty 1.0.0"), "{out}");
+    assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
+    assert_eq!(out.matches("  log info: event").count(), 3, "{out}");
+    assert!(
+        out.contains("1 batch(es), 3 event(s): all handled"),
+        "{out}"
+    );
+
+    let events = item_events(dir.path(), &["a", "b", "permanent", "d", "e"]);
+    let (code, out, err) = run(host_bin().arg("test").arg(plugin("faulty")).arg(&events));
+    assert_eq!(code, 1, "a failed batch fails the run: {out}{err}");
+    assert!(
+        out.contains("batch of 5 event(s), 1-5: FAILED at event 3 (permanent)"),
+        "{out}"
+    );
+    assert!(out.contains("the 2 before it were handled"), "{out}");
+    assert!(out.contains("batch of 2 event(s), 4-5: handled"), "{out}");
+    assert!(out.contains("2 batch(es), 7 event(s): 1 failed"), "{out}");
+}
+
+/// A trap is a failure at index 0 with the plugin's panic message; a
+/// broken events file is refused with the line and why.
+#[test]
+fn test_reports_a_trap_with_the_panic_message_and_refuses_a_bad_events_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = item_events(dir.path(), &["trap"]);
+    let (code, out, err) = run(host_bin().arg("test").arg(plugin("faulty")).arg(&events));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("FAILED at event 1 (retry): trapped"), "{out}");
+    assert!(out.contains("none before it was handled"), "{out}");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"operation\":\"insert\",\"schema\":\"public\",\"table\":\"items\"}\n{\"operation\":\"upsert\"}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(host_bin().arg("test").arg(plugin("faulty")).arg(&bad));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("line 2: not an event"), "{err}");
+}
+
+/// A plugin whose capability the config does not grant is refused as the
+/// host refuses it, naming the line to add; events it does not subscribe
+/// to are skipped and said so.
+#[test]
+fn test_refuses_an_ungranted_capability_as_the_host_does_and_skips_unsubscribed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = item_events(dir.path(), &["a"]);
+    let (code, out, err) = run(host_bin().arg("test").arg(plugin("ledger")).arg(&events));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("sql = { role ="), "names the grant: {err}");
+    assert!(err.contains("[plugins.ledger]"), "{err}");
+
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(
+        &other,
+        "{\"operation\":\"insert\",\"schema\":\"public\",\"table\":\"elsewhere\",\"new_row\":{}}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(host_bin().arg("test").arg(plugin("faulty")).arg(&other));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 of 1 event(s) skipped"), "{out}");
+}
+
+/// The plugin's sql runs as its granted role in a transaction that is
+/// rolled back: the table is unchanged afterwards. With --commit, it keeps
+/// what it wrote. Every statement is printed with its result.
+#[tokio::test]
+async fn test_runs_sql_as_the_granted_role_rolled_back_unless_commit() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, db.ledger(1).await).unwrap();
+    let events = item_events(dir.path(), &["a", "b"]);
+    let client = db.client().await;
+    let count = async || -> i64 {
+        client
+            .query_one("SELECT count(*) FROM public.ledger", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let test = |commit: bool| {
+        let mut cmd = host_bin();
+        cmd.arg("test")
+            .arg(plugin("ledger"))
+            .arg(&events)
+            .args(["--database-url", &db.url, "--config"])
+            .arg(&config);
+        if commit {
+            cmd.arg("--commit");
+        }
+        run(&mut cmd)
+    };
+    let (code, out, err) = test(false);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.matches("  sql INSERT INTO public.ledger").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("-> 1 row(s) affected"), "{out}");
+    assert!(out.contains("sql transaction rolled back"), "{out}");
+    assert_eq!(count().await, 0, "rolled back: the table is unchanged");
+
+    let (code, out, err) = test(true);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("sql transaction committed"), "{out}");
+    assert_eq!(count().await, 2, "--commit keeps the writes");
+}
+
+/// HTTP requests are answered by the first matching rule and never sent;
+/// a request no rule matches, or one the grant does not allow, is refused
+/// and reported.
+#[test]
+fn test_answers_http_by_rules_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("host.toml");
+    // A port nothing listens on: a request that reached the network would fail.
+    std::fs::write(
+        &config,
+        "[plugins.webhook]\nhttp = { allow = [\"127.0.0.1:9\"] }\n\
+         config = { url = \"http://127.0.0.1:9/hook\", tables = \"public.items\" }\n",
+    )
+    .unwrap();
+    let rules = dir.path().join("http.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nmethod = \"POST\"\nurl = \"http://127.0.0.1:9/hook\"\nstatus = 204\n",
+    )
+    .unwrap();
+    let events = item_events(dir.path(), &["a"]);
+    let webhook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/webhook.wasm");
+    let test = |rules: Option<&Path>| {
+        let mut cmd = host_bin();
+        cmd.arg("test")
+            .arg(&webhook)
+            .arg(&events)
+            .arg("--config")
+            .arg(&config);
+        if let Some(r) = rules {
+            cmd.arg("--http").arg(r);
+        }
+        run(&mut cmd)
+    };
+    let (code, out, err) = test(Some(&rules));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("  http POST http://127.0.0.1:9/hook (") && out.contains("-> 204 (rule 1)"),
+        "{out}"
+    );
+    let (code, out, err) = test(None);
+    assert_eq!(
+        code, 1,
+        "no rule: refused, and the webhook fails: {out}{err}"
+    );
+    assert!(out.contains("-> refused: no rule matches"), "{out}");
+
+    std::fs::write(
+        &config,
+        "[plugins.webhook]\nhttp = { allow = [\"hooks.example.com\"] }\n\
+         config = { url = \"http://127.0.0.1:9/hook\", tables = \"public.items\" }\n",
+    )
+    .unwrap();
+    let (code, out, err) = test(Some(&rules));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("-> refused: plugin `webhook` may not call 127.0.0.1:9"),
+        "{out}"
+    );
+}
+
+/// What the host delivered, exported with `events export --plugin` and fed
+/// to `test`, reaches the plugin exactly as the host gave it: every field,
+/// the rows byte for byte (a numeric with 30 digits, NUL-free unicode,
+/// nulls), in the same order; and `--table` selects a table's events.
+#[tokio::test]
+async fn events_export_then_test_reproduces_what_the_host_delivered() {
+    let db = TestDb::new().await;
+    let mut host = Host::start(&db, &["recorder"]).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "ALTER TABLE items ADD COLUMN amount numeric;
+             BEGIN;
+             SET LOCAL pgevents.context = 'import';
+             INSERT INTO items (id, name, qty, amount) VALUES
+               (1, 'ümlaut \"quoted\"', 1, 123456789012345678901234567890.123456789),
+               (2, NULL, 2, NULL);
+             COMMIT;
+             UPDATE items SET qty = qty + 10;
+             DELETE FROM items WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    let delivered = host.wait_seen("recorder", 5).await;
+    host.settle(Duration::from_millis(300)).await;
+    host.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("recorded.jsonl");
+    let (code, out, err) = run(host_bin()
+        .args([
+            "events",
+            "export",
+            "--plugin",
+            "recorder",
+            "--database-url",
+            &db.url,
+            "-o",
+        ])
+        .arg(&file));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("wrote 5 event(s)"), "{err}");
+
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(plugin("recorder"))
+        .arg(&file)
+        .arg("--json"));
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON report");
+    let replayed: Vec<Seen> = report["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["logs"].as_array().unwrap().clone())
+        .filter(|l| l["message"] == "event")
+        .map(|l| {
+            let fields: Vec<(String, String)> = l["fields"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            Seen::from_fields("recorder", &fields)
+        })
+        .collect();
+    assert_eq!(replayed, delivered, "the same events, fields and order");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("123456789012345678901234567890.123456789"),
+        "numeric keeps its digits: {text}"
+    );
+
+    let (code, out, err) = run(host_bin().args([
+        "events",
+        "export",
+        "--table",
+        "public.items",
+        "--limit",
+        "2",
+        "--database-url",
+        &db.url,
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (code, _, err) = run(host_bin().args([
+        "events",
+        "export",
+        "--plugin",
+        "nobody",
+        "--database-url",
+        &db.url,
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no plugin named `nobody`"), "{err}");
+}
+
+/// A table with a column of every type the event format lists, nullable and
+/// not, with names that are not identifiers.
+const EVERYTHING: &str = "
+    CREATE TYPE public.mood AS ENUM ('happy', 'sad', 'so-so');
+    CREATE TABLE public.everything (
+        id bigint PRIMARY KEY,
+        small smallint NOT NULL,
+        count integer,
+        ratio double precision,
+        amount numeric(50, 12),
+        name text NOT NULL,
+        code varchar(8),
+        flag boolean,
+        at timestamptz,
+        local_at timestamp,
+        day date,
+        clock time,
+        span interval,
+        uid uuid,
+        doc json,
+        data jsonb,
+        raw bytea,
+        price money,
+        scores integer[],
+        tags text[],
+        mood public.mood,
+        moods public.mood[],
+        \"Weird Name\" text,
+        type text
+    );";
+
+/// `codegen` on that table: the Rust file is the one the `typed` test
+/// plugin is built with (so it compiles), and that plugin decodes real
+/// captured rows — extreme values and all-NULL — into it and encodes them
+/// back unchanged, numeric digit for digit. The Python class decodes the
+/// same rows with every digit too; the TypeScript file declares each column.
+#[tokio::test]
+async fn codegen_writes_row_types_that_decode_every_type_the_host_renders() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client.batch_execute(EVERYTHING).await.unwrap();
+    let codegen = |lang: &str| {
+        let (code, out, err) = run(host_bin().args([
+            "codegen",
+            "--database-url",
+            &db.url,
+            "--table",
+            "public.everything",
+            "--lang",
+            lang,
+        ]));
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let rust = codegen("rust");
+    let committed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/typed/src/rows.rs");
+    assert_eq!(
+        rust,
+        std::fs::read_to_string(&committed).unwrap(),
+        "tests/plugins/typed/src/rows.rs is not what codegen writes now; write it again with \
+         `pgevents-host codegen --lang rust --table public.everything -o {}` on a database with \
+         the table of this test",
+        committed.display()
+    );
+
+    let mut host = Host::start(&db, &["typed"]).await;
+    client
+        .batch_execute(
+            "INSERT INTO public.everything VALUES
+               (9007199254740993, -32768, 2147483647, 0.30000000000000004,
+                -12345678901234567890123456789012345678.123456789012,
+                'ümlaut \"quoted\" \\ back', 'abc', true,
+                '2024-05-06 07:08:09.123456+02', '2024-05-06 07:08:09', '2024-05-06', '23:59:59',
+                '1 day 02:00:00', '6f1c2a4e-0b7d-4c8e-9a3f-1d2e3f4a5b6c',
+                '{\"a\": [1, 2.5]}', '{\"nested\": {\"amount\": 0.1}}', '\\x00ff', 1234.5,
+                '{1, NULL, 3}', '{\"x\", NULL}', 'so-so', '{happy, NULL}', 'w', 't');
+             INSERT INTO public.everything (id, small, name) VALUES (2, 0, '');",
+        )
+        .await
+        .unwrap();
+    let mut typed = Vec::new();
+    host.wait_until("both rows decoded", |e| {
+        if let pgevents_host::observer::HostEvent::PluginLog(l) = e
+            && l.message == "typed"
+        {
+            typed.push(l.fields.clone());
+        }
+        typed.len() == 2
+    })
+    .await;
+    assert!(
+        host.failures("typed").is_empty(),
+        "{:?}",
+        host.failures("typed")
+    );
+    host.stop().await;
+    let field = |fields: &[(String, String)], k: &str| {
+        fields.iter().find(|(n, _)| n == k).unwrap().1.clone()
+    };
+    let full = typed.iter().find(|f| field(f, "id") != "2").unwrap();
+    assert_eq!(
+        field(full, "amount"),
+        "-12345678901234567890123456789012345678.123456789012"
+    );
+    assert_eq!(field(full, "mood"), "Some(SoSo)");
+    let rows = texts(
+        &client,
+        "SELECT new_row::text FROM pgevents.events WHERE table_name = 'everything' ORDER BY seq",
+    )
+    .await;
+    // Encoded again, each row is the row captured (as JSON values).
+    for row in &rows {
+        let captured: Value = serde_json::from_str(row).unwrap();
+        let id = captured["id"].to_string();
+        let again = typed.iter().find(|f| field(f, "id") == id).unwrap();
+        let again: Value = serde_json::from_str(&field(again, "json")).unwrap();
+        assert_eq!(again, captured, "decoded and encoded again: {row}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("everything_rows.py"), codegen("python")).unwrap();
+    let script = "import json, sys\nfrom decimal import Decimal\nfrom everything_rows import EverythingRow, Mood\n\
+         rows = [EverythingRow.from_row(json.loads(t, parse_float=Decimal)) for t in json.loads(sys.stdin.read())]\n\
+         full = [r for r in rows if r.id != 2][0]\n\
+         assert full.amount == Decimal('-12345678901234567890123456789012345678.123456789012'), full.amount\n\
+         assert str(full.amount) == '-12345678901234567890123456789012345678.123456789012'\n\
+         assert full.mood is Mood.SO_SO, full.mood\n\
+         assert full.moods == [Mood.HAPPY, None], full.moods\n\
+         assert full.scores == [1, None, 3]\n\
+         assert full.weird_name == 'w' and full.type == 't'\n\
+         empty = [r for r in rows if r.id == 2][0]\n\
+         assert empty.amount is None and empty.mood is None and empty.name == ''\n\
+         print('ok')\n";
+    let mut python = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (the Python example plugin needs it too)");
+    use std::io::Write;
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&rows).unwrap().as_bytes())
+        .unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ts = codegen("ts");
+    for line in [
+        "export type Mood = \"happy\" | \"sad\" | \"so-so\";",
+        "export interface EverythingRow {",
+        "\"id\": number;",
+        "\"amount\": string | null;",
+        "\"moods\": (Mood | null)[] | null;",
+        "\"Weird Name\": string | null;",
+        "export const EverythingRowDecimals: readonly string[] = [\"amount\"];",
+        "export function parseEverythingRow(text: string): EverythingRow {",
+    ] {
+        assert!(ts.contains(line), "{line} in:\n{ts}");
+    }
+    let (code, _, err) = run(host_bin().args([
+        "codegen",
+        "--database-url",
+        &db.url,
+        "--table",
+        "public.nothing",
+        "--lang",
+        "rust",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains(r#"no table "public"."nothing""#), "{err}");
+}
+
+/// `new --lang rust --table`: a project that builds on its own (the SDK and
+/// the WIT come with it) with typed rows of a real table, whose own test
+/// passes out of the box, and which a host then runs on live events.
+#[tokio::test]
+async fn new_writes_a_rust_project_with_typed_rows_that_builds_passes_its_test_and_runs() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE public.user_accounts (
+                 id bigint PRIMARY KEY, name text NOT NULL, balance numeric(20, 4),
+                 joined timestamptz NOT NULL DEFAULT now(), tags text[]);",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("welcome-bot");
+    let (code, out, err) = run(host_bin()
+        .args([
+            "new",
+            "welcome-bot",
+            "--lang",
+            "rust",
+            "--table",
+            "public.user_accounts",
+        ])
+        .args(["--database-url", &db.url, "--dir"])
+        .arg(&project));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("cargo build --release --target wasm32-wasip2"),
+        "{out}"
+    );
+    let rows = std::fs::read_to_string(project.join("src/rows.rs")).unwrap();
+    assert!(rows.contains("pub struct UserAccountsRow"), "{rows}");
+    assert!(
+        rows.contains("pub balance: Option<pgevents_plugin_sdk::types::Decimal>"),
+        "{rows}"
+    );
+
+    // The repository's target folder: the project's dependencies are the
+    // plugins' own, built already.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let build = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--offline",
+            "--quiet",
+        ])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cargo");
+    assert!(
+        build.status.success(),
+        "the new project builds: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/welcome_bot.wasm");
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(&wasm)
+        .arg(project.join("events.jsonl")));
+    assert_eq!(code, 0, "its own test passes: {out}{err}");
+    assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
+    assert!(
+        out.contains("log info: insert on public.user_accounts"),
+        "{out}"
+    );
+
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(&wasm, plugins.path().join("welcome_bot.wasm")).unwrap();
+    let mut host = Host::start_with(&db, plugins, test_settings()).await;
+    client
+        .execute(
+            "INSERT INTO public.user_accounts (id, name, balance, tags) VALUES (1, 'Ada', 12.5, '{a}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    host.wait_until("the new plugin handled a live insert", |e| {
+        matches!(e, pgevents_host::observer::HostEvent::PluginLog(l)
+            if l.plugin == "welcome-bot" && l.message == "insert on public.user_accounts"
+                && l.fields.iter().any(|(k, v)| k == "row" && v.contains("\"12.5000\"")))
+    })
+    .await;
+    host.stop().await;
+
+    let (code, _, err) = run(host_bin()
+        .args(["new", "welcome-bot", "--dir"])
+        .arg(&project));
+    assert_eq!(code, 1, "an existing folder is refused");
+    assert!(err.contains("exists already"), "{err}");
+    let (code, _, err) = run(host_bin().args(["new", "9 lives"]).current_dir(dir.path()));
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot name a plugin"), "{err}");
+}
+
+/// The Python SDK's per-event handler, run with `test`: each way an author
+/// can fail reaches the report (as it would the dead letter) at the right
+/// event with the author's own words — raising pg.Failure, an exception of
+/// the author's code (with where it was raised), `return Err(...)` (which
+/// without the SDK counted as success), a malformed disposition, a stray
+/// return value — and the events before it are handled.
+#[test]
+fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = item_events(
+        dir.path(),
+        &[
+            "a",
+            "permanent",
+            "value-error",
+            "return-err",
+            "bad-disposition",
+            "return-value",
+            "retry-after",
+            "z",
+        ],
+    );
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        "[plugins.sdk-py]\nconfig = { greeting = \"hi\" }\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(plugin("sdk-py"))
+        .arg(&events)
+        .arg("--config")
+        .arg(&config));
+    assert_eq!(code, 1, "{out}{err}");
+    for expected in [
+        "log info: event note=a id=1 config=hi",
+        "FAILED at event 2 (permanent): item 2 cannot be handled; the 1 before it were handled",
+        "FAILED at event 3 (retry): ValueError: bad value 3 (at ",
+        "in handle_event)",
+        "FAILED at event 4 (permanent): returned, not raised",
+        "FAILED at event 5 (permanent): malformed failure (disposition is 'permanent' (str)",
+        "FAILED at event 6 (permanent): handle_event returned True",
+        "FAILED at event 7 (retry after 250ms): downstream busy",
+        "batch of 1 event(s), 8-8: handled",
+        "log info: event note=z id=8 config=hi",
+    ] {
+        assert!(out.contains(expected), "{expected}\n in:\n{out}");
+    }
+}
+
+/// `new --lang python --table`: app.py on the Python SDK with typed rows
+/// (rows.py), built by its build.sh with the pinned componentize-py; its own
+/// test passes out of the box.
+#[tokio::test]
+async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_test() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, total numeric(12, 2) NOT NULL, note text);
+             INSERT INTO public.orders VALUES (7, 1234567890.25, NULL);",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("order-audit");
+    let (code, out, err) = run(host_bin()
+        .args([
+            "new",
+            "order-audit",
+            "--lang",
+            "python",
+            "--table",
+            "public.orders",
+        ])
+        .args(["--database-url", &db.url, "--dir"])
+        .arg(&project));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("./build.sh && pgevents-host test order_audit.wasm"),
+        "{out}"
+    );
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/bin/componentize-py");
+    let build = Command::new(project.join("build.sh"))
+        .env("COMPONENTIZE_PY", &tool)
+        .output()
+        .expect("build.sh");
+    assert!(
+        build.status.success(),
+        "the new project builds: {}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(project.join("order_audit.wasm"))
+        .arg(project.join("events.jsonl")));
+    assert_eq!(code, 0, "its own test passes: {out}{err}");
+    assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
+    assert!(
+        out.contains("log info: insert on public.orders")
+            && out.contains("total=Decimal('1234567890.25')"),
+        "typed rows, numeric exact: {out}"
+    );
+}
