@@ -56,7 +56,7 @@ fn test_reports_each_batch_and_a_failure_at_its_index_with_the_prefix_handled() 
     assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
     assert_eq!(out.matches("  log info: event").count(), 3, "{out}");
     assert!(
-        out.contains("1 batch(es), 3 event(s): all handled"),
+        out.contains("3 event(s) in 1 batch(es): all handled"),
         "{out}"
     );
 
@@ -69,7 +69,7 @@ fn test_reports_each_batch_and_a_failure_at_its_index_with_the_prefix_handled() 
     );
     assert!(out.contains("the 2 before it were handled"), "{out}");
     assert!(out.contains("batch of 2 event(s), 4-5: handled"), "{out}");
-    assert!(out.contains("2 batch(es), 7 event(s): 1 failed"), "{out}");
+    assert!(out.contains("5 event(s) in 2 batch(es): 1 failed"), "{out}");
 }
 
 /// A trap is a failure at index 0 with the plugin's panic message; a
@@ -493,6 +493,42 @@ async fn codegen_writes_row_types_that_decode_every_type_the_host_renders() {
     ] {
         assert!(ts.contains(line), "{line} in:\n{ts}");
     }
+    // The JavaScript file runs: its parser keeps numeric digits, nested
+    // JSON untouched, arrays and enums as values.
+    let js = dir.path().join("everything_rows.js");
+    std::fs::write(
+        &js,
+        codegen("js")
+            + "\nconst rows = JSON.parse(require('fs').readFileSync(0, 'utf8')).map(parseEverythingRow);\n\
+               const full = rows.find((r) => r.id !== 2);\n\
+               const check = (ok, what) => { if (!ok) { console.error(what, JSON.stringify(full)); process.exit(1); } };\n\
+               check(full.amount === '-12345678901234567890123456789012345678.123456789012', 'amount');\n\
+               check(full.data.nested.amount === 0.1, 'nested json untouched');\n\
+               check(JSON.stringify(full.scores) === '[1,null,3]' && full.mood === 'so-so', 'arrays, enums');\n\
+               check(full['Weird Name'] === 'w' && rows.find((r) => r.id === 2).amount === null, 'names, nulls');\n\
+               console.log('ok');\n",
+    )
+    .unwrap();
+    let mut node = Command::new("node")
+        .arg(&js)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (the JavaScript example plugin needs it too)");
+    node.stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&rows).unwrap().as_bytes())
+        .unwrap();
+    let out = node.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let (code, _, err) = run(host_bin().args([
         "codegen",
         "--database-url",
@@ -669,8 +705,8 @@ async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_
     db.client()
         .await
         .batch_execute(
-            "CREATE TABLE public.orders (id bigint PRIMARY KEY, total numeric(12, 2) NOT NULL, note text);
-             INSERT INTO public.orders VALUES (7, 1234567890.25, NULL);",
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, total numeric(30, 2) NOT NULL, note text);
+             INSERT INTO public.orders VALUES (7, 123456789012345678901.25, NULL);",
         )
         .await
         .unwrap();
@@ -711,7 +747,109 @@ async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_
     assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
     assert!(
         out.contains("log info: insert on public.orders")
-            && out.contains("total=Decimal('1234567890.25')"),
+            && out.contains("total=Decimal('123456789012345678901.25')"),
+        "typed rows, numeric exact: {out}"
+    );
+}
+
+/// The JavaScript SDK's per-event handler, run with `test`: a Failure
+/// thrown is reported at its event (not silently at index 0), an Error of the
+/// author's code or a thrown string reaches the report with its message
+/// (not an opaque trap), a malformed raw record is named as such, and a
+/// raw record's wrong index is corrected to the event it was thrown at.
+#[test]
+fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = item_events(
+        dir.path(),
+        &[
+            "a",
+            "permanent",
+            "throw-error",
+            "throw-string",
+            "bad-disposition",
+            "raw-record",
+            "retry-after",
+            "z",
+        ],
+    );
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        "[plugins.sdk-js]\nconfig = { greeting = \"hi\" }\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(plugin("sdk-js"))
+        .arg(&events)
+        .arg("--config")
+        .arg(&config));
+    assert_eq!(code, 1, "{out}{err}");
+    for expected in [
+        "log info: event note=a id=1 config=hi",
+        "FAILED at event 2 (permanent): item 2 cannot be handled; the 1 before it were handled",
+        "FAILED at event 3 (retry): TypeError: bad value 3 (at ",
+        "FAILED at event 4 (retry): threw just a string",
+        "FAILED at event 5 (permanent): malformed failure (disposition is \"permanent\"",
+        "FAILED at event 6 (permanent): a raw record",
+        "FAILED at event 7 (retry after 250ms): downstream busy",
+        "batch of 1 event(s), 8-8: handled",
+        "log info: event note=z id=8 config=hi",
+    ] {
+        assert!(out.contains(expected), "{expected}\n in:\n{out}");
+    }
+}
+
+/// `new --lang js --table`: app.js on the JavaScript SDK with typed rows
+/// (rows.js, numeric kept exact), built by its build.sh with the pinned
+/// componentize-js; its own test passes out of the box.
+#[tokio::test]
+async fn new_writes_a_javascript_project_with_typed_rows_that_builds_and_passes_its_test() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, total numeric(30, 2) NOT NULL, note text);
+             INSERT INTO public.orders VALUES (7, 123456789012345678901234567.25, NULL);",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("order-audit");
+    let (code, out, err) = run(host_bin()
+        .args([
+            "new",
+            "order-audit",
+            "--lang",
+            "js",
+            "--table",
+            "public.orders",
+        ])
+        .args(["--database-url", &db.url, "--dir"])
+        .arg(&project));
+    assert_eq!(code, 0, "{out}{err}");
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/js/node_modules/.bin/componentize-js");
+    let build = Command::new(project.join("build.sh"))
+        .env("COMPONENTIZE_JS", &tool)
+        .output()
+        .expect("build.sh");
+    assert!(
+        build.status.success(),
+        "the new project builds: {}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(project.join("order_audit.wasm"))
+        .arg(project.join("events.jsonl")));
+    assert_eq!(code, 0, "its own test passes: {out}{err}");
+    assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
+    assert!(
+        out.contains("log info: insert on public.orders")
+            && out.contains(r#""total":"123456789012345678901234567.25""#),
         "typed rows, numeric exact: {out}"
     );
 }

@@ -12,6 +12,9 @@ pub enum Lang {
     Rust,
     Python,
     Ts,
+    /// JavaScript with JSDoc types, for componentize-js (one module: no
+    /// imports or exports of its own).
+    Js,
 }
 
 impl std::str::FromStr for Lang {
@@ -21,8 +24,9 @@ impl std::str::FromStr for Lang {
         match s {
             "rust" => Ok(Lang::Rust),
             "python" | "py" => Ok(Lang::Python),
-            "ts" | "typescript" | "js" | "javascript" => Ok(Lang::Ts),
-            _ => Err(format!("`{s}`: say rust, python or ts")),
+            "ts" | "typescript" => Ok(Lang::Ts),
+            "js" | "javascript" => Ok(Lang::Js),
+            _ => Err(format!("`{s}`: say rust, python, ts or js")),
         }
     }
 }
@@ -125,12 +129,13 @@ const PYTHON_KEYWORDS: &[&str] = &[
     "with", "yield", "match", "case",
 ];
 
-/// Row types for `schema.table` in `lang`, as a source file.
-pub fn generate(schema: &str, table: &str, columns: &[Column], lang: Lang) -> String {
+/// Row types for `schema.table` in `lang`, as a source file; `first`:
+/// the first table of the file (which carries the shared helpers).
+pub fn generate(schema: &str, table: &str, columns: &[Column], lang: Lang, first: bool) -> String {
     match lang {
         Lang::Rust => rust(schema, table, columns),
         Lang::Python => python(schema, table, columns),
-        Lang::Ts => ts(schema, table, columns),
+        Lang::Ts | Lang::Js => ts(schema, table, columns, lang == Lang::Js, first),
     }
 }
 
@@ -293,7 +298,7 @@ fn python(schema: &str, table: &str, columns: &[Column]) -> String {
     )
 }
 
-fn ts(schema: &str, table: &str, columns: &[Column]) -> String {
+fn ts(schema: &str, table: &str, columns: &[Column], js: bool, first: bool) -> String {
     let name = format!("{}Row", camel(table));
     let mut types = String::new();
     let mut fields = String::new();
@@ -338,24 +343,71 @@ fn ts(schema: &str, table: &str, columns: &[Column]) -> String {
             Shape::Text(what) if !what.is_empty() => format!(" ({what})"),
             _ => String::new(),
         };
-        fields.push_str(&format!(
-            "  /** `{}` {}{}{note} */\n  {:?}: {ty};\n",
+        let doc = format!(
+            "`{}` {}{}{note}",
             c.name,
             c.type_name,
-            if c.not_null { " not null" } else { "" },
-            c.name
-        ));
+            if c.not_null { " not null" } else { "" }
+        );
+        if js {
+            fields.push_str(&format!(
+                " * @property {{{ty}}} {} {doc}\n",
+                js_property(&c.name)
+            ));
+        } else {
+            fields.push_str(&format!("  /** {doc} */\n  {:?}: {ty};\n", c.name));
+        }
     }
     let decimals: Vec<String> = decimals.iter().map(|d| format!("{d:?}")).collect();
+    let decimals = decimals.join(", ");
+    let helpers = match (first, js) {
+        (false, _) => "",
+        (true, false) => TS_PARSE_ROW,
+        (true, true) => JS_PARSE_ROW,
+    };
+    if js {
+        let types = types
+            .replace("export type ", "/** @typedef {")
+            .lines()
+            .map(|l| match l.strip_prefix("/** @typedef {") {
+                // `/** @typedef {Mood = "a" | "b";` → `/** @typedef {"a" | "b"} Mood */`
+                Some(rest) => {
+                    let (name, union) = rest.split_once(" = ").unwrap_or((rest, ""));
+                    format!("/** @typedef {{{}}} {name} */", union.trim_end_matches(';'))
+                }
+                None => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        return format!(
+            "{}{types}\n/**\n * A row of `{schema}.{table}`, as events carry it.\n * @typedef {{Object}} {name}\n{fields} */\n\n\
+             /** Columns of type numeric, kept as their exact decimal text. */\nconst {name}Decimals = [{decimals}];\n\n\
+             /**\n * Parse an event's row text (`event.newRow`) into a {name}: like JSON.parse, except\n * that the numeric columns' numbers keep every digit, as strings.\n * @param {{string}} text\n * @returns {{{name}}}\n */\n\
+             function parse{name}(text) {{\n  return parseRow(text, {name}Decimals);\n}}\n\n{helpers}",
+            header("//", schema, table),
+        );
+    }
     format!(
         "{}{types}\n/** A row of `{schema}.{table}`, as events carry it. */\nexport interface {name} {{\n{fields}}}\n\n\
-         /** Columns of type numeric, kept as their exact decimal text. */\nexport const {name}Decimals: readonly string[] = [{}];\n\n\
+         /** Columns of type numeric, kept as their exact decimal text. */\nexport const {name}Decimals: readonly string[] = [{decimals}];\n\n\
          /**\n * Parse an event's row text (`event.newRow`) into a {name}: like JSON.parse, except\n * that the numeric columns' numbers keep every digit, as strings.\n */\n\
-         export function parse{name}(text: string): {name} {{\n  return parseRow(text, {name}Decimals) as unknown as {name};\n}}\n\n{}",
+         export function parse{name}(text: string): {name} {{\n  return parseRow(text, {name}Decimals) as unknown as {name};\n}}\n\n{helpers}",
         header("//", schema, table),
-        decimals.join(", "),
-        TS_PARSE_ROW
     )
+}
+
+/// A JSDoc property name: as is if an identifier, else quoted.
+fn js_property(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
 }
 
 /// JSON.parse for a row, keeping the top-level `decimals` columns' numbers
@@ -407,5 +459,56 @@ export function parseRow(text: string, decimals: readonly string[]): Record<stri
     return raw && token !== "null" ? token : JSON.parse(token);
   };
   return value(false, 0) as Record<string, unknown>;
+}
+"#;
+
+/// [`TS_PARSE_ROW`] without its type annotations.
+const JS_PARSE_ROW: &str = r#"/** JSON.parse for a row object, with the given columns' numbers kept as text. */
+function parseRow(text, decimals) {
+  const keep = new Set(decimals);
+  let i = 0;
+  const ws = () => {
+    while (i < text.length && " \t\n\r".includes(text[i])) i++;
+  };
+  const value = (raw, depth) => {
+    ws();
+    const c = text[i];
+    if (c === "{") {
+      i++;
+      const out = {};
+      ws();
+      if (text[i] === "}") { i++; return out; }
+      for (;;) {
+        const key = value(false, depth + 1);
+        ws();
+        i++; // the colon
+        out[key] = value(depth === 0 && keep.has(key), depth + 1);
+        ws();
+        if (text[i++] === "}") return out;
+      }
+    }
+    if (c === "[") {
+      i++;
+      const out = [];
+      ws();
+      if (text[i] === "]") { i++; return out; }
+      for (;;) {
+        out.push(value(raw, depth + 1));
+        ws();
+        if (text[i++] === "]") return out;
+      }
+    }
+    const start = i;
+    if (c === '"') {
+      i++;
+      while (text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
+      i++;
+      return JSON.parse(text.slice(start, i));
+    }
+    while (i < text.length && !",}] \t\n\r".includes(text[i])) i++;
+    const token = text.slice(start, i);
+    return raw && token !== "null" ? token : JSON.parse(token);
+  };
+  return value(false, 0);
 }
 "#;

@@ -251,11 +251,16 @@ impl std::fmt::Display for TestReport {
             .iter()
             .filter(|b| matches!(b.outcome, Outcome::Failed { .. }))
             .count();
+        let events: std::collections::BTreeSet<usize> = self
+            .batches
+            .iter()
+            .flat_map(|b| b.numbers.iter().copied())
+            .collect();
         writeln!(
             f,
-            "{} batch(es), {} event(s): {}",
+            "{} event(s) in {} batch(es): {}",
+            events.len(),
             self.batches.len(),
-            self.batches.iter().map(|b| b.numbers.len()).sum::<usize>(),
             if failed == 0 {
                 "all handled".to_owned()
             } else {

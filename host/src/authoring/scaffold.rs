@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::catalog::Column;
 use super::codegen::{self, Lang};
+use super::{Operation, RecordedEvent, RecordedPosition};
 
 /// The plugin world and the Rust SDK, as this binary was built with them.
 const WIT: &str = include_str!("../../../wit/plugin.wit");
@@ -36,6 +37,11 @@ const RUST_SDK: &[(&str, &str)] = &[
 
 /// The Python SDK (one module).
 const PYTHON_SDK: &str = include_str!("../../../plugin-sdk/python/pgevents_sdk.py");
+/// The JavaScript SDK (put in front of the plugin's module by its build).
+const JS_SDK: &str = include_str!("../../../plugin-sdk/js/pgevents-sdk.js");
+/// The componentize-js set-up the SDK is built and tested with.
+const JS_PACKAGE: &str = include_str!("../../../plugins/greeter-js/package.json");
+
 /// The componentize-py version the SDK is built and tested with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
@@ -89,7 +95,12 @@ pub fn files(plugin: &NewPlugin) -> Result<Vec<(PathBuf, String)>, String> {
     match plugin.lang {
         Lang::Rust => Ok(rust(plugin)),
         Lang::Python => Ok(python(plugin)),
-        Lang::Ts => Err("`new` writes Rust and Python projects so far (--lang rust|python)".into()),
+        Lang::Js => Ok(js(plugin)),
+        Lang::Ts => Err(
+            "`new` writes JavaScript projects (--lang js; componentize-js builds JavaScript); \
+             `codegen --lang ts` writes TypeScript row types"
+                .into(),
+        ),
     }
 }
 
@@ -152,25 +163,34 @@ fn sample_events(plugin: &NewPlugin) -> String {
     };
     for (n, (schema, table, row)) in tables.iter().enumerate() {
         let n = n as u64 + 1;
-        let row: Box<serde_json::value::RawValue> =
-            serde_json::value::RawValue::from_string(row.clone()).expect("a row is JSON");
-        for (seq, (op, new_row, old_row)) in [
-            ("insert", Some(&row), None),
-            ("update", Some(&row), Some(&row)),
-            ("delete", None, Some(&row)),
+        let row =
+            || Some(serde_json::value::RawValue::from_string(row.clone()).expect("a row is JSON"));
+        for (seq, (operation, new_row, old_row)) in [
+            (Operation::Insert, row(), None),
+            (Operation::Update, row(), row()),
+            (Operation::Delete, None, row()),
         ]
         .into_iter()
         .enumerate()
         {
-            let event = serde_json::json!({
-                "position": {"txid": n, "seq": seq + 1},
-                "operation": op,
-                "schema": schema,
-                "table": table,
-                "new_row": new_row,
-                "old_row": old_row,
-            });
-            lines.push(event.to_string());
+            // The rows stay raw JSON text: a numeric keeps every digit.
+            let event = RecordedEvent {
+                id: None,
+                position: Some(RecordedPosition {
+                    txid: n,
+                    seq: seq as i64 + 1,
+                }),
+                operation,
+                schema: schema.clone(),
+                table: table.clone(),
+                key: None,
+                new_row,
+                old_row,
+                captured_at: None,
+                context: Default::default(),
+                attempt: None,
+            };
+            lines.push(serde_json::to_string(&event).expect("an event encodes"));
         }
     }
     lines.join("\n") + "\n"
@@ -223,11 +243,13 @@ lto = "thin"
     } else {
         let mut rows = String::new();
         for t in &plugin.tables {
+            let first = rows.is_empty();
             rows.push_str(&codegen::generate(
                 &t.schema,
                 &t.table,
                 &t.columns,
                 Lang::Rust,
+                first,
             ));
         }
         files.push(("src/rows.rs".into(), rows));
@@ -347,11 +369,13 @@ fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
     } else {
         let mut rows = String::new();
         for t in &plugin.tables {
+            let first = rows.is_empty();
             rows.push_str(&codegen::generate(
                 &t.schema,
                 &t.table,
                 &t.columns,
                 Lang::Python,
+                first,
             ));
         }
         files.push(("rows.py".into(), rows));
@@ -414,6 +438,126 @@ cp {module}.wasm /path/to/plugins/          # the running host loads it
 - `events.jsonl`: events `pgevents-host test` calls the handler with; record real ones with
   `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
 - `pgevents_sdk.py`, `wit/`: the SDK and the plugin world, as the host that wrote this
+  project speaks them.
+"#
+        ),
+    ));
+    files
+}
+
+fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
+    let name = &plugin.name;
+    let module = crate_name(name);
+    let package: serde_json::Value = serde_json::from_str(JS_PACKAGE).expect("package.json");
+    let package = serde_json::json!({
+        "name": name,
+        "version": "0.1.0",
+        "private": true,
+        "description": format!("The {name} plugin for pgevents-host"),
+        "devDependencies": package["devDependencies"],
+    });
+    let mut files = vec![
+        ("pgevents-sdk.js".into(), JS_SDK.to_owned()),
+        ("wit/plugin.wit".into(), WIT.into()),
+        ("events.jsonl".into(), sample_events(plugin)),
+        (
+            "package.json".into(),
+            serde_json::to_string_pretty(&package).expect("JSON") + "\n",
+        ),
+        (
+            ".gitignore".into(),
+            format!("/{module}.wasm\n/build/\nnode_modules/\n"),
+        ),
+    ];
+    let (rows_file, subscriptions, decode) = if plugin.tables.is_empty() {
+        (
+            "",
+            "    // Your table here; the host refuses a plugin whose table is missing.\n    \
+             subscribe('public', 'user_accounts'),\n"
+                .to_owned(),
+            "    const row = event.new; // the row after the change (JSON.parse), or undefined\n"
+                .to_owned(),
+        )
+    } else {
+        let mut rows = String::new();
+        for t in &plugin.tables {
+            let first = rows.is_empty();
+            rows.push_str(&codegen::generate(
+                &t.schema,
+                &t.table,
+                &t.columns,
+                Lang::Js,
+                first,
+            ));
+        }
+        files.push(("rows.js".into(), rows));
+        let subs: String = plugin
+            .tables
+            .iter()
+            .map(|t| format!("    subscribe({:?}, {:?}),\n", t.schema, t.table))
+            .collect();
+        let ty = format!("{}Row", codegen::camel(&plugin.tables[0].table));
+        (
+            " rows.js",
+            subs,
+            format!(
+                "    // Typed rows from the live catalog (rows.js, by `pgevents-host codegen`).\n    \
+                 const row = event.newRow === undefined ? undefined : parse{ty}(event.newRow);\n"
+            ),
+        )
+    };
+    files.push((
+        "build.sh".into(),
+        format!(
+            "#!/bin/sh\n# Builds {module}.wasm with componentize-js (npm install, once), against the\n\
+             # handler-only world. componentize-js builds one module: the SDK{rows_note} and app.js\n\
+             # go into build/plugin.js first.\n\
+             set -e\ncd \"$(dirname \"$0\")\"\nmkdir -p build\n\
+             cat pgevents-sdk.js{rows_file} app.js > build/plugin.js\n\
+             \"${{COMPONENTIZE_JS:-node_modules/.bin/componentize-js}}\" build/plugin.js -w wit -n handler-only \\\n\
+             \x20   -d http fetch-event -o {module}.wasm\n",
+            rows_note = if rows_file.is_empty() { "" } else { ", rows.js" },
+        ),
+    ));
+    files.push((
+        "app.js".into(),
+        format!(
+            r#"// The `{name}` plugin for pgevents-host: called with every row change.
+// build.sh puts pgevents-sdk.js (definePlugin, subscribe, Failure, log, config) in front.
+
+export const handler = definePlugin({{
+  name: '{name}',
+  version: '0.1.0',
+  subscriptions: [
+{subscriptions}  ],
+
+  handleEvent(event) {{
+    // Throw Failure.retry(...), Failure.retryAfter(ms, ...) or Failure.permanent(...)
+    // to fail this event; anything else thrown is retried, with its message.
+{decode}    log.info(`${{event.operation}} on ${{event.schema}}.${{event.table}}`, {{ id: event.id, row: JSON.stringify(row) }});
+  }},
+}});
+"#
+        ),
+    ));
+    files.push((
+        "README.md".into(),
+        format!(
+            r#"# {name}
+
+A pgevents-host plugin in JavaScript (written by `pgevents-host new`).
+
+```sh
+npm install                                   # once: componentize-js, pinned
+./build.sh                                    # writes {module}.wasm
+pgevents-host test {module}.wasm events.jsonl
+cp {module}.wasm /path/to/plugins/            # the running host loads it
+```
+
+- `app.js`: the manifest (`subscriptions`) and `handleEvent`.
+- `events.jsonl`: events `pgevents-host test` calls the handler with; record real ones with
+  `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
+- `pgevents-sdk.js`, `wit/`: the SDK and the plugin world, as the host that wrote this
   project speaks them.
 "#
         ),

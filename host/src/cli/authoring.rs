@@ -168,7 +168,7 @@ pub(crate) struct CodegenArgs {
     /// The table (`SCHEMA.TABLE`, or `TABLE` in public); repeat for several.
     #[arg(long, required = true)]
     table: Vec<String>,
-    /// `rust`, `python` or `ts`.
+    /// `rust`, `python`, `ts` or `js` (JSDoc, for componentize-js).
     #[arg(long)]
     lang: authoring::codegen::Lang,
     /// Write to this file instead of standard output.
@@ -188,11 +188,12 @@ pub(crate) async fn codegen_command(args: CodegenArgs) -> anyhow::Result<ExitCod
     for name in &args.table {
         let (schema, table) = split_table(name);
         let columns = authoring::catalog::columns(&client, &schema, &table).await?;
-        if !text.is_empty() {
+        let first = text.is_empty();
+        if !first {
             text.push('\n');
         }
         text.push_str(&authoring::codegen::generate(
-            &schema, &table, &columns, args.lang,
+            &schema, &table, &columns, args.lang, first,
         ));
     }
     match &args.output {

@@ -1,0 +1,223 @@
+// pgevents-host plugins in JavaScript: the same shape as the Rust SDK.
+//
+// componentize-js builds one module, so the build puts this file in front of
+// your plugin's (`cat pgevents-sdk.js app.js > build/plugin.js`; the project
+// `pgevents-host new NAME --lang js` writes does it in build.sh). Then:
+//
+//   export const handler = definePlugin({
+//     name: 'greeter',
+//     version: '1.0.0',
+//     subscriptions: [subscribe('public', 'user_accounts', 'insert')],
+//     handleEvent(event) {
+//       if (typeof event.new?.name !== 'string') {
+//         throw Failure.permanent(`not a user account: ${event.newRow}`);
+//       }
+//       log.info(`Welcome, ${event.new.name}!`, { user_id: event.new.id });
+//     },
+//   });
+//
+// The SDK computes the failing event's index: events before it are
+// acknowledged, the failing one and the rest are not. `throw
+// Failure.retry(...)`, `Failure.retryAfter(ms, ...)` or
+// `Failure.permanent(...)` say what the host does next. Anything else thrown
+// (an Error of your code, a string) is a retryable failure whose message and
+// stack reach `status` and the dead letters, instead of an opaque trap.
+
+import { log as hostLog } from 'pgevents:plugin/host@0.1.1';
+import { get as configGet } from 'pgevents:plugin/config@0.1.1';
+
+const OPERATIONS = ['insert', 'update', 'delete', 'truncate'];
+// The host cuts failure messages at 4096 bytes; keep the start.
+const MESSAGE_MAX = 4000;
+
+/** A subscription to `schema.table`: the operations given (default all). */
+function subscribe(schema, table, ...operations) {
+  let changedColumns;
+  if (operations.length && typeof operations[operations.length - 1] === 'object') {
+    changedColumns = operations.pop().changedColumns;
+  }
+  const ops = operations.length ? operations : OPERATIONS;
+  for (const op of ops) {
+    if (!OPERATIONS.includes(op)) {
+      throw new Error(`unknown operation '${op}': use ${OPERATIONS.join(', ')}`);
+    }
+  }
+  return { schema, table, operations: ops, changedColumns };
+}
+
+/** Throw from handleEvent: this event is not acknowledged. */
+class Failure extends Error {
+  constructor(message, { permanent = false, retryAfterMs = undefined } = {}) {
+    super(String(message));
+    this.permanent = permanent;
+    this.retryAfterMs = retryAfterMs;
+  }
+
+  /** Deliver the event again on the host's backoff schedule. */
+  static retry(message) {
+    return new Failure(message);
+  }
+
+  /** Deliver the event again after `ms` milliseconds. */
+  static retryAfter(ms, message) {
+    if (!Number.isInteger(ms) || ms < 0) {
+      throw new Error(`Failure.retryAfter: ms must be a non-negative integer, not ${ms}`);
+    }
+    return new Failure(message, { retryAfterMs: ms });
+  }
+
+  /** Retrying cannot help: the event goes to the dead letters. */
+  static permanent(message) {
+    return new Failure(message, { permanent: true });
+  }
+
+  /** The failure record the host reads, at event `index`. */
+  record(index) {
+    const disposition = this.permanent
+      ? { tag: 'permanent' }
+      : { tag: 'retry', val: this.retryAfterMs === undefined ? undefined : BigInt(this.retryAfterMs) };
+    return { index, disposition, message: this.message.slice(0, MESSAGE_MAX) };
+  }
+}
+
+/** One row change; `new`, `old` and `key` are the rows parsed (JSON.parse). */
+class Event {
+  constructor(raw) {
+    this.raw = raw;
+    this.id = raw.id;
+    this.txid = raw.position.txid;
+    this.seq = raw.position.seq;
+    this.operation = raw.operation;
+    this.schema = raw.schema;
+    this.table = raw.table;
+    this.keyText = raw.key;
+    this.newRow = raw.newRow;
+    this.oldRow = raw.oldRow;
+    this.capturedAt = raw.capturedAt;
+    this.user = raw.context.user;
+    this.applicationName = raw.context.applicationName;
+    this.tag = raw.context.tag;
+    this.attempt = raw.attempt;
+  }
+
+  get new() {
+    return this.newRow === undefined ? undefined : JSON.parse(this.newRow);
+  }
+
+  get old() {
+    return this.oldRow === undefined ? undefined : JSON.parse(this.oldRow);
+  }
+
+  get key() {
+    return this.keyText === undefined ? undefined : JSON.parse(this.keyText);
+  }
+}
+
+/** `log.info(message, { field: value })`: to the host's log. */
+const log = Object.fromEntries(
+  ['trace', 'debug', 'info', 'warn', 'error'].map((level) => [
+    level,
+    (message, fields = {}) =>
+      hostLog(level, String(message), Object.entries(fields).map(([k, v]) => [String(k), String(v)])),
+  ]),
+);
+
+/** The operator's value for `key` (`config = {...}` under [plugins.NAME]), or `fallback`. */
+function config(key, fallback = undefined) {
+  const value = configGet(key);
+  return value === undefined ? fallback : value;
+}
+
+/** A value as JSON (BigInts as `123n`), or as text if it is not JSON. */
+function shown(value) {
+  try {
+    return JSON.stringify(value, (_, v) => (typeof v === 'bigint' ? `${v}n` : v)) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/** Anything thrown, as a failure message: an Error's name, message and stack. */
+function described(error) {
+  if (error instanceof Error) {
+    const stack = (error.stack || '').trim();
+    return `${error.name}: ${error.message}${stack ? ` (at ${stack.split('\n')[0]})` : ''}`;
+  }
+  return `threw ${typeof error === 'string' ? error : shown(error)}`;
+}
+
+/** A failure record the host can read, from anything thrown at event `at`. */
+function toRecord(error, at, count, perEvent) {
+  const malformed = (why) => ({
+    index: at,
+    disposition: { tag: 'permanent' },
+    message: `malformed failure (${why}); throw Failure.retry/permanent/retryAfter(...) instead`,
+  });
+  const inBatch = (index) => Number.isInteger(index) && index >= 0 && index < count;
+  if (error instanceof Failure) {
+    if (perEvent) return error.record(at);
+    const record = error.record(0);
+    record.message += ' (thrown from handleBatch without an index: throw { index, failure } to say which event failed)';
+    return record;
+  }
+  if (error && error.failure instanceof Failure) {
+    return inBatch(error.index) ? error.failure.record(error.index)
+      : malformed(`index ${error.index} is not an event of this ${count}-event batch`);
+  }
+  if (error && typeof error === 'object' && !(error instanceof Error) && 'disposition' in error) {
+    // A raw WIT failure record, as the plugin world spells it.
+    const d = error.disposition;
+    if (!d || (d.tag !== 'permanent' && d.tag !== 'retry')) {
+      return malformed(`disposition is ${shown(d)}, not { tag: 'retry' | 'permanent' }`);
+    }
+    if (d.tag === 'retry' && d.val !== undefined && typeof d.val !== 'bigint') {
+      return malformed(`retry's val is a ${typeof d.val}, not a BigInt of milliseconds`);
+    }
+    if (typeof error.message !== 'string') {
+      return malformed(`message is a ${typeof error.message}, not a string`);
+    }
+    if (perEvent) return { index: at, disposition: d, message: error.message.slice(0, MESSAGE_MAX) };
+    return inBatch(error.index) ? { index: error.index, disposition: d, message: error.message.slice(0, MESSAGE_MAX) }
+      : malformed(`index ${error.index} is not an event of this ${count}-event batch`);
+  }
+  return { index: at, disposition: { tag: 'retry', val: undefined }, message: described(error).slice(0, MESSAGE_MAX) };
+}
+
+/**
+ * The handler export for a plugin: `{ name, version, batchSize, subscriptions,
+ * handleEvent(event) }` — or `handleBatch(events)` for the whole batch at
+ * once, throwing `{ index, failure: Failure.retry(...) }` to say which event
+ * failed.
+ */
+function definePlugin(plugin) {
+  if (typeof plugin.handleEvent !== 'function' && typeof plugin.handleBatch !== 'function') {
+    throw new Error('definePlugin: give handleEvent(event) or handleBatch(events)');
+  }
+  const perEvent = typeof plugin.handleBatch !== 'function';
+  return {
+    describe() {
+      return {
+        name: plugin.name,
+        version: plugin.version ?? '0.1.0',
+        subscriptions: plugin.subscriptions ?? [],
+        batchSize: plugin.batchSize ?? 0,
+      };
+    },
+
+    handle(rawEvents) {
+      const events = rawEvents.map((e) => new Event(e));
+      let current = 0;
+      try {
+        if (!perEvent) {
+          plugin.handleBatch(events);
+          return;
+        }
+        for (current = 0; current < events.length; current++) {
+          plugin.handleEvent(events[current]);
+        }
+      } catch (error) {
+        throw toRecord(error, current, events.length, perEvent);
+      }
+    },
+  };
+}
