@@ -212,7 +212,7 @@ pub(crate) async fn codegen_command(args: CodegenArgs) -> anyhow::Result<ExitCod
 pub(crate) struct NewArgs {
     /// The plugin's name (its manifest name and folder).
     name: String,
-    /// `rust` or `python`.
+    /// `rust`, `python` or `js`.
     #[arg(long, default_value = "rust")]
     lang: authoring::codegen::Lang,
     /// Subscribe to this table (`SCHEMA.TABLE`), with typed rows from the
