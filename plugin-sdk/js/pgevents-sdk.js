@@ -161,6 +161,7 @@ function toRecord(error, at, count, perEvent) {
     return record;
   }
   if (error && error.failure instanceof Failure) {
+    if (perEvent) return error.failure.record(at);
     return inBatch(error.index) ? error.failure.record(error.index)
       : malformed(`index ${error.index} is not an event of this ${count}-event batch`);
   }

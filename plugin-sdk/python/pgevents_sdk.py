@@ -234,21 +234,28 @@ class Plugin(exports.Handler):
                 raise Err(f._wit(i))
             except Err as err:
                 raise Err(_checked(err.value, i, len(events), at=i))
+            except Exception as error:
+                message = _described(error)
+                raise Err(_t.Failure(i, _t.Disposition_Retry(None), message[-_MESSAGE_MAX:]))
             if result is not None:
                 raise Err(_result_failure(result, i, len(events)))
 
     def handle(self, events: list) -> None:
         wrapped = [Event(e) for e in events]
-        current = [0]
+        # Only the default handle_batch knows which event failed; from an
+        # overridden one, a failure without an index is at the first event,
+        # so that nothing unprocessed is acknowledged.
         try:
-            self.handle_batch(_Indexed(wrapped, current))
+            self.handle_batch(wrapped)
         except Err as err:
-            raise Err(_checked(err.value, current[0], len(events)))
+            raise Err(_checked(err.value, 0, len(events)))
         except Failure as f:
-            raise Err(f._wit(current[0]))
+            failure = f._wit(0)
+            failure.message += " (raised from handle_batch, which cannot say which event: raise Err(Failure(index, ...)))"
+            raise Err(failure)
         except Exception as error:
             message = _described(error)
-            raise Err(_t.Failure(current[0], _t.Disposition_Retry(None), message[-_MESSAGE_MAX:]))
+            raise Err(_t.Failure(0, _t.Disposition_Retry(None), message[-_MESSAGE_MAX:]))
 
 
 def _result_failure(result: Any, index: int, count: int) -> "_t.Failure":
@@ -262,17 +269,3 @@ def _result_failure(result: Any, index: int, count: int) -> "_t.Failure":
         f"handle_event returned {result!r}; return None when the event is handled, "
         "or raise pg.Failure.retry/permanent(...)",
     )
-
-
-class _Indexed(list):
-    """The batch's events; iterating it notes which event is current, so
-    that an exception is reported at that event's index."""
-
-    def __init__(self, events: list, current: list):
-        super().__init__(events)
-        self._current = current
-
-    def __iter__(self):
-        for i, event in enumerate(list.__iter__(self)):
-            self._current[0] = i
-            yield event

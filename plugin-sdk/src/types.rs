@@ -20,7 +20,10 @@ use serde_json::value::RawValue;
 /// let order: Order = serde_json::from_str(r#"{"total": 12345678901234567890.000001}"#).unwrap();
 /// assert_eq!(order.total.as_str(), "12345678901234567890.000001");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Two `Decimal`s are equal when their text is (`1.0` and `1` are not):
+/// compare numbers with a decimal library of your choice on [`Decimal::as_str`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Decimal(String);
 
 impl Decimal {

@@ -325,7 +325,7 @@ async fn events_export_then_test_reproduces_what_the_host_delivered() {
 /// A table with a column of every type the event format lists, nullable and
 /// not, with names that are not identifiers.
 const EVERYTHING: &str = "
-    CREATE TYPE public.mood AS ENUM ('happy', 'sad', 'so-so');
+    CREATE TYPE public.mood AS ENUM ('happy', 'sad', 'so-so', 'Self');
     CREATE TABLE public.everything (
         id bigint PRIMARY KEY,
         small smallint NOT NULL,
@@ -350,7 +350,8 @@ const EVERYTHING: &str = "
         mood public.mood,
         moods public.mood[],
         \"Weird Name\" text,
-        type text
+        type text,
+        \"Type\" oid
     );";
 
 /// `codegen` on that table: the Rust file is the one the `typed` test
@@ -482,7 +483,7 @@ async fn codegen_writes_row_types_that_decode_every_type_the_host_renders() {
 
     let ts = codegen("ts");
     for line in [
-        "export type Mood = \"happy\" | \"sad\" | \"so-so\";",
+        "export type Mood = \"happy\" | \"sad\" | \"so-so\" | \"Self\";",
         "export interface EverythingRow {",
         "\"id\": number;",
         "\"amount\": string | null;",
@@ -745,9 +746,15 @@ async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_
         .arg(project.join("events.jsonl")));
     assert_eq!(code, 0, "its own test passes: {out}{err}");
     assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
+    assert!(out.contains("log info: insert on public.orders"), "{out}");
+    let big = big_order(&project);
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(project.join("order_audit.wasm"))
+        .arg(&big));
+    assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("log info: insert on public.orders")
-            && out.contains("total=Decimal('123456789012345678901.25')"),
+        out.contains("total=Decimal('123456789012345678901234567.25')"),
         "typed rows, numeric exact: {out}"
     );
 }
@@ -770,6 +777,7 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
             "bad-disposition",
             "raw-record",
             "retry-after",
+            "index-failure",
             "z",
         ],
     );
@@ -794,8 +802,9 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
         "FAILED at event 5 (permanent): malformed failure (disposition is \"permanent\"",
         "FAILED at event 6 (permanent): a raw record",
         "FAILED at event 7 (retry after 250ms): downstream busy",
-        "batch of 1 event(s), 8-8: handled",
-        "log info: event note=z id=8 config=hi",
+        "FAILED at event 8 (retry): an index of its own",
+        "batch of 1 event(s), 9-9: handled",
+        "log info: event note=z id=9 config=hi",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }
@@ -847,9 +856,71 @@ async fn new_writes_a_javascript_project_with_typed_rows_that_builds_and_passes_
         .arg(project.join("events.jsonl")));
     assert_eq!(code, 0, "its own test passes: {out}{err}");
     assert!(out.contains("batch of 3 event(s), 1-3: handled"), "{out}");
+    assert!(out.contains("log info: insert on public.orders"), "{out}");
+    let big = big_order(&project);
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(project.join("order_audit.wasm"))
+        .arg(&big));
+    assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("log info: insert on public.orders")
-            && out.contains(r#""total":"123456789012345678901234567.25""#),
+        out.contains(r#""total":"123456789012345678901234567.25""#),
         "typed rows, numeric exact: {out}"
     );
+}
+
+/// Sample rows (`new --table`, `test` without an events file) are typed
+/// sample values, never a row of the table, and making them runs no code of
+/// the table owner's under the caller's role: not a domain's CHECK, not an
+/// enum's cast to json.
+#[tokio::test]
+async fn sample_rows_hold_no_table_data_and_run_no_code_of_the_table_owners() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TYPE public.level AS ENUM ('low', 'high');
+             CREATE DOMAIN public.code AS text;
+             CREATE TABLE public.accounts (id bigint PRIMARY KEY, secret text, lvl public.level, c public.code);
+             INSERT INTO public.accounts VALUES (1, 'the-secret-value', 'high', 'x');
+             CREATE FUNCTION public.boom() RETURNS boolean LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'owner code ran as %', current_user; END $$;
+             ALTER DOMAIN public.code ADD CONSTRAINT checked CHECK (public.boom()) NOT VALID;
+             CREATE FUNCTION public.level_json(public.level) RETURNS json LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'owner cast ran as %', current_user; END $$;
+             CREATE CAST (public.level AS json) WITH FUNCTION public.level_json(public.level);",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("acct");
+    let (code, out, err) = run(host_bin()
+        .args([
+            "new",
+            "acct",
+            "--lang",
+            "python",
+            "--table",
+            "public.accounts",
+        ])
+        .args(["--database-url", &db.url, "--dir"])
+        .arg(&project));
+    assert_eq!(code, 0, "{out}{err}");
+    let events = std::fs::read_to_string(project.join("events.jsonl")).unwrap();
+    assert!(!events.contains("the-secret-value"), "{events}");
+    assert!(
+        events.contains(r#""lvl": "low""#),
+        "a typed sample value: {events}"
+    );
+}
+
+/// An events file with one order whose total no double can hold.
+fn big_order(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("big.jsonl");
+    std::fs::write(
+        &path,
+        r#"{"operation":"insert","schema":"public","table":"orders","new_row":{"id": 7, "note": null, "total": 123456789012345678901234567.25}}"#,
+    )
+    .unwrap();
+    path
 }

@@ -11,6 +11,10 @@ pub struct Column {
     pub name: String,
     /// `format_type`: `integer`, `numeric(10,2)`, `text[]`, `mood`.
     pub type_name: String,
+    /// A built-in type its sample value is written as (a domain's base
+    /// type, `text` for an enum), so that making one runs no code of the
+    /// table owner's (a domain's CHECK, an enum's cast to json).
+    pub sample_type: String,
     /// The type (for an array, its element type) by its catalog name:
     /// `int4`, `numeric`, `timestamptz`, `mood`.
     pub base: String,
@@ -29,6 +33,9 @@ pub async fn columns(client: &Client, schema: &str, table: &str) -> anyhow::Resu
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    CASE WHEN b.typtype = 'e' THEN CASE WHEN t.typcategory = 'A' THEN 'text[]' ELSE 'text' END
+                         WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
+                         ELSE format_type(a.atttypid, a.atttypmod) END,
                     b.typname::text, b.typcategory::text, t.typcategory = 'A',
                     a.attnotnull,
                     ARRAY(SELECT e.enumlabel::text FROM pg_enum e
@@ -58,19 +65,20 @@ pub async fn columns(client: &Client, schema: &str, table: &str) -> anyhow::Resu
         .map(|r| Column {
             name: r.get(0),
             type_name: r.get(1),
-            base: r.get(2),
-            category: r.get::<_, String>(3).chars().next().unwrap_or('X'),
-            array: r.get(4),
-            not_null: r.get(5),
-            labels: r.get(6),
-            primary_key: r.get(7),
+            sample_type: r.get(2),
+            base: r.get(3),
+            category: r.get::<_, String>(4).chars().next().unwrap_or('X'),
+            array: r.get(5),
+            not_null: r.get(6),
+            labels: r.get(7),
+            primary_key: r.get(8),
         })
         .collect())
 }
 
 /// A SQL expression giving a sample value of `c`'s type.
 fn sample_value(c: &Column) -> String {
-    let ty = &c.type_name;
+    let ty = &c.sample_type;
     if c.array {
         return format!("'{{}}'::{ty}");
     }
@@ -79,7 +87,9 @@ fn sample_value(c: &Column) -> String {
             Some(label) => format!("{}::{ty}", crate::schema::quote_literal(label)),
             None => format!("NULL::{ty}"),
         },
-        ('N', _) => format!("1::{ty}"),
+        // 0 fits every numeric(p, s).
+        ('N', "oid") => format!("1::{ty}"),
+        ('N', _) => format!("0::{ty}"),
         ('S', _) => format!("'sample'::{ty}"),
         ('B', _) => format!("true::{ty}"),
         ('D', _) => format!("'2026-01-01 12:00:00+00'::{ty}"),
@@ -91,9 +101,11 @@ fn sample_value(c: &Column) -> String {
     }
 }
 
-/// A row of `schema.table` as the host renders rows: one of its rows if it
-/// has any, else typed sample values, rendered by `to_jsonb` with the
-/// settings capture pins.
+/// A sample row of `schema.table` as the host renders rows: typed sample
+/// values, rendered by `to_jsonb` with the settings capture pins. Never a
+/// row of the table (it may hold data that should not land in a project's
+/// files), and no code of the table owner's runs: the values are of
+/// built-in types, and `search_path` is `pg_catalog` only.
 pub async fn sample_row(client: &Client, schema: &str, table: &str) -> anyhow::Result<String> {
     let columns = columns(client, schema, table).await?;
     let values: Vec<String> = columns
@@ -101,17 +113,15 @@ pub async fn sample_row(client: &Client, schema: &str, table: &str) -> anyhow::R
         .map(|c| format!("{} AS {}", sample_value(c), quote_ident(&c.name)))
         .collect();
     let sql = format!(
-        "SELECT coalesce(
-             (SELECT to_jsonb(t)::text FROM {} t LIMIT 1),
-             (SELECT to_jsonb(s)::text FROM (SELECT {}) s))",
-        quote_table(schema, table),
+        "SELECT pg_catalog.to_jsonb(s)::pg_catalog.text FROM (SELECT {}) s",
         values.join(", ")
     );
     client
         .batch_execute(
-            "BEGIN; SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD';
+            "BEGIN READ ONLY; SET LOCAL search_path = pg_catalog, pg_temp;
+             SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD';
              SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1;
-             SET LOCAL bytea_output = 'hex'",
+             SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'",
         )
         .await?;
     let row = client.query_one(&sql, &[]).await;

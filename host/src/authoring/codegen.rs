@@ -52,7 +52,8 @@ fn shape(c: &Column) -> Shape {
         (_, "int2") => Shape::Int(16),
         (_, "int4") => Shape::Int(32),
         (_, "int8") => Shape::Int(64),
-        (_, "oid") => Shape::Int(64),
+        // PostgreSQL renders an oid as a JSON string.
+        (_, "oid") => Shape::Text("oid"),
         (_, "float4" | "float8") => Shape::Float,
         (_, "numeric") => Shape::Decimal,
         (_, "json" | "jsonb") => Shape::Json,
@@ -115,12 +116,39 @@ fn ident(name: &str, keywords: &[&str]) -> String {
     out
 }
 
+/// Identifiers for `names`, made distinct: a name that sanitizes to one
+/// already taken gets `_2`, `_3`, ...
+fn distinct(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut taken = std::collections::HashSet::new();
+    names
+        .map(|name| {
+            let mut candidate = name.clone();
+            let mut n = 1;
+            while !taken.insert(candidate.clone()) {
+                n += 1;
+                candidate = format!("{}_{n}", name.trim_end_matches('_'));
+            }
+            candidate
+        })
+        .collect()
+}
+
+/// A string literal for Python (and JavaScript): JSON's escapes are theirs.
+fn py_str(text: &str) -> String {
+    serde_json::to_string(text).expect("a string encodes")
+}
+
+/// Text for inside a doc comment: on one line, and unable to end it.
+fn comment(text: &str) -> String {
+    text.replace(['\n', '\r'], " ").replace("*/", "* /")
+}
+
 const RUST_KEYWORDS: &[&str] = &[
     "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
     "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
     "ref", "return", "self", "static", "struct", "super", "trait", "true", "type", "unsafe", "use",
     "where", "while", "yield", "box", "gen", "try", "abstract", "become", "do", "final", "macro",
-    "override", "priv", "typeof", "unsized", "virtual",
+    "override", "priv", "typeof", "unsized", "virtual", "_",
 ];
 const PYTHON_KEYWORDS: &[&str] = &[
     "false", "none", "true", "and", "as", "assert", "async", "await", "break", "class", "continue",
@@ -150,8 +178,8 @@ fn rust(schema: &str, table: &str, columns: &[Column]) -> String {
     let name = format!("{}Row", camel(table));
     let mut enums = String::new();
     let mut fields = String::new();
-    for c in columns {
-        let field = ident(&c.name, RUST_KEYWORDS);
+    let idents = distinct(columns.iter().map(|c| ident(&c.name, RUST_KEYWORDS)));
+    for (c, field) in columns.iter().zip(idents) {
         let shape = shape(c);
         let base = match &shape {
             Shape::Bool => "bool".to_owned(),
@@ -168,16 +196,12 @@ fn rust(schema: &str, table: &str, columns: &[Column]) -> String {
                     enums.push_str(&format!(
                         "\n/// The enum `{ty}`.\n#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]\npub enum {ty_name} {{\n"
                     ));
-                    for (i, label) in labels.iter().enumerate() {
-                        let variant = format!(
-                            "{}{}",
-                            camel(label),
-                            if camel(label) == "T" {
-                                i.to_string()
-                            } else {
-                                String::new()
-                            }
-                        );
+                    let variants = distinct(labels.iter().map(|label| match camel(label) {
+                        // `T` is what `camel` makes of a label without letters.
+                        v if v == "T" || v == "Self" => format!("V{v}"),
+                        v => v,
+                    }));
+                    for (label, variant) in labels.iter().zip(variants) {
                         enums.push_str(&format!(
                             "    #[serde(rename = {label:?})]\n    {variant},\n"
                         ));
@@ -197,7 +221,7 @@ fn rust(schema: &str, table: &str, columns: &[Column]) -> String {
         } else {
             format!("Option<{ty}>")
         };
-        let mut doc = format!("    /// `{}` {}", c.name, c.type_name);
+        let mut doc = format!("    /// `{}` {}", comment(&c.name), c.type_name);
         if c.not_null {
             doc.push_str(" not null");
         }
@@ -232,8 +256,8 @@ fn python(schema: &str, table: &str, columns: &[Column]) -> String {
     let mut enums = String::new();
     let mut fields = String::new();
     let mut converts = String::new();
-    for c in columns {
-        let field = ident(&c.name, PYTHON_KEYWORDS);
+    let idents = distinct(columns.iter().map(|c| ident(&c.name, PYTHON_KEYWORDS)));
+    for (c, field) in columns.iter().zip(idents) {
         let shape = shape(c);
         let base = match &shape {
             Shape::Bool => "bool".to_owned(),
@@ -248,14 +272,19 @@ fn python(schema: &str, table: &str, columns: &[Column]) -> String {
                     enums.push_str(&format!(
                         "\n\nclass {ty_name}(str, Enum):\n    \"\"\"The enum `{ty}`.\"\"\"\n\n"
                     ));
-                    for (i, label) in labels.iter().enumerate() {
+                    let members = distinct(labels.iter().map(|label| {
                         let member = ident(label, PYTHON_KEYWORDS).to_uppercase();
-                        let member = if member.trim_matches('_').is_empty() {
-                            format!("LABEL_{i}")
+                        // Enum reserves `_sunder_` names; a member needs a letter.
+                        if member.starts_with('_')
+                            || !member.contains(|c: char| c.is_ascii_alphabetic())
+                        {
+                            format!("LABEL{member}")
                         } else {
                             member
-                        };
-                        enums.push_str(&format!("    {member} = {label:?}\n"));
+                        }
+                    }));
+                    for (label, member) in labels.iter().zip(members) {
+                        enums.push_str(&format!("    {member} = {}\n", py_str(label)));
                     }
                 }
                 ty_name
@@ -271,18 +300,24 @@ fn python(schema: &str, table: &str, columns: &[Column]) -> String {
         } else {
             format!("Optional[{ty}]")
         };
-        fields.push_str(&format!(
-            "    {field}: {ty}\n    \"\"\"`{}` {}{}\"\"\"\n",
+        let doc = comment(&format!(
+            "`{}` {}{}",
             c.name,
             c.type_name,
             if c.not_null { " not null" } else { "" }
-        ));
-        let get = format!("row.get({:?})", c.name);
+        ))
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+        fields.push_str(&format!("    {field}: {ty}\n    \"\"\"{doc}\"\"\"\n"));
+        let get = format!("row.get({})", py_str(&c.name));
         let convert = match (&shape, c.array) {
             (Shape::Enum(..), false) => format!("_opt({base}, {get})"),
             (Shape::Enum(..), true) => format!("_list({base}, {get})"),
             (Shape::Decimal, false) => format!("_opt(_decimal, {get})"),
             (Shape::Decimal, true) => format!("_list(_decimal, {get})"),
+            // The SDK parses fractions as Decimal; a float column is a float.
+            (Shape::Float, false) => format!("_opt(float, {get})"),
+            (Shape::Float, true) => format!("_list(float, {get})"),
             _ => get,
         };
         converts.push_str(&format!("            {field}={convert},\n"));
@@ -318,7 +353,7 @@ fn ts(schema: &str, table: &str, columns: &[Column], js: bool, first: bool) -> S
             Shape::Enum(ty, labels) => {
                 let ty_name = camel(ty);
                 if !types.contains(&format!("export type {ty_name} ")) {
-                    let union: Vec<String> = labels.iter().map(|l| format!("{l:?}")).collect();
+                    let union: Vec<String> = labels.iter().map(|l| py_str(l)).collect();
                     types.push_str(&format!(
                         "\n/** The enum `{ty}`. */\nexport type {ty_name} = {};\n",
                         union.join(" | ")
@@ -343,22 +378,22 @@ fn ts(schema: &str, table: &str, columns: &[Column], js: bool, first: bool) -> S
             Shape::Text(what) if !what.is_empty() => format!(" ({what})"),
             _ => String::new(),
         };
-        let doc = format!(
+        let doc = comment(&format!(
             "`{}` {}{}{note}",
             c.name,
             c.type_name,
             if c.not_null { " not null" } else { "" }
-        );
+        ));
         if js {
             fields.push_str(&format!(
                 " * @property {{{ty}}} {} {doc}\n",
                 js_property(&c.name)
             ));
         } else {
-            fields.push_str(&format!("  /** {doc} */\n  {:?}: {ty};\n", c.name));
+            fields.push_str(&format!("  /** {doc} */\n  {}: {ty};\n", py_str(&c.name)));
         }
     }
-    let decimals: Vec<String> = decimals.iter().map(|d| format!("{d:?}")).collect();
+    let decimals: Vec<String> = decimals.iter().map(|d| py_str(d)).collect();
     let decimals = decimals.join(", ");
     let helpers = match (first, js) {
         (false, _) => "",
@@ -406,7 +441,7 @@ fn js_property(name: &str) -> String {
     {
         name.to_owned()
     } else {
-        format!("{name:?}")
+        py_str(name)
     }
 }
 
@@ -431,8 +466,13 @@ export function parseRow(text: string, decimals: readonly string[]): Record<stri
         const key = value(false, depth + 1) as string;
         ws();
         i++; // the colon
-        out[key] = value(depth === 0 && keep.has(key), depth + 1);
+        // defineProperty: a key `__proto__` is data, not the prototype.
+        Object.defineProperty(out, key, {
+          value: value(depth === 0 && keep.has(key), depth + 1),
+          enumerable: true, writable: true, configurable: true,
+        });
         ws();
+        if (i >= text.length) throw new SyntaxError("unterminated row JSON");
         if (text[i++] === "}") return out;
       }
     }
@@ -444,13 +484,14 @@ export function parseRow(text: string, decimals: readonly string[]): Record<stri
       for (;;) {
         out.push(value(raw, depth + 1));
         ws();
+        if (i >= text.length) throw new SyntaxError("unterminated row JSON");
         if (text[i++] === "]") return out;
       }
     }
     const start = i;
     if (c === '"') {
       i++;
-      while (text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
+      while (i < text.length && text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
       i++;
       return JSON.parse(text.slice(start, i));
     }
@@ -482,8 +523,13 @@ function parseRow(text, decimals) {
         const key = value(false, depth + 1);
         ws();
         i++; // the colon
-        out[key] = value(depth === 0 && keep.has(key), depth + 1);
+        // defineProperty: a key `__proto__` is data, not the prototype.
+        Object.defineProperty(out, key, {
+          value: value(depth === 0 && keep.has(key), depth + 1),
+          enumerable: true, writable: true, configurable: true,
+        });
         ws();
+        if (i >= text.length) throw new SyntaxError("unterminated row JSON");
         if (text[i++] === "}") return out;
       }
     }
@@ -495,13 +541,14 @@ function parseRow(text, decimals) {
       for (;;) {
         out.push(value(raw, depth + 1));
         ws();
+        if (i >= text.length) throw new SyntaxError("unterminated row JSON");
         if (text[i++] === "]") return out;
       }
     }
     const start = i;
     if (c === '"') {
       i++;
-      while (text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
+      while (i < text.length && text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
       i++;
       return JSON.parse(text.slice(start, i));
     }

@@ -299,7 +299,7 @@ pub async fn run_test(options: TestOptions) -> anyhow::Result<TestReport> {
     let policy = options.settings.policy(&name);
     let mut notes = Vec::new();
     let client = match &options.database_url {
-        Some(url) => Some(crate::db::connect(url, None).await?),
+        Some(url) => Some(crate::db::connect(url, Some(std::time::Duration::from_secs(10))).await?),
         None => None,
     };
     let events = match &options.events {
@@ -419,7 +419,8 @@ async fn call(
     }
     let granted_sql = plugin.capabilities.iter().any(|(c, _)| *c == "sql");
     let effects = Effects {
-        sql: (granted_sql && session.is_some()).then(|| recorder.clone() as Arc<dyn SqlAccess>),
+        // Without a database the recorder fails each statement with 58000.
+        sql: granted_sql.then(|| recorder.clone() as Arc<dyn SqlAccess>),
         outbox: Some(outbox.clone()),
         http: Some(recorder.clone()),
     };
@@ -427,13 +428,35 @@ async fn call(
     let mut transaction = None;
     if let Some(s) = session {
         outcome = s.checked(outcome);
+        // As the host does before committing: deferred constraints are
+        // checked now, and their violation fails the batch.
+        if outcome == Outcome::Handled
+            && let Err(e) = s
+                .client()
+                .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+                .await
+        {
+            let e = crate::db::error_text(&e);
+            recorder
+                .statements
+                .lock()
+                .expect("statements")
+                .push(format!(
+                    "(checking deferred constraints before the commit) -> error {e}"
+                ));
+            outcome = Outcome::Failed {
+                index: 0,
+                retry: Retry::Backoff,
+                message: format!("the batch's writes broke a deferred constraint: {e}"),
+            };
+        }
         if commit && outcome == Outcome::Handled {
             s.commit().await?;
             transaction = Some("committed (--commit)");
         } else {
             s.rollback().await?;
             transaction = Some(if commit {
-                "rolled back (the batch failed)"
+                "rolled back (the batch failed; the host would run the events before the failure again and commit them)"
             } else {
                 "rolled back (give --commit to keep what it wrote)"
             });
@@ -546,9 +569,8 @@ impl SqlAccess for Recorder {
     }
 }
 
-/// One event per subscribed table and operation, with a row from the table
-/// (its newest, or typed sample values if it is empty) when there is a
-/// database, else an empty row.
+/// One event per subscribed table and operation, with typed sample values
+/// of the table's columns when there is a database, else an empty row.
 async fn samples(
     client: Option<&tokio_postgres::Client>,
     subscriptions: &[Subscription],

@@ -232,12 +232,12 @@ lto = "thin"
     for (file, text) in RUST_SDK {
         files.push((format!("pgevents-sdk/src/{file}").into(), (*text).into()));
     }
-    let (subscriptions, row_type, rows_mod) = if plugin.tables.is_empty() {
+    let (subscriptions, arms, rows_mod) = if plugin.tables.is_empty() {
         (
             "            // Your table here; the host refuses a plugin whose table is missing.\n            \
              .subscribe(Subscription::to(\"public\", \"user_accounts\").on(&Operation::ALL))\n"
                 .to_owned(),
-            "pgevents_plugin_sdk::serde_json::Value".to_owned(),
+            String::new(),
             String::new(),
         )
     } else {
@@ -263,18 +263,23 @@ lto = "thin"
                 )
             })
             .collect();
-        let first = &plugin.tables[0];
-        let ty = format!("rows::{}Row", codegen::camel(&first.table));
+        let arms: String = plugin
+            .tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "                ({:?}, {:?}) => format!(\"{{:?}}\", event.new_row::<rows::{}Row>().map_err(bad)?),\n",
+                    t.schema,
+                    t.table,
+                    codegen::camel(&t.table)
+                )
+            })
+            .collect();
         (
             subs,
-            ty,
+            arms,
             "/// Row types from the live catalog (`pgevents-host codegen`); write them again when a table changes.\nmod rows;\n\n".to_owned(),
         )
-    };
-    let typed_note = if plugin.tables.len() > 1 {
-        "            // Each table has its row type in rows.rs; match on event.table to pick one.\n"
-    } else {
-        ""
     };
     files.push((
         "src/lib.rs".into(),
@@ -294,13 +299,17 @@ impl Plugin for Handler {{
 
     fn handle(events: Vec<Event>) -> Result<(), Failure> {{
         for (i, event) in events.iter().enumerate() {{
-{typed_note}            // The row after the change (inserts, updates); `old_row` is the one before.
-            let row: Option<{row_type}> = event
-                .new_row()
-                .map_err(|e| Failure::permanent(i, format!("bad row: {{e}}")))?;
+            // The row after the change (inserts, updates), as its table's row
+            // type; `old_row` is the one before.
+            let bad = |e: pgevents_plugin_sdk::serde_json::Error| {{
+                Failure::permanent(i, format!("bad row: {{e}}"))
+            }};
+            let row = match (event.schema.as_str(), event.table.as_str()) {{
+{arms}                _ => format!("{{:?}}", event.new_row::<pgevents_plugin_sdk::serde_json::Value>().map_err(bad)?),
+            }};
             log::info_with(
                 format!("{{}} on {{}}.{{}}", event.operation, event.schema, event.table),
-                &[("id", event.id.clone()), ("row", format!("{{row:?}}"))],
+                &[("id", event.id.clone()), ("row", row)],
             );
         }}
         Ok(())
@@ -389,14 +398,19 @@ fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
             .iter()
             .map(|t| format!("        pg.subscribe({:?}, {:?}),\n", t.schema, t.table))
             .collect();
-        let first = &types[0];
+        let kinds: String = plugin
+            .tables
+            .iter()
+            .zip(&types)
+            .map(|(t, ty)| format!("    ({:?}, {:?}): {ty},\n", t.schema, t.table))
+            .collect();
         (
-            format!("from rows import {}\n", types.join(", ")),
+            format!("from rows import {}\n\n# Each table's row type.\nROWS = {{\n{kinds}}}\n", types.join(", ")),
             subs,
-            format!(
-                "        # Typed rows from the live catalog (rows.py, by `pgevents-host codegen`).\n        \
-                 row = {first}.from_row(event.new) if event.new is not None else None\n"
-            ),
+            "        # Typed rows from the live catalog (rows.py, by `pgevents-host codegen`).\n        \
+             kind = ROWS.get((event.schema, event.table))\n        \
+             row = kind.from_row(event.new) if kind and event.new is not None else event.new\n"
+                .to_owned(),
         )
     };
     files.push((
@@ -496,13 +510,24 @@ fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
             .iter()
             .map(|t| format!("    subscribe({:?}, {:?}),\n", t.schema, t.table))
             .collect();
-        let ty = format!("{}Row", codegen::camel(&plugin.tables[0].table));
+        let parsers: String = plugin
+            .tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "      {}: parse{}Row,\n",
+                    serde_json::to_string(&format!("{}.{}", t.schema, t.table)).expect("JSON"),
+                    codegen::camel(&t.table)
+                )
+            })
+            .collect();
         (
             " rows.js",
             subs,
             format!(
                 "    // Typed rows from the live catalog (rows.js, by `pgevents-host codegen`).\n    \
-                 const row = event.newRow === undefined ? undefined : parse{ty}(event.newRow);\n"
+                 const parse = {{\n{parsers}    }}[`${{event.schema}}.${{event.table}}`];\n    \
+                 const row = event.newRow === undefined ? undefined : parse ? parse(event.newRow) : event.new;\n"
             ),
         )
     };

@@ -170,7 +170,9 @@ impl Flusher<'_> {
         let poll = self
             .config
             .poll_interval
-            .unwrap_or(Duration::from_millis(DEFAULT_POLL_INTERVAL_MS));
+            .unwrap_or(Duration::from_millis(DEFAULT_POLL_INTERVAL_MS))
+            // `0s` would read the outbox in a busy loop.
+            .max(Duration::from_millis(10));
         let sql = Statements::prepare(client).await?;
         let lost = |sink: &str| {
             tracing::warn!(sink, "lost the sink's lease; another host flushes it now");

@@ -10,6 +10,7 @@
 // | `throw-string`    | throw a string                                             |
 // | `bad-disposition` | throw a raw record with disposition 'permanent' (a string) |
 // | `raw-record`      | throw a well-formed raw record with a wrong index          |
+// | `index-failure`   | throw { index: 99, failure: Failure.retry(...) }           |
 // | anything else     | log "event" with the note, the id and a config value       |
 
 export const handler = definePlugin({
@@ -33,6 +34,8 @@ export const handler = definePlugin({
         throw { index: 0, disposition: 'permanent', message: 'a string for a disposition' };
       case 'raw-record':
         throw { index: 99, disposition: { tag: 'permanent' }, message: 'a raw record' };
+      case 'index-failure':
+        throw { index: 99, failure: Failure.retry('an index of its own') };
       default:
         log.info('event', { note: row.note, id: row.id, config: config('greeting', 'none') });
     }

@@ -75,6 +75,10 @@ pub struct EverythingRow {
     #[serde(rename = "type")]
     #[serde(default)]
     pub type_: Option<String>,
+    /// `Type` oid (oid)
+    #[serde(rename = "Type")]
+    #[serde(default)]
+    pub type_2: Option<String>,
 }
 
 /// The enum `mood`.
@@ -86,4 +90,6 @@ pub enum Mood {
     Sad,
     #[serde(rename = "so-so")]
     SoSo,
+    #[serde(rename = "Self")]
+    VSelf,
 }
