@@ -668,19 +668,7 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
             "z",
         ],
     );
-    let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        "[plugins.sdk-py]\nconfig = { greeting = \"hi\" }\n",
-    )
-    .unwrap();
-    let (code, out, err) = run(host_bin()
-        .arg("test")
-        .arg(plugin("sdk-py"))
-        .arg(&events)
-        .arg("--config")
-        .arg(&config));
-    assert_eq!(code, 1, "{out}{err}");
+    let out = run_sdk_plugin("sdk-py", &dir, &events);
     for expected in [
         "log info: event note=a id=1 config=hi",
         "FAILED at event 2 (permanent): item 2 cannot be handled; the 1 before it were handled",
@@ -781,19 +769,7 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
             "z",
         ],
     );
-    let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        "[plugins.sdk-js]\nconfig = { greeting = \"hi\" }\n",
-    )
-    .unwrap();
-    let (code, out, err) = run(host_bin()
-        .arg("test")
-        .arg(plugin("sdk-js"))
-        .arg(&events)
-        .arg("--config")
-        .arg(&config));
-    assert_eq!(code, 1, "{out}{err}");
+    let out = run_sdk_plugin("sdk-js", &dir, &events);
     for expected in [
         "log info: event note=a id=1 config=hi",
         "FAILED at event 2 (permanent): item 2 cannot be handled; the 1 before it were handled",
@@ -923,4 +899,23 @@ fn big_order(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     path
+}
+
+/// Run `test` on an SDK test plugin with a config value; it must exit 1
+/// (the notes make batches fail). Returns its report.
+fn run_sdk_plugin(name: &str, dir: &tempfile::TempDir, events: &Path) -> String {
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!("[plugins.{name}]\nconfig = {{ greeting = \"hi\" }}\n"),
+    )
+    .unwrap();
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(plugin(name))
+        .arg(events)
+        .arg("--config")
+        .arg(&config));
+    assert_eq!(code, 1, "{out}{err}");
+    out
 }
