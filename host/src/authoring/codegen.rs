@@ -396,9 +396,9 @@ fn ts(schema: &str, table: &str, columns: &[Column], js: bool, first: bool) -> S
     let decimals: Vec<String> = decimals.iter().map(|d| py_str(d)).collect();
     let decimals = decimals.join(", ");
     let helpers = match (first, js) {
-        (false, _) => "",
-        (true, false) => TS_PARSE_ROW,
-        (true, true) => JS_PARSE_ROW,
+        (false, _) => String::new(),
+        (true, false) => TS_PARSE_ROW.to_owned(),
+        (true, true) => js_parse_row(),
     };
     if js {
         let types = types
@@ -503,59 +503,34 @@ export function parseRow(text: string, decimals: readonly string[]): Record<stri
 }
 "#;
 
-/// [`TS_PARSE_ROW`] without its type annotations.
-const JS_PARSE_ROW: &str = r#"/** JSON.parse for a row object, with the given columns' numbers kept as text. */
-function parseRow(text, decimals) {
-  const keep = new Set(decimals);
-  let i = 0;
-  const ws = () => {
-    while (i < text.length && " \t\n\r".includes(text[i])) i++;
-  };
-  const value = (raw, depth) => {
-    ws();
-    const c = text[i];
-    if (c === "{") {
-      i++;
-      const out = {};
-      ws();
-      if (text[i] === "}") { i++; return out; }
-      for (;;) {
-        const key = value(false, depth + 1);
-        ws();
-        i++; // the colon
-        // defineProperty: a key `__proto__` is data, not the prototype.
-        Object.defineProperty(out, key, {
-          value: value(depth === 0 && keep.has(key), depth + 1),
-          enumerable: true, writable: true, configurable: true,
-        });
-        ws();
-        if (i >= text.length) throw new SyntaxError("unterminated row JSON");
-        if (text[i++] === "}") return out;
-      }
+/// [`TS_PARSE_ROW`] without its type annotations, for JavaScript.
+fn js_parse_row() -> String {
+    let mut js = TS_PARSE_ROW.to_owned();
+    for (ts, plain) in [
+        (
+            "export function parseRow(text: string, decimals: readonly string[]): Record<string, unknown> {",
+            "function parseRow(text, decimals) {",
+        ),
+        (
+            "const value = (raw: boolean, depth: number): unknown => {",
+            "const value = (raw, depth) => {",
+        ),
+        (
+            "const out: Record<string, unknown> = {};",
+            "const out = {};",
+        ),
+        (
+            "value(false, depth + 1) as string;",
+            "value(false, depth + 1);",
+        ),
+        ("const out: unknown[] = [];", "const out = [];"),
+        (
+            "value(false, 0) as Record<string, unknown>;",
+            "value(false, 0);",
+        ),
+    ] {
+        debug_assert!(js.contains(ts), "{ts}");
+        js = js.replace(ts, plain);
     }
-    if (c === "[") {
-      i++;
-      const out = [];
-      ws();
-      if (text[i] === "]") { i++; return out; }
-      for (;;) {
-        out.push(value(raw, depth + 1));
-        ws();
-        if (i >= text.length) throw new SyntaxError("unterminated row JSON");
-        if (text[i++] === "]") return out;
-      }
-    }
-    const start = i;
-    if (c === '"') {
-      i++;
-      while (i < text.length && text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
-      i++;
-      return JSON.parse(text.slice(start, i));
-    }
-    while (i < text.length && !",}] \t\n\r".includes(text[i])) i++;
-    const token = text.slice(start, i);
-    return raw && token !== "null" ? token : JSON.parse(token);
-  };
-  return value(false, 0);
+    js
 }
-"#;
