@@ -1,10 +1,12 @@
 //! Decoding and describing [`Event`]s.
 
+use std::cell::Cell;
 use std::fmt;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Event, Operation};
+use crate::{Context, Event, Operation, Position};
 
 impl Operation {
     /// All four operations, in WIT order.
@@ -177,5 +179,166 @@ impl Event {
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect()
+    }
+}
+
+thread_local! {
+    /// The last sequence number a built event took, per thread (per test).
+    static LAST_SEQ: Cell<u64> = const { Cell::new(0) };
+}
+
+/// `value` as JSON text; a value serde cannot write as JSON is a bug in the test.
+fn json_text(value: impl Serialize, what: &str) -> String {
+    serde_json::to_string(&value)
+        .unwrap_or_else(|err| panic!("the {what} of a test event is not JSON: {err}"))
+}
+
+/// Events built for a plugin's own tests, as the host would deliver them.
+///
+/// `table` is `"schema.table"`, or a table in `public`. Rows and keys are
+/// anything serde writes as a JSON object: `serde_json::json!({...})` or a
+/// row struct. Each event gets the next id (`test-1`, `test-2`, ... per
+/// thread) and sequence number, transaction 1, attempt 1, no key, and user
+/// `app`; the `with_*` methods change them.
+///
+/// ```
+/// use pgevents_plugin_sdk::{Event, Operation};
+/// use serde_json::json;
+///
+/// let event = Event::update("shop.orders", json!({"id": 7, "qty": 1}), json!({"id": 7, "qty": 2}))
+///     .with_key(json!({"id": 7}))
+///     .with_attempt(3)
+///     .with_tag("backfill");
+/// assert_eq!((event.schema.as_str(), event.table.as_str()), ("shop", "orders"));
+/// assert_eq!(event.operation, Operation::Update);
+/// assert_eq!(event.old_row.as_deref(), Some(r#"{"id":7,"qty":1}"#));
+/// assert_eq!(event.key.as_deref(), Some(r#"{"id":7}"#));
+/// assert_eq!((event.attempt, event.context.tag.as_deref()), (3, Some("backfill")));
+///
+/// let next = Event::delete("orders", json!({"id": 7}));
+/// assert_eq!(next.schema, "public");
+/// assert!(next.position.seq > event.position.seq);
+/// ```
+impl Event {
+    fn built(operation: Operation, table: &str, old: Option<String>, new: Option<String>) -> Event {
+        let (schema, table) = table.split_once('.').unwrap_or(("public", table));
+        let seq = LAST_SEQ.get() + 1;
+        LAST_SEQ.set(seq);
+        Event {
+            id: format!("test-{seq}"),
+            position: Position { txid: 1, seq },
+            operation,
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            key: None,
+            new_row: new,
+            old_row: old,
+            captured_at: "2026-01-01T00:00:00.000000Z".to_owned(),
+            context: Context {
+                user: "app".to_owned(),
+                application_name: String::new(),
+                tag: None,
+            },
+            attempt: 1,
+        }
+    }
+
+    /// An insert of `row` into `table`.
+    ///
+    /// ```
+    /// use pgevents_plugin_sdk::Event;
+    ///
+    /// let event = Event::insert("public.items", serde_json::json!({"id": 1, "name": "anvil"}));
+    /// assert_eq!(event.new_row.as_deref(), Some(r#"{"id":1,"name":"anvil"}"#));
+    /// ```
+    pub fn insert(table: &str, row: impl Serialize) -> Event {
+        Self::built(
+            Operation::Insert,
+            table,
+            None,
+            Some(json_text(row, "new row")),
+        )
+    }
+
+    /// An update of `table` from `old` to `new`.
+    ///
+    /// ```
+    /// use pgevents_plugin_sdk::Event;
+    ///
+    /// let event = Event::update("items", serde_json::json!({"n": 1}), serde_json::json!({"n": 2}));
+    /// assert!(event.old_row.is_some() && event.new_row.is_some());
+    /// ```
+    pub fn update(table: &str, old: impl Serialize, new: impl Serialize) -> Event {
+        let old = Some(json_text(old, "old row"));
+        Self::built(
+            Operation::Update,
+            table,
+            old,
+            Some(json_text(new, "new row")),
+        )
+    }
+
+    /// A delete of `row` from `table`.
+    ///
+    /// ```
+    /// use pgevents_plugin_sdk::Event;
+    ///
+    /// let event = Event::delete("items", serde_json::json!({"id": 1}));
+    /// assert!(event.new_row.is_none());
+    /// ```
+    pub fn delete(table: &str, row: impl Serialize) -> Event {
+        Self::built(
+            Operation::Delete,
+            table,
+            Some(json_text(row, "old row")),
+            None,
+        )
+    }
+
+    /// A truncate of `table`: no rows, no key.
+    ///
+    /// ```
+    /// use pgevents_plugin_sdk::{Event, Operation};
+    ///
+    /// assert_eq!(Event::truncate("items").operation, Operation::Truncate);
+    /// ```
+    pub fn truncate(table: &str) -> Event {
+        Self::built(Operation::Truncate, table, None, None)
+    }
+
+    /// The same event with primary-key values `key`.
+    pub fn with_key(mut self, key: impl Serialize) -> Event {
+        self.key = Some(json_text(key, "key"));
+        self
+    }
+
+    /// The same event as delivery attempt `attempt` (1 is the first).
+    pub fn with_attempt(mut self, attempt: u32) -> Event {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The same event with the writer's `SET LOCAL pgevents.context` tag.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Event {
+        self.context.tag = Some(tag.into());
+        self
+    }
+
+    /// The same event written by database user `user`.
+    pub fn with_user(mut self, user: impl Into<String>) -> Event {
+        self.context.user = user.into();
+        self
+    }
+
+    /// The same event with id `id`.
+    pub fn with_id(mut self, id: impl Into<String>) -> Event {
+        self.id = id.into();
+        self
+    }
+
+    /// The same event written by transaction `txid`.
+    pub fn with_txid(mut self, txid: u64) -> Event {
+        self.position.txid = txid;
+        self
     }
 }

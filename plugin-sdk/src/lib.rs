@@ -6,7 +6,7 @@
 //! plus one [`export_plugin!`] line:
 //!
 //! ```rust,standalone_crate
-//! use pgevents_plugin_sdk::{export_plugin, log, Event, Failure, Manifest, Operation, Plugin, Subscription};
+//! use pgevents_plugin_sdk::{export_plugin, log, Event, EventError, Manifest, Operation, Plugin, Subscription};
 //! use serde::Deserialize;
 //!
 //! #[derive(Deserialize)]
@@ -23,13 +23,10 @@
 //!             .subscribe(Subscription::to("public", "user_accounts").on(&[Operation::Insert]))
 //!     }
 //!
-//!     fn handle(events: Vec<Event>) -> Result<(), Failure> {
-//!         for (i, event) in events.iter().enumerate() {
-//!             let user: UserAccount = match event.new_row() {
-//!                 Ok(Some(user)) => user,
-//!                 Ok(None) => continue,
-//!                 Err(err) => return Err(Failure::permanent(i, format!("bad row: {err}"))),
-//!             };
+//!     // A row that does not decode fails this event permanently (`?`); the
+//!     // events before it are acknowledged.
+//!     fn handle_event(event: &Event) -> Result<(), EventError> {
+//!         if let Some(user) = event.new_row::<UserAccount>()? {
 //!             log::info_with(format!("Welcome, {}!", user.name), &[("user_id", user.id.to_string())]);
 //!         }
 //!         Ok(())
@@ -37,34 +34,50 @@
 //! }
 //!
 //! export_plugin!(Greeter);
-//! # fn main() {}
+//!
+//! // A native unit test calls the handler with events built for it.
+//! # fn main() {
+//! let failure = Greeter::handle(vec![
+//!     Event::insert("user_accounts", serde_json::json!({"id": 1, "name": "Ada"})),
+//!     Event::insert("user_accounts", serde_json::json!({"id": "two"})),
+//! ])
+//! .unwrap_err();
+//! assert_eq!(failure.index, 1);
+//! # }
 //! ```
 //!
 //! Build it as a `cdylib` for `wasm32-wasip2` and drop the `.wasm` into the
 //! host's plugin folder.
 //!
 //! Besides [`log`], a plugin the operator grants database access to can run
-//! SQL with the [`sql`] module. Its statements commit in the same transaction
+//! SQL with the [`sql`] module ([`sql::query_as`] decodes rows into your
+//! types). Its statements commit in the same transaction
 //! as the batch's acknowledgement, so their effects happen exactly once.
 //! A plugin the operator grants sinks to can send messages to message buses
 //! (NATS, RabbitMQ, Redis, MQTT) with the [`publish`] module: each message is
 //! recorded in the host's outbox in that same transaction, so it exists if
 //! and only if its event is acknowledged, and the host then delivers it to
-//! the broker. [`config`] reads the settings the operator gives the plugin.
+//! the broker. A plugin granted HTTP sends requests with [`http`].
+//! [`config`] reads the settings the operator gives the plugin.
 //! A capability the plugin never calls is not imported, so it needs no grant.
 //!
 //! Compiled for any other target (for a plugin's own unit tests) the crate
 //! still works: [`log`] then writes to standard error instead of calling the
-//! host, [`sql`] statements fail with SQLSTATE `58000`, and [`publish::send`]
-//! records each message for the test to read with [`publish::sent`].
+//! host, [`sql`] statements fail with SQLSTATE `58000`, [`publish::send`]
+//! records each message for the test to read with [`publish::sent`], and
+//! [`http`] requests are answered by the test's [`http::respond_with`].
+//! [`Event::insert`], [`Event::update`], [`Event::delete`] and
+//! [`Event::truncate`] build events for such tests.
 
 // Lets the paths baked into the generated bindings (`pgevents_plugin_sdk::...`)
 // resolve both here and in the plugin crates that expand `export_plugin!`.
 extern crate self as pgevents_plugin_sdk;
 
 pub mod config;
+mod each;
 mod event;
 mod failure;
+pub mod http;
 pub mod log;
 mod manifest;
 pub mod publish;
@@ -179,14 +192,16 @@ pub use bindings::pgevents::plugin::types::Failure;
 /// ```
 pub use bindings::pgevents::plugin::types::Disposition;
 
-/// A plugin: what it subscribes to, and what it does with a batch of events.
+/// A plugin: what it subscribes to, and what it does with the events.
 ///
-/// Both functions are associated functions, not methods: each `handle` call
-/// runs in a fresh sandbox instance, so a plugin cannot keep state between
-/// batches. Wire the type to the host with [`export_plugin!`].
+/// Implement [`Plugin::handle_event`] to handle one event at a time (the
+/// SDK computes the failing index), or [`Plugin::handle`] to see the whole
+/// batch. Both are associated functions, not methods: each batch runs in a
+/// fresh sandbox instance, so a plugin cannot keep state between batches.
+/// Wire the type to the host with [`export_plugin!`].
 ///
 /// ```
-/// use pgevents_plugin_sdk::{log, Event, Failure, Manifest, Plugin, Subscription};
+/// use pgevents_plugin_sdk::{log, Event, EventError, Manifest, Plugin, Subscription};
 ///
 /// struct Audit;
 ///
@@ -195,15 +210,14 @@ pub use bindings::pgevents::plugin::types::Disposition;
 ///         Manifest::new("audit", "1.0.0").subscribe(Subscription::to("public", "orders"))
 ///     }
 ///
-///     fn handle(events: Vec<Event>) -> Result<(), Failure> {
-///         for event in &events {
-///             log::info_with(format!("{} {}.{}", event.operation, event.schema, event.table), &event.fields());
-///         }
+///     fn handle_event(event: &Event) -> Result<(), EventError> {
+///         log::info_with(format!("{} {}.{}", event.operation, event.schema, event.table), &event.fields());
 ///         Ok(())
 ///     }
 /// }
 ///
 /// assert_eq!(Audit::manifest().name, "audit");
+/// assert!(Audit::handle(vec![Event::truncate("public.orders")]).is_ok());
 /// ```
 pub trait Plugin {
     /// The plugin's name, version, subscriptions and batch size.
@@ -220,8 +234,34 @@ pub trait Plugin {
     /// ```
     fn manifest() -> Manifest;
 
+    /// Handles one event. The default [`Plugin::handle`] calls it for each
+    /// event of a batch in delivery order and stops at the first error:
+    /// the events before it are acknowledged, and the [`EventError`] says
+    /// what happens to it and the rest (see [`handle_each`]). A panic (a
+    /// trap) fails the whole batch and the host retries it.
+    ///
+    /// ```
+    /// use pgevents_plugin_sdk::{Event, EventError};
+    ///
+    /// fn handle_event(event: &Event) -> Result<(), EventError> {
+    ///     let row: serde_json::Value = event.new_row()?.ok_or_else(|| EventError::permanent("expected a row"))?;
+    ///     if row["email"].is_null() {
+    ///         return Err(EventError::permanent("row has no email"));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// # assert!(handle_event(&Event::insert("users", serde_json::json!({"email": "a@b"}))).is_ok());
+    /// ```
+    fn handle_event(event: &Event) -> Result<(), EventError> {
+        Err(EventError::permanent(format!(
+            "event {}: this plugin implements neither handle nor handle_event",
+            event.id
+        )))
+    }
+
     /// Handles one batch of events, in delivery order: every row's changes
-    /// in the order they happened, across rows commit order.
+    /// in the order they happened, across rows commit order. By default,
+    /// [`Plugin::handle_event`] for each event.
     ///
     /// `Ok(())` acknowledges the whole batch. `Err(failure)` acknowledges the
     /// events before `failure.index` and hands the rest back to the host. A
@@ -240,8 +280,12 @@ pub trait Plugin {
     /// }
     /// # assert!(handle(Vec::new()).is_ok());
     /// ```
-    fn handle(events: Vec<Event>) -> Result<(), Failure>;
+    fn handle(events: Vec<Event>) -> Result<(), Failure> {
+        handle_each(&events, Self::handle_event)
+    }
 }
+
+pub use each::{EventError, handle_each};
 
 /// Exports a [`Plugin`] type as the component's `handler`.
 ///

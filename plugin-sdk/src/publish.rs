@@ -238,6 +238,32 @@ pub fn send(event_index: usize, message: &Message) -> Result<(), PublishError> {
     imp::send(event_index, message)
 }
 
+/// Publishes `message` for the event
+/// [`handle_event`](crate::Plugin::handle_event) (or a
+/// [`handle_each`](crate::handle_each) loop) is handling: [`send`] with that
+/// event's index. Fails when called outside such a handler.
+///
+/// ```
+/// use pgevents_plugin_sdk::publish::{self, Message};
+/// use pgevents_plugin_sdk::{handle_each, Event};
+///
+/// let events = vec![Event::insert("public.orders", serde_json::json!({"id": 1})); 2];
+/// handle_each(&events, |_event| Ok(publish::emit(&Message::new("bus", "orders"))?))?;
+/// let indices: Vec<usize> = publish::take_sent().iter().map(|s| s.event_index).collect();
+/// assert_eq!(indices, [0, 1]);
+///
+/// assert!(publish::emit(&Message::new("bus", "orders")).is_err());
+/// # Ok::<(), pgevents_plugin_sdk::Failure>(())
+/// ```
+pub fn emit(message: &Message) -> Result<(), PublishError> {
+    let index = crate::each::current_index().ok_or_else(|| {
+        PublishError::new(
+            "publish::emit is called outside handle_event; use publish::send(index, message)",
+        )
+    })?;
+    send(index, message)
+}
+
 /// A message [`send`] recorded in a native build, with the index of the
 /// event it was published for.
 ///

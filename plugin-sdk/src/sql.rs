@@ -51,6 +51,8 @@
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
+
 use crate::bindings::pgevents::plugin::sql as raw;
 
 /// A statement parameter or a result column.
@@ -201,6 +203,25 @@ impl SqlError {
     pub fn is_unique_violation(&self) -> bool {
         self.sqlstate == "23505"
     }
+
+    /// Whether trying again later may succeed: a lost connection (class
+    /// `08`), a serialization failure or deadlock (`40`), the server out of
+    /// resources (`53`), a cancelled statement or a server shutting down
+    /// (`57`), a lock not available (`55P03`), or a problem on the host's
+    /// side (`58000`). A broken constraint, a missing privilege or table,
+    /// or a syntax error is not: the same statement fails again.
+    ///
+    /// ```
+    /// use pgevents_plugin_sdk::sql::SqlError;
+    ///
+    /// assert!(SqlError::new("40001", "could not serialize access").is_transient());
+    /// assert!(!SqlError::new("23505", "duplicate key").is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        let class = self.sqlstate.get(..2).unwrap_or_default();
+        matches!(class, "08" | "40" | "53" | "57")
+            || matches!(self.sqlstate.as_str(), "55P03" | "58000")
+    }
 }
 
 impl fmt::Display for SqlError {
@@ -265,6 +286,100 @@ pub fn execute(statement: &str, params: &[Value]) -> Result<u64, SqlError> {
 /// ```
 pub fn query(statement: &str, params: &[Value]) -> Result<Rows, SqlError> {
     imp::query(statement, params)
+}
+
+/// Runs a statement that returns rows and decodes each row into `T` with
+/// serde, by column name (see [`Rows::decode`]).
+///
+/// ```
+/// use pgevents_plugin_sdk::sql::{self, QueryError};
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// struct Post {
+///     id: i64,
+///     title: String,
+///     published_at: Option<String>,
+/// }
+///
+/// fn drafts() -> Result<Vec<Post>, QueryError> {
+///     sql::query_as("SELECT id, title, published_at::text FROM posts WHERE published_at IS NULL", &[])
+/// }
+///
+/// // Natively there is no host to run it.
+/// assert!(matches!(drafts(), Err(QueryError::Sql(e)) if e.sqlstate == "58000"));
+/// ```
+pub fn query_as<T: DeserializeOwned>(
+    statement: &str,
+    params: &[Value],
+) -> Result<Vec<T>, QueryError> {
+    query(statement, params)?.decode()
+}
+
+/// Why [`query_as`] failed: the statement, or decoding a row it returned.
+///
+/// ```
+/// use pgevents_plugin_sdk::sql::{QueryError, Rows, Value};
+///
+/// let rows = Rows::new(vec!["id".into()], vec![vec![Value::from("seven")]]);
+/// let err = rows.decode::<(i64,)>().unwrap_err();
+/// assert!(matches!(err, QueryError::Decode { row: 0, .. }));
+/// ```
+#[derive(Debug)]
+pub enum QueryError {
+    /// The statement failed.
+    Sql(SqlError),
+    /// Row `row` (from 0) does not fit the type asked for.
+    Decode {
+        /// The row's index in the result.
+        row: usize,
+        /// What serde said.
+        error: serde_json::Error,
+    },
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::Sql(err) => err.fmt(f),
+            QueryError::Decode { row, error } => {
+                write!(f, "row {row} of the result does not decode: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for QueryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QueryError::Sql(err) => Some(err),
+            QueryError::Decode { error, .. } => Some(error),
+        }
+    }
+}
+
+impl From<SqlError> for QueryError {
+    fn from(err: SqlError) -> Self {
+        QueryError::Sql(err)
+    }
+}
+
+/// `value` as JSON text, appended to `out`: `json` columns as their own text
+/// (so numbers keep their digits), a float that JSON cannot hold as a string.
+fn push_json(out: &mut String, value: &Value) {
+    let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => out.push_str(&i.to_string()),
+        Value::Float(x) if x.is_finite() => out.push_str(
+            &serde_json::Number::from_f64(*x).map_or_else(String::new, |n| n.to_string()),
+        ),
+        Value::Float(x) => out.push_str(&text(&x.to_string())),
+        Value::Text(s) => out.push_str(&text(s)),
+        Value::Json(json) => out.push_str(json),
+        Value::Bytes(bytes) => out.push_str(&serde_json::to_string(bytes).unwrap_or_default()),
+    }
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -389,6 +504,60 @@ impl Rows {
             columns: &self.columns,
             values,
         })
+    }
+
+    /// Each row decoded into `T` with serde: the row is a map from column
+    /// name to value, so a struct's fields match columns by name (a later
+    /// column of the same name wins) and `Option` fields take nulls. Integers,
+    /// floats, booleans and text decode as themselves (a `numeric` is text:
+    /// read it as [`Decimal`](crate::types::Decimal) or `String`), `json`
+    /// columns as the JSON they hold, `bytea` as a list of bytes, and a
+    /// float NaN or infinity as the text `"NaN"`, `"inf"` or `"-inf"`.
+    ///
+    /// ```
+    /// use pgevents_plugin_sdk::sql::{Rows, Value};
+    /// use pgevents_plugin_sdk::types::Decimal;
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Deserialize)]
+    /// struct Order {
+    ///     id: i64,
+    ///     total: Decimal,
+    ///     note: Option<String>,
+    ///     meta: serde_json::Value,
+    /// }
+    ///
+    /// let rows = Rows::new(
+    ///     vec!["id".into(), "total".into(), "note".into(), "meta".into()],
+    ///     vec![vec![Value::Int(7), Value::from("12345678901234567890.01"), Value::Null, Value::Json(r#"{"rush":true}"#.into())]],
+    /// );
+    /// let orders: Vec<Order> = rows.decode()?;
+    /// assert_eq!(orders[0].id, 7);
+    /// assert_eq!(orders[0].total.as_str(), "12345678901234567890.01");
+    /// assert_eq!(orders[0].note, None);
+    /// assert_eq!(orders[0].meta["rush"], true);
+    /// # Ok::<(), pgevents_plugin_sdk::sql::QueryError>(())
+    /// ```
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<Vec<T>, QueryError> {
+        let mut out = Vec::with_capacity(self.rows.len());
+        let mut json = String::new();
+        for (row, values) in self.rows.iter().enumerate() {
+            json.clear();
+            json.push('{');
+            for (i, (column, value)) in self.columns.iter().zip(values).enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json.push_str(&serde_json::to_string(column).unwrap_or_default());
+                json.push(':');
+                push_json(&mut json, value);
+            }
+            json.push('}');
+            let decoded =
+                serde_json::from_str(&json).map_err(|error| QueryError::Decode { row, error })?;
+            out.push(decoded);
+        }
+        Ok(out)
     }
 
     /// The rows, in result order.
@@ -704,6 +873,63 @@ impl FromValue for Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rows_decode_by_column_name_keeping_json_digits_and_naming_the_bad_row() {
+        #[derive(serde::Deserialize, Debug)]
+        struct R {
+            n: i64,
+            f: Option<f64>,
+            t: String,
+            j: Box<serde_json::value::RawValue>,
+            b: Vec<u8>,
+            ok: bool,
+        }
+        let columns = ["n", "f", "t", "j", "b", "ok"].map(String::from).to_vec();
+        let row = |n: i64, t: &str| {
+            vec![
+                Value::Int(n),
+                Value::Null,
+                Value::from(t),
+                Value::Json(r#"{"big":123456789012345678901234567890}"#.into()),
+                Value::Bytes(vec![0, 255]),
+                Value::Boolean(true),
+            ]
+        };
+        let rows = Rows::new(columns.clone(), vec![row(1, "a\"\u{0}"), row(i64::MIN, "")]);
+        let decoded: Vec<R> = rows.decode().unwrap();
+        assert_eq!(decoded[0].t, "a\"\u{0}");
+        assert_eq!(decoded[1].n, i64::MIN);
+        assert_eq!(
+            decoded[0].j.get(),
+            r#"{"big":123456789012345678901234567890}"#
+        );
+        assert_eq!(decoded[0].b, [0, 255]);
+        assert!(decoded[0].ok && decoded[0].f.is_none());
+
+        let mut bad = row(3, "x");
+        bad[1] = Value::Float(f64::NAN);
+        let rows = Rows::new(columns, vec![row(1, "a"), bad]);
+        let err = rows.decode::<R>().unwrap_err();
+        assert!(matches!(err, QueryError::Decode { row: 1, .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("row 1 of the result does not decode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_passing_sqlstates_are_transient() {
+        for code in [
+            "08006", "40001", "40P01", "53300", "57014", "55P03", "58000",
+        ] {
+            assert!(SqlError::new(code, "").is_transient(), "{code}");
+        }
+        for code in ["23505", "42501", "42P01", "22P02", "", "5"] {
+            assert!(!SqlError::new(code, "").is_transient(), "{code}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -8,7 +8,7 @@
 //! - `harness.rs`: calling a plugin on recorded events, batch by batch.
 //! - `catalog.rs`: a table's columns from the live catalog; sample rows.
 //! - `codegen.rs`: row types for Rust, Python and TypeScript from them.
-//! - `scaffold.rs`: `new`, a plugin project that builds on its own.
+//! - `scaffold/`: `new`, a plugin project that builds on its own.
 
 pub mod catalog;
 pub mod codegen;

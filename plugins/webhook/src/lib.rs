@@ -14,83 +14,58 @@
 //! the duplicate a retry after a lost answer would bring.
 
 use pgevents_plugin_sdk::{
-    Event, Failure, Manifest, Operation, Plugin, Subscription, config, export_plugin, log,
+    Event, EventError, Manifest, Operation, Plugin, Subscription, config, export_plugin, http, log,
 };
 use serde_json::{Value, json};
-use wasip2::http::outgoing_handler;
-use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 
 /// Events per call: each is one request, so keep a call well inside its time limit.
 const BATCH_SIZE: u32 = 10;
-
-/// Bytes per write to the request body (WASI's blocking write takes at most 4096).
-const WRITE_CHUNK: usize = 4096;
 
 struct Webhook;
 
 impl Plugin for Webhook {
     fn manifest() -> Manifest {
-        let all = [
-            Operation::Insert,
-            Operation::Update,
-            Operation::Delete,
-            Operation::Truncate,
-        ];
         let mut manifest = Manifest::new("webhook", "1.0.0").batch_size(BATCH_SIZE);
         // Before the host passes config (it asks first for the name), and if
         // `tables` is unset, this subscribes to nothing and the host says so.
         for table in config::get_or("tables", "").split(',').map(str::trim) {
             if let Some((schema, table)) = table.split_once('.') {
-                manifest = manifest.subscribe(Subscription::to(schema, table).on(&all));
+                manifest = manifest.subscribe(Subscription::to(schema, table).on(&Operation::ALL));
             }
         }
         manifest
     }
 
-    fn handle(events: Vec<Event>) -> Result<(), Failure> {
-        let Some(url) = config::get("url") else {
-            return Err(Failure::permanent(
-                0,
+    fn handle_event(event: &Event) -> Result<(), EventError> {
+        let url = config::get("url").ok_or_else(|| {
+            EventError::permanent(
                 "no `url` configured: set config = { url = \"https://...\" } in [plugins.webhook]",
-            ));
-        };
-        let target = Target::parse(&url)
-            .map_err(|e| Failure::permanent(0, format!("config url `{url}`: {e}")))?;
-        for (i, event) in events.iter().enumerate() {
-            match post(&target, &event.id, &payload(event)) {
-                Ok(status) if (200..300).contains(&status.code) => {
-                    log::debug(format!("event {} delivered ({})", event.id, status.code));
-                }
-                Ok(status) if status.code == 408 || status.code == 429 || status.code >= 500 => {
-                    let message = format!("event {}: {url} answered {}", event.id, status.code);
-                    return Err(match status.retry_after_s {
-                        Some(s) => Failure::retry_after(i, s.saturating_mul(1000), message),
-                        None => Failure::retry(i, message),
-                    });
-                }
-                Ok(status) => {
-                    return Err(Failure::permanent(
-                        i,
-                        format!(
-                            "event {}: {url} answered {}; not retrying",
-                            event.id, status.code
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    return Err(Failure::retry(
-                        i,
-                        format!("event {}: POST {url} failed: {e}", event.id),
-                    ));
-                }
-            }
-        }
-        Ok(())
+            )
+        })?;
+        deliver(&url, event)
     }
 }
 
+/// POSTs `event` to `url`.
+fn deliver(url: &str, event: &Event) -> Result<(), EventError> {
+    let context = |err: EventError| err.context(format!("event {}", event.id));
+    let response = http::post(url)
+        .header("idempotency-key", &event.id)
+        .header("user-agent", "pgevents-webhook/1.0")
+        .json(&payload(event))?
+        .send()
+        .map_err(|e| context(e.into()))?
+        .check()
+        .map_err(context)?;
+    log::debug(format!(
+        "event {} delivered ({})",
+        event.id, response.status
+    ));
+    Ok(())
+}
+
 /// The event as the receiver sees it; rows are embedded as JSON objects.
-fn payload(event: &Event) -> String {
+fn payload(event: &Event) -> Value {
     let row = |text: &Option<String>| {
         text.as_deref()
             .map(|t| serde_json::from_str(t).unwrap_or(Value::String(t.to_owned())))
@@ -113,112 +88,75 @@ fn payload(event: &Event) -> String {
         },
         "attempt": event.attempt,
     })
-    .to_string()
-}
-
-/// Where to send: a URL taken apart.
-struct Target {
-    scheme: Scheme,
-    authority: String,
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
-            (Scheme::Https, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (Scheme::Http, rest)
-        } else {
-            return Err("must start with http:// or https://".into());
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() {
-            return Err("has no host".into());
-        }
-        Ok(Target {
-            scheme,
-            authority: authority.to_owned(),
-            path: path.to_owned(),
-        })
-    }
-}
-
-/// What the receiver answered.
-struct Status {
-    code: u16,
-    /// `Retry-After` in seconds, if given as a number.
-    retry_after_s: Option<u64>,
-}
-
-/// POST `body` and wait for the answer's status.
-fn post(target: &Target, event_id: &str, body: &str) -> Result<Status, String> {
-    let header = |name: &str, value: &str| (name.to_owned(), value.as_bytes().to_vec());
-    let headers = Fields::from_list(&[
-        header("content-type", "application/json"),
-        header("content-length", &body.len().to_string()),
-        header("idempotency-key", event_id),
-        header("user-agent", "pgevents-webhook/1.0"),
-    ])
-    .map_err(|e| format!("bad header: {e:?}"))?;
-    let request = OutgoingRequest::new(headers);
-    let refused = |what: &str| format!("the host refused the request's {what}");
-    request
-        .set_method(&Method::Post)
-        .map_err(|()| refused("method"))?;
-    request
-        .set_scheme(Some(&target.scheme))
-        .map_err(|()| refused("scheme"))?;
-    request
-        .set_authority(Some(&target.authority))
-        .map_err(|()| refused("authority"))?;
-    request
-        .set_path_with_query(Some(&target.path))
-        .map_err(|()| refused("path"))?;
-    let outgoing = request.body().map_err(|()| refused("body"))?;
-    let response = outgoing_handler::handle(request, None).map_err(describe)?;
-    let sent = (|| {
-        let stream = outgoing.write().map_err(|()| refused("body stream"))?;
-        for chunk in body.as_bytes().chunks(WRITE_CHUNK) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| format!("writing the body: {e:?}"))?;
-        }
-        drop(stream);
-        OutgoingBody::finish(outgoing, None).map_err(describe)
-    })();
-    // If the body could not be sent, the response says why (a refused
-    // request, say); otherwise, what the receiver answered.
-    response.subscribe().block();
-    let answer = response
-        .get()
-        .ok_or("no response after waiting for it")?
-        .map_err(|()| "the response was already taken".to_owned())?
-        .map_err(describe)?;
-    sent?;
-    let retry_after_s = answer
-        .headers()
-        .get("retry-after")
-        .first()
-        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
-    Ok(Status {
-        code: answer.status(),
-        retry_after_s,
-    })
-}
-
-fn describe(e: ErrorCode) -> String {
-    match e {
-        ErrorCode::HttpRequestDenied => {
-            "the host denied the request (is this host in the plugin's http allow-list?)".into()
-        }
-        ErrorCode::ConnectionRefused => "connection refused".into(),
-        ErrorCode::ConnectionTimeout => "connection timed out".into(),
-        other => format!("{other:?}"),
-    }
 }
 
 export_plugin!(Webhook);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgevents_plugin_sdk::Disposition;
+
+    #[test]
+    fn an_event_is_posted_with_its_id_as_idempotency_key_and_its_rows_embedded() {
+        let event = Event::update("public.items", json!({"qty": 2}), json!({"qty": 3}))
+            .with_key(json!({"id": 7}));
+        let id = event.id.clone();
+        http::respond_with(move |request| {
+            assert_eq!((request.method(), request.url()), ("POST", "http://h/hook"));
+            assert_eq!(request.header_value("idempotency-key"), Some(id.as_str()));
+            assert_eq!(
+                request.header_value("content-type"),
+                Some("application/json")
+            );
+            let body: Value = serde_json::from_slice(request.body_bytes()).unwrap();
+            assert_eq!(
+                (
+                    body["old_row"]["qty"].clone(),
+                    body["new_row"]["qty"].clone()
+                ),
+                (json!(2), json!(3))
+            );
+            assert_eq!(body["key"]["id"], 7);
+            Ok(http::Response::new(204))
+        });
+        deliver("http://h/hook", &event).unwrap();
+    }
+
+    #[test]
+    fn refusals_name_the_event_and_are_retried_or_permanent_by_status() {
+        let event = Event::delete("public.items", json!({"id": 1}));
+        http::respond_with(|_| Ok(http::Response::new(429).with_header("retry-after", "2")));
+        let err = deliver("http://h/hook", &event).unwrap_err();
+        assert_eq!(
+            err.message,
+            format!("event {}: POST http://h/hook answered 429", event.id)
+        );
+        assert!(matches!(err.disposition, Disposition::Retry(Some(2000))));
+
+        http::respond_with(|_| Ok(http::Response::new(400)));
+        let err = deliver("http://h/hook", &event).unwrap_err();
+        assert!(
+            err.message.ends_with("answered 400; not retrying"),
+            "{}",
+            err.message
+        );
+        assert!(matches!(err.disposition, Disposition::Permanent));
+
+        http::respond_with(|_| Err(http::HttpError::denied()));
+        let err = deliver("http://h/hook", &event).unwrap_err();
+        assert!(
+            err.message.contains("the host denied the request"),
+            "{}",
+            err.message
+        );
+        assert!(matches!(err.disposition, Disposition::Retry(None)));
+
+        let err = deliver("ftp://h/", &event).unwrap_err();
+        assert!(
+            matches!(err.disposition, Disposition::Permanent),
+            "{}",
+            err.message
+        );
+    }
+}

@@ -9,55 +9,19 @@ use super::catalog::Column;
 use super::codegen::{self, Lang};
 use super::{Operation, RecordedEvent, RecordedPosition};
 
-/// The plugin world and the Rust SDK, as this binary was built with them.
-const WIT: &str = include_str!("../../../wit/plugin.wit");
-const RUST_SDK: &[(&str, &str)] = &[
-    ("lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
-    (
-        "config.rs",
-        include_str!("../../../plugin-sdk/src/config.rs"),
-    ),
-    ("event.rs", include_str!("../../../plugin-sdk/src/event.rs")),
-    (
-        "failure.rs",
-        include_str!("../../../plugin-sdk/src/failure.rs"),
-    ),
-    ("log.rs", include_str!("../../../plugin-sdk/src/log.rs")),
-    (
-        "manifest.rs",
-        include_str!("../../../plugin-sdk/src/manifest.rs"),
-    ),
-    (
-        "publish.rs",
-        include_str!("../../../plugin-sdk/src/publish.rs"),
-    ),
-    ("sql.rs", include_str!("../../../plugin-sdk/src/sql.rs")),
-    ("types.rs", include_str!("../../../plugin-sdk/src/types.rs")),
-];
+mod rust;
 
+/// The plugin world, as this binary was built with it.
+const WIT: &str = include_str!("../../../../wit/plugin.wit");
 /// The Python SDK (one module).
-const PYTHON_SDK: &str = include_str!("../../../plugin-sdk/python/pgevents_sdk.py");
+const PYTHON_SDK: &str = include_str!("../../../../plugin-sdk/python/pgevents_sdk.py");
 /// The JavaScript SDK (put in front of the plugin's module by its build).
-const JS_SDK: &str = include_str!("../../../plugin-sdk/js/pgevents-sdk.js");
+const JS_SDK: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk.js");
 /// The componentize-js set-up the SDK is built and tested with.
-const JS_PACKAGE: &str = include_str!("../../../plugins/greeter-js/package.json");
+const JS_PACKAGE: &str = include_str!("../../../../plugins/greeter-js/package.json");
 
 /// The componentize-py version the SDK is built and tested with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
-
-/// The SDK's manifest outside this repository's workspace.
-const RUST_SDK_MANIFEST: &str = r#"[package]
-name = "pgevents-plugin-sdk"
-description = "Write pgevents-host plugins in Rust (the copy `pgevents-host new` wrote)"
-version = "0.1.0"
-edition = "2024"
-license = "Apache-2.0"
-
-[dependencies]
-serde = { version = "1", features = ["derive"] }
-serde_json = { version = "1", features = ["raw_value"] }
-wit-bindgen = "0.61"
-"#;
 
 /// A table the new plugin subscribes to, with its columns if it is typed.
 #[derive(Debug, Clone)]
@@ -93,7 +57,7 @@ pub fn files(plugin: &NewPlugin) -> Result<Vec<(PathBuf, String)>, String> {
         ));
     }
     match plugin.lang {
-        Lang::Rust => Ok(rust(plugin)),
+        Lang::Rust => Ok(rust::files(plugin)),
         Lang::Python => Ok(python(plugin)),
         Lang::Js => Ok(js(plugin)),
         Lang::Ts => Err(
@@ -194,154 +158,6 @@ fn sample_events(plugin: &NewPlugin) -> String {
         }
     }
     lines.join("\n") + "\n"
-}
-
-fn rust(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
-    let name = &plugin.name;
-    let krate = crate_name(name);
-    let mut files = vec![
-        (
-            "Cargo.toml".into(),
-            format!(
-                r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-pgevents-plugin-sdk = {{ path = "pgevents-sdk" }}
-serde = {{ version = "1", features = ["derive"] }}
-
-# A project of its own, even inside another workspace.
-[workspace]
-
-[profile.release]
-lto = "thin"
-"#
-            ),
-        ),
-        ("pgevents-sdk/Cargo.toml".into(), RUST_SDK_MANIFEST.into()),
-        ("wit/plugin.wit".into(), WIT.into()),
-        ("events.jsonl".into(), sample_events(plugin)),
-        (".gitignore".into(), "/target\n".into()),
-    ];
-    for (file, text) in RUST_SDK {
-        files.push((format!("pgevents-sdk/src/{file}").into(), (*text).into()));
-    }
-    let (subscriptions, arms, rows_mod) = if plugin.tables.is_empty() {
-        (
-            "            // Your table here; the host refuses a plugin whose table is missing.\n            \
-             .subscribe(Subscription::to(\"public\", \"user_accounts\").on(&Operation::ALL))\n"
-                .to_owned(),
-            String::new(),
-            String::new(),
-        )
-    } else {
-        let mut rows = String::new();
-        for t in &plugin.tables {
-            let first = rows.is_empty();
-            rows.push_str(&codegen::generate(
-                &t.schema,
-                &t.table,
-                &t.columns,
-                Lang::Rust,
-                first,
-            ));
-        }
-        files.push(("src/rows.rs".into(), rows));
-        let subs: String = plugin
-            .tables
-            .iter()
-            .map(|t| {
-                format!(
-                    "            .subscribe(Subscription::to({:?}, {:?}).on(&Operation::ALL))\n",
-                    t.schema, t.table
-                )
-            })
-            .collect();
-        let arms: String = plugin
-            .tables
-            .iter()
-            .map(|t| {
-                format!(
-                    "                ({:?}, {:?}) => format!(\"{{:?}}\", event.new_row::<rows::{}Row>().map_err(bad)?),\n",
-                    t.schema,
-                    t.table,
-                    codegen::camel(&t.table)
-                )
-            })
-            .collect();
-        (
-            subs,
-            arms,
-            "/// Row types from the live catalog (`pgevents-host codegen`); write them again when a table changes.\nmod rows;\n\n".to_owned(),
-        )
-    };
-    files.push((
-        "src/lib.rs".into(),
-        format!(
-            r#"//! The `{name}` plugin for pgevents-host: called with batches of row changes.
-
-{rows_mod}use pgevents_plugin_sdk::{{
-    Event, Failure, Manifest, Operation, Plugin, Subscription, export_plugin, log,
-}};
-
-struct Handler;
-
-impl Plugin for Handler {{
-    fn manifest() -> Manifest {{
-        Manifest::new("{name}", "0.1.0")
-{subscriptions}    }}
-
-    fn handle(events: Vec<Event>) -> Result<(), Failure> {{
-        for (i, event) in events.iter().enumerate() {{
-            // The row after the change (inserts, updates), as its table's row
-            // type; `old_row` is the one before.
-            let bad = |e: pgevents_plugin_sdk::serde_json::Error| {{
-                Failure::permanent(i, format!("bad row: {{e}}"))
-            }};
-            let row = match (event.schema.as_str(), event.table.as_str()) {{
-{arms}                _ => format!("{{:?}}", event.new_row::<pgevents_plugin_sdk::serde_json::Value>().map_err(bad)?),
-            }};
-            log::info_with(
-                format!("{{}} on {{}}.{{}}", event.operation, event.schema, event.table),
-                &[("id", event.id.clone()), ("row", row)],
-            );
-        }}
-        Ok(())
-    }}
-}}
-
-export_plugin!(Handler);
-"#
-        ),
-    ));
-    files.push((
-        "README.md".into(),
-        format!(
-            r#"# {name}
-
-A pgevents-host plugin in Rust (written by `pgevents-host new`).
-
-```sh
-cargo build --release --target wasm32-wasip2        # once: rustup target add wasm32-wasip2
-pgevents-host test target/wasm32-wasip2/release/{krate}.wasm events.jsonl
-cp target/wasm32-wasip2/release/{krate}.wasm /path/to/plugins/   # the running host loads it
-```
-
-- `src/lib.rs`: the manifest (tables and operations) and the handler.
-- `events.jsonl`: events `pgevents-host test` calls the handler with; record real ones with
-  `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
-- `pgevents-sdk/`, `wit/`: the SDK and the plugin world, as the host that wrote this project
-  speaks them (`cargo doc -p pgevents-plugin-sdk --open`).
-"#
-        ),
-    ));
-    files
 }
 
 fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
