@@ -1,7 +1,7 @@
-//! Plugins written in other languages: the Python and JavaScript greeters
-//! (plugins/greeter-py, plugins/greeter-js, built by `./dev build-plugins`)
-//! greet through `host.log`, and their permanent and retryable failures
-//! reach the host as such.
+//! Plugins written in other languages: the Python, JavaScript and C greeters
+//! (plugins/greeter-py, plugins/greeter-js, plugins/greeter-c, built by
+//! `./dev build-plugins`) greet through `host.log`, and their permanent and
+//! retryable failures reach the host as such.
 
 use std::path::{Path, PathBuf};
 
@@ -21,15 +21,25 @@ async fn a_javascript_plugin_greets_and_fails_permanently_or_retryably() {
     greets_and_fails_like_the_rust_greeter("greeter-js").await;
 }
 
+#[tokio::test]
+async fn a_c_plugin_greets_and_fails_permanently_or_retryably() {
+    greets_and_fails_like_the_rust_greeter("greeter-c").await;
+}
+
 /// An example plugin in plugins/; these are not cargo builds, so not [`plugin`].
 fn example(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../plugins")
         .join(format!("{name}.wasm"));
+    let script = if name == "greeter-c" {
+        "plugins/build-c.sh; needs apt-get for Debian's clang, lld, wasi-libc and \
+         libclang-rt-14-dev-wasm32, which it installs if missing"
+    } else {
+        "plugins/build-polyglot.sh; needs python3 and npm"
+    };
     assert!(
         path.is_file(),
-        "{} is missing: build it with `./dev build-plugins` (which runs \
-         plugins/build-polyglot.sh; needs python3 and npm)",
+        "{} is missing: build it with `./dev build-plugins` (which runs {script})",
         path.display()
     );
     path
