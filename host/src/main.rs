@@ -171,6 +171,14 @@ enum Command {
     /// subscribed to those tables with typed rows from the live catalog. It
     /// builds with its toolchain alone (the SDK and WIT come with it).
     New(NewArgs),
+    /// Develop a plugin against a local database: build the project (a
+    /// Cargo.toml, or a build.sh like `new` writes), run a host with it, and
+    /// on every change to its sources build it again; the host reloads it
+    /// live. A failed build is printed and the last good build keeps running.
+    ///
+    /// The component goes into --plugins (default: PROJECT/.pgevents/plugins,
+    /// so the host runs this plugin alone); every other option is `run`'s.
+    Dev(DevArgs),
     /// Write row types for tables from the live catalog (Rust, Python or
     /// TypeScript), matching how the host renders values: nullability,
     /// numeric as exact decimal text, timestamps, uuid, json, arrays, enums.
@@ -230,6 +238,14 @@ struct RunArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: SettingFlags,
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// The plugin project's folder.
+    project: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// What `run` runs with: the URL, the folder and the settings.
@@ -312,6 +328,33 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 observer: None,
             };
             pgevents_host::run(options, shutdown_on_signal()).await?;
+        }
+        Command::Dev(args) => {
+            let project = pgevents_host::authoring::dev::Project::detect(&args.project)?;
+            let mut run = args.run;
+            if run.plugins.is_none() {
+                run.plugins = Some(project.dir.join(".pgevents/plugins"));
+            }
+            let plan = run.plan()?;
+            std::fs::create_dir_all(&plan.plugins_dir)?;
+            let dev = pgevents_host::authoring::dev::build_and_install;
+            let (p, dir) = (project.clone(), plan.plugins_dir.clone());
+            tokio::task::spawn_blocking(move || dev(&p, &dir)).await?;
+            let shutdown = shutdown_on_signal();
+            let watcher = tokio::spawn(pgevents_host::authoring::dev::watch(
+                project,
+                plan.plugins_dir.clone(),
+                shutdown.clone(),
+            ));
+            let options = RunOptions {
+                database_url: plan.database_url,
+                plugins_dir: plan.plugins_dir,
+                settings: plan.settings,
+                observer: None,
+            };
+            let served = pgevents_host::run(options, shutdown).await;
+            watcher.abort();
+            served?;
         }
         Command::Install {
             db,

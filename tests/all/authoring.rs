@@ -919,3 +919,125 @@ fn run_sdk_plugin(name: &str, dir: &tempfile::TempDir, events: &Path) -> String 
     assert_eq!(code, 1, "{out}{err}");
     out
 }
+
+/// `dev` on a project `new` wrote: it builds the project, runs a host with
+/// it, and on each change to its sources builds it again into the running
+/// host, which reloads it live. A build that fails is printed and the last
+/// good build keeps handling events.
+#[tokio::test]
+async fn dev_rebuilds_a_project_on_change_and_the_running_host_reloads_it() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE public.user_accounts (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("dev-bot");
+    let (code, out, err) = run(host_bin()
+        .args(["new", "dev-bot", "--lang", "rust", "--dir"])
+        .arg(&project));
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The repository's target folder holds the SDK's dependencies already.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let log = dir.path().join("dev.log");
+    let mut child = host_bin()
+        .arg("dev")
+        .arg(&project)
+        .args(["--database-url", &db.url])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_NET_OFFLINE", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn pgevents-host dev");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_for = |what: &str, count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        while read().matches(what).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {count}× `{what}` in the dev log:\n{}",
+                read()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let insert = |id: i64| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "INSERT INTO public.user_accounts VALUES ($1, 'Ada')",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    wait_for("the host reloads it", 1);
+    wait_for("plugin loaded", 1);
+    // Inserts until one is handled: the capture trigger is installed just
+    // after the plugin loads.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut id = 1;
+    while !read().contains("insert on public.user_accounts") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never ran:\n{}",
+            read()
+        );
+        insert(id).await;
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let lib = project.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    let v2 = source.replace("\"{} on {}.{}\"", "\"v2: {} on {}.{}\"");
+    assert_ne!(
+        v2, source,
+        "the handler's log line is where the test expects it"
+    );
+    std::fs::write(&lib, &v2).unwrap();
+    wait_for("the host reloads it", 2);
+    // The reloaded plugin handles the next insert (and only the new one).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !read().contains("v2: insert on public.user_accounts") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v2 never ran:\n{}",
+            read()
+        );
+        insert(id).await;
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    std::fs::write(&lib, format!("{v2}\nthis is not Rust\n")).unwrap();
+    wait_for("the build failed; the running plugin stays as it was", 1);
+    assert!(
+        read().contains("this is not Rust"),
+        "the compiler's words are shown"
+    );
+    let handled = read().matches("v2: insert on public.user_accounts").count();
+    insert(1000).await;
+    wait_for("v2: insert on public.user_accounts", handled + 1);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "dev exits cleanly on SIGTERM: {exit:?}\n{}",
+        read()
+    );
+    assert!(project.join(".pgevents/plugins/dev_bot.wasm").is_file());
+}

@@ -9,9 +9,11 @@
 //! - `catalog.rs`: a table's columns from the live catalog; sample rows.
 //! - `codegen.rs`: row types for Rust, Python and TypeScript from them.
 //! - `scaffold/`: `new`, a plugin project that builds on its own.
+//! - `dev.rs`: `dev`, rebuilding a project into a running host's folder.
 
 pub mod catalog;
 pub mod codegen;
+pub mod dev;
 mod export;
 mod harness;
 pub mod scaffold;

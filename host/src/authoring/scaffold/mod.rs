@@ -169,7 +169,7 @@ fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
         ("events.jsonl".into(), sample_events(plugin)),
         (
             ".gitignore".into(),
-            format!("/{module}.wasm\n__pycache__/\n"),
+            format!("/{module}.wasm\n__pycache__/\n/.pgevents/\n"),
         ),
         (
             "build.sh".into(),
@@ -296,7 +296,7 @@ fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
         ),
         (
             ".gitignore".into(),
-            format!("/{module}.wasm\n/build/\nnode_modules/\n"),
+            format!("/{module}.wasm\n/build/\nnode_modules/\n/.pgevents/\n"),
         ),
     ];
     let (rows_file, subscriptions, decode) = if plugin.tables.is_empty() {

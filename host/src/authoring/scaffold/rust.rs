@@ -91,7 +91,7 @@ lto = "thin"
         ("pgevents-sdk/Cargo.toml".into(), RUST_SDK_MANIFEST.into()),
         ("wit/plugin.wit".into(), WIT.into()),
         ("events.jsonl".into(), sample_events(plugin)),
-        (".gitignore".into(), "/target\n".into()),
+        (".gitignore".into(), "/target\n/.pgevents/\n".into()),
     ];
     for (file, text) in RUST_SDK {
         files.push((format!("pgevents-sdk/src/{file}").into(), (*text).into()));
