@@ -12,6 +12,7 @@ mod guarantees;
 mod hardening;
 mod layout;
 mod order;
+mod packaging;
 mod polyglot;
 mod proxy;
 mod publish;
