@@ -7,8 +7,9 @@
 #   .tools/js   componentize-js, exactly as in plugins/greeter-js/package-lock.json
 # A component is rebuilt only when its source, the WIT or its toolchain is newer than it.
 #
-# Both build against the `handler-only` world: these tools import every interface
-# of their world, and importing `sql` would need the operator's grant.
+# The examples build against the `handler-only` world: these tools import every
+# interface of their world, and importing `sql` would need the operator's grant.
+# The SDKs' sql test plugins build against `sql-handler`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,16 +62,18 @@ python_plugin() {
     local release="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release"
     mkdir -p "$release"
     py_component "$release/sdk-py.wasm" tests/plugins/sdk-py "$tool"
+    py_component "$release/sql-py.wasm" tests/plugins/sql-py "$tool" sql-handler
 }
 
-# Build the component $1 from the app.py in $2, with the Python SDK on the path.
+# Build the component $1 from the app.py in $2, with the Python SDK on the path,
+# against the world $4 (default handler-only).
 py_component() {
-    local out=$1 src=$2 tool=$3
+    local out=$1 src=$2 tool=$3 world=${4:-handler-only}
     if up_to_date "$out" "$src" plugin-sdk/python wit "$tool"; then
         return
     fi
     say "building $out (componentize-py, about 10 s)"
-    build_into "$out" "$tool" -d wit -w handler-only componentize \
+    build_into "$out" "$tool" -d wit -w "$world" componentize \
         -p "$src" -p plugin-sdk/python app
     # The build imports the modules, which leaves bytecode next to the source.
     rm -rf "$src/__pycache__" plugin-sdk/python/__pycache__
@@ -100,31 +103,48 @@ js_plugin() {
     js_component "$out" plugins/greeter-js/greeter.js "$tool"
 }
 
-# Build the component $1 from the module $2 ($3: componentize-js).
+# Build the component $1 from the module $2 ($3: componentize-js) against the
+# world $4 (default handler-only); $5 = http keeps the wasi:http import.
 js_component() {
-    local out=$1 src=$2 tool=$3
-    # Without http and fetch-event the component does not import wasi:http,
+    local out=$1 src=$2 tool=$3 world=${4:-handler-only}
+    # Without the http feature the component does not import wasi:http,
     # which the host treats as a capability the operator must grant.
-    build_into "$out" "$tool" "$src" -w wit -n handler-only -d http fetch-event
+    local features=(-d http fetch-event)
+    if [ "${5:-}" = http ]; then
+        features=(-d fetch-event)
+    fi
+    build_into "$out" "$tool" "$src" -w wit -n "$world" "${features[@]}"
 }
 
-# The JavaScript SDK's test plugin: componentize-js builds one module, so the
-# SDK goes in front of the plugin's own code.
+# The JavaScript SDK's test plugin $1 (from tests/plugins/$1/app.js), against
+# the world $2 ($3 = http: with the wasi:http import): componentize-js builds
+# one module, so the SDK goes in front of the plugin's own code, with its sql
+# part for the sql-handler world and its http part for http.
 js_sdk_plugin() {
+    local name=$1 world=$2 http=${3:-}
     local tool="$TOOLS/js/node_modules/.bin/componentize-js"
     local release="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release"
-    local out="$release/sdk-js.wasm"
+    local out="$release/$name.wasm"
     mkdir -p "$release"
-    if up_to_date "$out" tests/plugins/sdk-js plugin-sdk/js wit "$TOOLS/js/installed-package-lock.json"; then
+    if up_to_date "$out" "tests/plugins/$name" plugin-sdk/js wit "$TOOLS/js/installed-package-lock.json"; then
         return
     fi
     say "building $out (componentize-js)"
-    local bundle="$release/.sdk-js.js"
-    cat plugin-sdk/js/pgevents-sdk.js tests/plugins/sdk-js/app.js >"$bundle"
-    js_component "$out" "$bundle" "$tool"
+    local sdk=(plugin-sdk/js/pgevents-sdk.js)
+    if [ "$world" = sql-handler ]; then
+        sdk+=(plugin-sdk/js/pgevents-sdk-sql.js)
+    fi
+    if [ "$http" = http ]; then
+        sdk+=(plugin-sdk/js/pgevents-sdk-http.js)
+    fi
+    local bundle="$release/.$name.js"
+    cat "${sdk[@]}" "tests/plugins/$name/app.js" >"$bundle"
+    js_component "$out" "$bundle" "$tool" "$world" "$http"
     rm -f "$bundle"
 }
 
 python_plugin
 js_plugin
-js_sdk_plugin
+js_sdk_plugin sdk-js handler-only
+js_sdk_plugin sql-js sql-handler
+js_sdk_plugin http-js handler-only http

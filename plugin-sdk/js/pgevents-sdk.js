@@ -22,6 +22,17 @@
 // `Failure.permanent(...)` say what the host does next. Anything else thrown
 // (an Error of your code, a string) is a retryable failure whose message and
 // stack reach `status` and the dead letters, instead of an opaque trap.
+//
+// Built against the `sql-handler` world (`WORLD=sql-handler ./build.sh`,
+// which adds pgevents-sdk-sql.js; the operator grants `sql`), `sql.query`,
+// `sql.queryOne` and `sql.execute` run statements in the transaction that
+// acknowledges the batch. A `SqlError` the handler does not catch fails the
+// event: retried if trying again may help (`isTransient()`), else permanent.
+//
+// Built with the wasi:http import (`HTTP=1 ./build.sh`, which adds
+// pgevents-sdk-http.js; the operator grants `http`), an `async handleEvent` may `await http.post(url, { json })` and
+// `.check()` the response: 408, 429 and 5xx are retried, other non-2xx are
+// permanent.
 
 import { log as hostLog } from 'pgevents:plugin/host@0.1.1';
 import { get as configGet } from 'pgevents:plugin/config@0.1.1';
@@ -79,6 +90,115 @@ class Failure extends Error {
     return { index, disposition, message: this.message.slice(0, MESSAGE_MAX) };
   }
 }
+
+/**
+ * A statement that failed: `sqlstate` (`23505` unique violation, `42501`
+ * insufficient privilege, `58000` the host's side) and PostgreSQL's message.
+ * Not caught, it fails the event: retried if `isTransient()`, else permanent.
+ */
+class SqlError extends Error {
+  constructor(sqlstate, message) {
+    super(`SQLSTATE ${sqlstate}: ${message}`);
+    this.name = 'SqlError';
+    this.sqlstate = sqlstate;
+    this.detail = message;
+  }
+
+  /** The statement broke a unique constraint: an idempotent insert already happened. */
+  isUniqueViolation() {
+    return this.sqlstate === '23505';
+  }
+
+  /**
+   * Trying again later may succeed: a lost connection (class 08), a
+   * serialization failure or deadlock (40), the server out of resources (53),
+   * a cancelled statement or a shutdown (57), a lock not available (55P03), a
+   * problem on the host's side (58000).
+   */
+  isTransient() {
+    return ['08', '40', '53', '57'].includes(this.sqlstate.slice(0, 2))
+      || ['55P03', '58000'].includes(this.sqlstate);
+  }
+
+  /** The failure this error is, not caught. */
+  failure() {
+    return this.isTransient() ? Failure.retry(this.message) : Failure.permanent(this.message);
+  }
+}
+
+/**
+ * `sql.query(statement, ...params)`: rows as objects by column name;
+ * `sql.queryOne(...)`: the first row or undefined; `sql.execute(...)`: the
+ * number of rows affected. Placeholders are `$1, $2, ...`. Built against any
+ * world but `sql-handler`, each says how to get it.
+ */
+const sql = Object.fromEntries(
+  ['query', 'queryOne', 'execute'].map((name) => [
+    name,
+    () => {
+      throw new Error(
+        `sql.${name} needs the sql-handler world: build with -n sql-handler and pgevents-sdk-sql.js `
+          + '(WORLD=sql-handler ./build.sh), and ask the operator for sql = { role = "..." }',
+      );
+    },
+  ]),
+);
+
+/**
+ * A whole HTTP response: `status`, `headers` (lower-case names), `body` (a
+ * Uint8Array), `text()`, `json()`, and `check()`, which fails the event the
+ * way a handler almost always means: 408, 429 and 5xx are retried (after
+ * `Retry-After` if the server sent one), any other non-2xx is permanent.
+ */
+class HttpResponse {
+  constructor(method, url, status, headers, body) {
+    this.method = method;
+    this.url = url;
+    this.status = status;
+    this.headers = headers;
+    this.body = body;
+  }
+
+  text() {
+    return new TextDecoder().decode(this.body);
+  }
+
+  json() {
+    return JSON.parse(this.text());
+  }
+
+  /** This response if its status is 2xx; else throws the Failure it means. */
+  check() {
+    if (this.status >= 200 && this.status < 300) return this;
+    const what = `${this.method} ${this.url} answered ${this.status}`;
+    if (this.status === 408 || this.status === 429 || this.status >= 500) {
+      const seconds = Number(this.headers['retry-after']);
+      if (Number.isInteger(seconds) && seconds >= 0) {
+        throw Failure.retryAfter(seconds * 1000, `${what}; retrying after ${seconds}s`);
+      }
+      throw Failure.retry(`${what}; retrying`);
+    }
+    throw Failure.permanent(`${what}; not retrying`);
+  }
+}
+
+/**
+ * `await http.post(url, { json: body, headers })`, `http.get(url)`,
+ * `http.request(method, url, { body })`: see pgevents-sdk-http.js, which the
+ * build adds for a component with the wasi:http import. Without it, each
+ * says how to get it.
+ */
+const http = Object.fromEntries(
+  ['request', 'get', 'post'].map((name) => [
+    name,
+    async () => {
+      throw new Error(
+        `http.${name} needs the wasi:http import: build without \`-d http\` and with pgevents-sdk-http.js `
+          + '(HTTP=1 ./build.sh), and ask the operator for http = { allow = ["host:port"] }',
+      );
+    },
+  ]),
+);
 
 /** One row change; `new`, `old` and `key` are the rows parsed (JSON.parse). */
 class Event {
@@ -154,6 +274,8 @@ function toRecord(error, at, count, perEvent) {
     message: `malformed failure (${why}); throw Failure.retry/permanent/retryAfter(...) instead`,
   });
   const inBatch = (index) => Number.isInteger(index) && index >= 0 && index < count;
+  if (error instanceof SqlError) error = error.failure();
+  if (error && error.failure instanceof SqlError) error = { ...error, failure: error.failure.failure() };
   if (error instanceof Failure) {
     if (perEvent) return error.record(at);
     const record = error.record(0);
@@ -205,16 +327,18 @@ function definePlugin(plugin) {
       };
     },
 
-    handle(rawEvents) {
+    // Async, so that a handler may await (http): componentize-js runs the
+    // event loop until the call's promise settles.
+    async handle(rawEvents) {
       const events = rawEvents.map((e) => new Event(e));
       let current = 0;
       try {
         if (!perEvent) {
-          plugin.handleBatch(events);
+          await plugin.handleBatch(events);
           return;
         }
         for (current = 0; current < events.length; current++) {
-          plugin.handleEvent(events[current]);
+          await plugin.handleEvent(events[current]);
         }
       } catch (error) {
         throw toRecord(error, current, events.length, perEvent);

@@ -24,10 +24,18 @@ exception is a retryable failure whose message (type, text and where it was
 raised) reaches ``status`` and the dead letters. Returning anything but
 ``None`` is refused loudly rather than taken for success (``return
 Err(...)`` would otherwise acknowledge the event).
+
+Built against the ``sql-handler`` world (``WORLD=sql-handler ./build.sh``;
+the operator grants ``sql``), ``pg.sql.query``, ``pg.sql.query_one`` and
+``pg.sql.execute`` run statements in the transaction that acknowledges the
+batch. A ``pg.SqlError`` the handler does not catch fails the event: retried
+if trying again may help (``is_transient()``), else permanent.
 """
 
+import datetime
 import json
 import traceback
+import uuid
 from decimal import Decimal
 from typing import Any, Iterable, Optional, Union
 
@@ -175,6 +183,128 @@ def config(key: str, default: Optional[str] = None) -> Optional[str]:
     return default if value is None else value
 
 
+class SqlError(Exception):
+    """A statement that failed: ``sqlstate`` (``23505`` unique violation,
+    ``42501`` insufficient privilege, ``58000`` the host's side) and
+    PostgreSQL's ``message``. Not caught, it fails the event: retried if
+    ``is_transient()``, else permanent."""
+
+    def __init__(self, sqlstate: str, message: str):
+        super().__init__(f"SQLSTATE {sqlstate}: {message}")
+        self.sqlstate = sqlstate
+        self.message = message
+
+    def is_unique_violation(self) -> bool:
+        """The statement broke a unique constraint: an idempotent insert already happened."""
+        return self.sqlstate == "23505"
+
+    def is_transient(self) -> bool:
+        """Trying again later may succeed: a lost connection (class 08), a
+        serialization failure or deadlock (40), the server out of resources
+        (53), a cancelled statement or a shutdown (57), a lock not available
+        (55P03), a problem on the host's side (58000)."""
+        return self.sqlstate[:2] in ("08", "40", "53", "57") or self.sqlstate in ("55P03", "58000")
+
+    def _wit(self, index: int) -> "_t.Failure":
+        disposition = _t.Disposition_Retry(None) if self.is_transient() else _t.Disposition_Permanent()
+        return _t.Failure(index, disposition, str(self)[-_MESSAGE_MAX:])
+
+
+_S64 = range(-(2**63), 2**63)
+
+
+class _Sql:
+    """``pg.sql``: statements with ``$1, $2, ...`` placeholders. Parameters:
+    None, bool, int, float, str, Decimal (exact, as text), bytes, dict or
+    list (JSON), date/time and UUID (as text; PostgreSQL casts text to any
+    column type). Rows come back as dicts by column name: int, float, str
+    (also numeric, uuid and timestamps, as the host renders them), bool,
+    bytes, None, and json columns parsed (fractions as Decimal)."""
+
+    def _wit(self) -> Any:
+        try:
+            from wit_world.imports import sql
+        except ImportError:
+            raise RuntimeError(
+                "pg.sql needs the sql-handler world: build with `-w sql-handler` "
+                "(WORLD=sql-handler ./build.sh) and ask the operator for `sql = { role = \"...\" }`"
+            ) from None
+        return sql
+
+    def _param(self, sql: Any, value: Any, n: int) -> Any:
+        if value is None:
+            return sql.Value_Null()
+        if isinstance(value, bool):
+            return sql.Value_Boolean(value)
+        if isinstance(value, int):
+            return sql.Value_Int(value) if value in _S64 else sql.Value_Text(str(value))
+        if isinstance(value, float):
+            return sql.Value_Float(value)
+        if isinstance(value, (str, Decimal, uuid.UUID)):
+            return sql.Value_Text(str(value))
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return sql.Value_Bytes(bytes(value))
+        if isinstance(value, (dict, list)):
+            return sql.Value_Json(_dumps(value))
+        if isinstance(value, (datetime.date, datetime.time)):
+            return sql.Value_Text(value.isoformat())
+        raise TypeError(
+            f"pg.sql: parameter ${n} is {type(value).__name__}; pass None, bool, int, float, str, "
+            "Decimal, bytes, dict/list (JSON), a date/time or a UUID"
+        )
+
+    def _call(self, name: str, statement: str, params: tuple) -> Any:
+        sql = self._wit()
+        values = [self._param(sql, v, n) for n, v in enumerate(params, 1)]
+        try:
+            return getattr(sql, name)(statement, values)
+        except Err as err:
+            raise SqlError(err.value.sqlstate, err.value.message) from None
+
+    def query(self, statement: str, *params: Any) -> list:
+        """Run a statement that returns rows: a list of dicts."""
+        result = self._call("query", statement, params)
+        return [
+            {column: _result_value(v) for column, v in zip(result.columns, row)}
+            for row in result.rows
+        ]
+
+    def query_one(self, statement: str, *params: Any) -> Optional[dict]:
+        """The first row of a statement's result, or None if it returned none."""
+        rows = self.query(statement, *params)
+        return rows[0] if rows else None
+
+    def execute(self, statement: str, *params: Any) -> int:
+        """Run a statement; the number of rows it affected."""
+        return self._call("execute", statement, params)
+
+
+sql = _Sql()
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of ``value``, a Decimal with every digit (json.dumps would
+    refuse it, or round it through float)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} has no JSON form")
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_dumps(v) for v in value) + "]"
+    return json.dumps(value, allow_nan=False)
+
+
+def _result_value(value: Any) -> Any:
+    kind = type(value).__name__
+    if kind == "Value_Null":
+        return None
+    if kind == "Value_Json":
+        return json.loads(value.value, parse_float=Decimal)
+    return value.value
+
+
 def _described(error: BaseException) -> str:
     """An exception as a failure message: its type, text and where it came from."""
     where = traceback.extract_tb(error.__traceback__)
@@ -193,6 +323,9 @@ def _checked(failure: Any, index: int, count: int, at: Optional[int] = None) -> 
             f"malformed failure ({why}); raise pg.Failure.retry/permanent/retry_after(...) instead",
         )
 
+    if type(failure).__name__ == "SqlError" and hasattr(failure, "sqlstate"):
+        # A raw `wit_world.imports.sql` call's error, not caught.
+        return SqlError(failure.sqlstate, failure.message)._wit(index if at is None else at)
     if not isinstance(failure, _t.Failure):
         return malformed(f"Err carries {type(failure).__name__}, not a Failure")
     if not isinstance(failure.disposition, (_t.Disposition_Retry, _t.Disposition_Permanent)):
@@ -230,7 +363,7 @@ class Plugin(exports.Handler):
         for i, event in enumerate(events):
             try:
                 result = self.handle_event(event)
-            except Failure as f:
+            except (Failure, SqlError) as f:
                 raise Err(f._wit(i))
             except Err as err:
                 raise Err(_checked(err.value, i, len(events), at=i))
@@ -249,7 +382,7 @@ class Plugin(exports.Handler):
             self.handle_batch(wrapped)
         except Err as err:
             raise Err(_checked(err.value, 0, len(events)))
-        except Failure as f:
+        except (Failure, SqlError) as f:
             failure = f._wit(0)
             failure.message += " (raised from handle_batch, which cannot say which event: raise Err(Failure(index, ...)))"
             raise Err(failure)

@@ -12,37 +12,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Run the binary; (exit code, stdout, stderr).
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("run pgevents-host");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Insert events of `public.items` as JSONL, one per `note`.
-fn item_events(dir: &Path, notes: &[&str]) -> std::path::PathBuf {
-    let lines: Vec<String> = notes
-        .iter()
-        .enumerate()
-        .map(|(i, note)| {
-            serde_json::json!({
-                "operation": "insert",
-                "schema": "public",
-                "table": "items",
-                "key": {"id": i + 1},
-                "new_row": {"id": i + 1, "name": format!("item {}", i + 1), "qty": 1, "note": note},
-            })
-            .to_string()
-        })
-        .collect();
-    let path = dir.join("events.jsonl");
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
-
 /// `test` on a file: every batch handled exits 0 with the plugin's log
 /// lines; a failure at event k reports k, its message, that the events
 /// before it were handled, and exits 1 — and the events after it still run.
@@ -651,7 +620,8 @@ async fn new_writes_a_rust_project_with_typed_rows_that_builds_passes_its_test_a
 /// event with the author's own words — raising pg.Failure, an exception of
 /// the author's code (with where it was raised), `return Err(...)` (which
 /// without the SDK counted as success), a malformed disposition, a stray
-/// return value — and the events before it are handled.
+/// return value, `pg.sql` in a world without it (which says how to get it)
+/// — and the events before it are handled.
 #[test]
 fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
     let dir = tempfile::tempdir().unwrap();
@@ -665,6 +635,7 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
             "bad-disposition",
             "return-value",
             "retry-after",
+            "sql",
             "z",
         ],
     );
@@ -678,8 +649,9 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
         "FAILED at event 5 (permanent): malformed failure (disposition is 'permanent' (str)",
         "FAILED at event 6 (permanent): handle_event returned True",
         "FAILED at event 7 (retry after 250ms): downstream busy",
-        "batch of 1 event(s), 8-8: handled",
-        "log info: event note=z id=8 config=hi",
+        "FAILED at event 8 (retry): RuntimeError: pg.sql needs the sql-handler world: build with `-w sql-handler`",
+        "batch of 1 event(s), 9-9: handled",
+        "log info: event note=z id=9 config=hi",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }
@@ -687,7 +659,7 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
 
 /// `new --lang python --table`: app.py on the Python SDK with typed rows
 /// (rows.py), built by its build.sh with the pinned componentize-py; its own
-/// test passes out of the box.
+/// test passes out of the box. With `WORLD=sql-handler` it imports sql.
 #[tokio::test]
 async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_test() {
     let db = TestDb::new().await;
@@ -745,13 +717,25 @@ async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_
         out.contains("total=Decimal('123456789012345678901234567.25')"),
         "typed rows, numeric exact: {out}"
     );
+
+    // Built for sql, the component asks for the sql grant.
+    let needs = rebuilt_needs(
+        &project,
+        &[
+            ("COMPONENTIZE_PY", tool.as_os_str()),
+            ("WORLD", "sql-handler".as_ref()),
+        ],
+    );
+    assert!(needs.contains("needs:      the sql capability"), "{needs}");
 }
 
 /// The JavaScript SDK's per-event handler, run with `test`: a Failure
 /// thrown is reported at its event (not silently at index 0), an Error of the
 /// author's code or a thrown string reaches the report with its message
 /// (not an opaque trap), a malformed raw record is named as such, and a
-/// raw record's wrong index is corrected to the event it was thrown at.
+/// raw record's wrong index is corrected to the event it was thrown at;
+/// `sql` in a world without it, and `http` in a build without it, say how
+/// to get them.
 #[test]
 fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
     let dir = tempfile::tempdir().unwrap();
@@ -766,6 +750,8 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
             "raw-record",
             "retry-after",
             "index-failure",
+            "sql",
+            "http",
             "z",
         ],
     );
@@ -779,8 +765,10 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
         "FAILED at event 6 (permanent): a raw record",
         "FAILED at event 7 (retry after 250ms): downstream busy",
         "FAILED at event 8 (retry): an index of its own",
-        "batch of 1 event(s), 9-9: handled",
-        "log info: event note=z id=9 config=hi",
+        "FAILED at event 9 (retry): Error: sql.execute needs the sql-handler world: build with -n sql-handler",
+        "FAILED at event 10 (retry): Error: http.get needs the wasi:http import: build without `-d http`",
+        "batch of 1 event(s), 11-11: handled",
+        "log info: event note=z id=11 config=hi",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }
@@ -788,7 +776,8 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
 
 /// `new --lang js --table`: app.js on the JavaScript SDK with typed rows
 /// (rows.js, numeric kept exact), built by its build.sh with the pinned
-/// componentize-js; its own test passes out of the box.
+/// componentize-js; its own test passes out of the box. With `WORLD=sql-handler
+/// HTTP=1` it builds a component that imports sql and http.
 #[tokio::test]
 async fn new_writes_a_javascript_project_with_typed_rows_that_builds_and_passes_its_test() {
     let db = TestDb::new().await;
@@ -843,6 +832,21 @@ async fn new_writes_a_javascript_project_with_typed_rows_that_builds_and_passes_
         out.contains(r#""total":"123456789012345678901234567.25""#),
         "typed rows, numeric exact: {out}"
     );
+
+    // Built for sql and http, the component asks for both grants.
+    let needs = rebuilt_needs(
+        &project,
+        &[
+            ("COMPONENTIZE_JS", tool.as_os_str()),
+            ("WORLD", "sql-handler".as_ref()),
+            ("HTTP", "1".as_ref()),
+        ],
+    );
+    assert!(
+        needs.contains("needs:      the sql capability")
+            && needs.contains("needs:      the http capability"),
+        "{needs}"
+    );
 }
 
 /// Sample rows (`new --table`, `test` without an events file) are typed
@@ -888,6 +892,20 @@ async fn sample_rows_hold_no_table_data_and_run_no_code_of_the_table_owners() {
         events.contains(r#""lvl": "low""#),
         "a typed sample value: {events}"
     );
+}
+
+/// Build the `order_audit` project again with `envs`; what `inspect` says of it.
+fn rebuilt_needs(project: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> String {
+    let build = Command::new(project.join("build.sh"))
+        .envs(envs.iter().copied())
+        .output()
+        .expect("build.sh");
+    assert!(build.status.success(), "{build:?}");
+    let (code, out, err) = run(host_bin()
+        .arg("inspect")
+        .arg(project.join("order_audit.wasm")));
+    assert_eq!(code, 0, "{out}{err}");
+    out
 }
 
 /// An events file with one order whose total no double can hold.

@@ -17,6 +17,7 @@ mod polyglot;
 mod proxy;
 mod publish;
 mod reload;
+mod sdk_capabilities;
 mod sinks_nats_redis;
 mod sinks_rabbitmq_mqtt;
 mod support;

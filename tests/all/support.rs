@@ -195,6 +195,37 @@ pub fn host_bin() -> std::process::Command {
     cmd
 }
 
+/// Insert events of `public.items` as JSONL, one per `note`.
+pub fn item_events(dir: &Path, notes: &[&str]) -> PathBuf {
+    let lines: Vec<String> = notes
+        .iter()
+        .enumerate()
+        .map(|(i, note)| {
+            serde_json::json!({
+                "operation": "insert",
+                "schema": "public",
+                "table": "items",
+                "key": {"id": i + 1},
+                "new_row": {"id": i + 1, "name": format!("item {}", i + 1), "qty": 1, "note": note},
+            })
+            .to_string()
+        })
+        .collect();
+    let path = dir.join("events.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// Run the binary; (exit code, stdout, stderr).
+pub fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run pgevents-host");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A `pgevents-host run` process whose log goes to a file.
 pub struct HostProcess {
     child: std::process::Child,

@@ -178,7 +178,9 @@ impl Runtime {
                     capability: capability.name,
                     grant: capability.grant,
                     hint: if capability.name == "http" {
-                        "\nIf the plugin makes no HTTP requests, its toolchain added the import:                          componentize-js does unless given `-d http fetch-event`                          (see docs/plugins/javascript.md); build it so instead."
+                        "\nIf the plugin makes no HTTP requests, its toolchain added the import: \
+                         componentize-js does unless given `-d http fetch-event` \
+                         (see docs/plugins/javascript.md); build it so instead."
                     } else {
                         ""
                     },

@@ -11,6 +11,8 @@
 // | `bad-disposition` | throw a raw record with disposition 'permanent' (a string) |
 // | `raw-record`      | throw a well-formed raw record with a wrong index          |
 // | `index-failure`   | throw { index: 99, failure: Failure.retry(...) }           |
+// | `sql`             | call sql, which this world (handler-only) does not have    |
+// | `http`            | call http, which this build (`-d http`) does not have      |
 // | anything else     | log "event" with the note, the id and a config value       |
 
 export const handler = definePlugin({
@@ -36,6 +38,11 @@ export const handler = definePlugin({
         throw { index: 99, disposition: { tag: 'permanent' }, message: 'a raw record' };
       case 'index-failure':
         throw { index: 99, failure: Failure.retry('an index of its own') };
+      case 'sql':
+        sql.execute('SELECT 1');
+        break;
+      case 'http':
+        return http.get('https://example.com/');
       default:
         log.info('event', { note: row.note, id: row.id, config: config('greeting', 'none') });
     }

@@ -9,6 +9,7 @@
 | `return-err`      | return Err(Failure(...)) instead of raising it              |
 | `bad-disposition` | raise Err(Failure(0, "permanent", ...)): a malformed one    |
 | `return-value`    | return True                                                 |
+| `sql`             | call pg.sql, which this world (handler-only) does not have  |
 | anything else     | log "event" with the note, the id and the exact `qty` type  |
 """
 
@@ -38,4 +39,6 @@ class Handler(pg.Plugin):
             raise Err(Failure(0, "permanent", "a string for a disposition"))
         if note == "return-value":
             return True
+        if note == "sql":
+            pg.sql.execute("SELECT 1")
         pg.log.info("event", note=note, id=event.new["id"], config=pg.config("greeting", "none"))

@@ -17,6 +17,10 @@ const WIT: &str = include_str!("../../../../wit/plugin.wit");
 const PYTHON_SDK: &str = include_str!("../../../../plugin-sdk/python/pgevents_sdk.py");
 /// The JavaScript SDK (put in front of the plugin's module by its build).
 const JS_SDK: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk.js");
+/// Its `sql` part, for the `sql-handler` world.
+const JS_SDK_SQL: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk-sql.js");
+/// Its `http` part, for a component with the wasi:http import.
+const JS_SDK_HTTP: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk-http.js");
 /// The componentize-js set-up the SDK is built and tested with.
 const JS_PACKAGE: &str = include_str!("../../../../plugins/greeter-js/package.json");
 
@@ -176,9 +180,10 @@ fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
             format!(
                 "#!/bin/sh\n# Builds {module}.wasm with componentize-py {COMPONENTIZE_PY_VERSION} \
                  (pip install componentize-py=={COMPONENTIZE_PY_VERSION}),\n\
-                 # against the handler-only world (no sql; see the plugin docs of pgevents-host).\n\
+                 # against the world $WORLD: handler-only (the default), or sql-handler for pg.sql\n\
+                 # (the operator then grants the plugin `sql = {{ role = \"...\" }}`).\n\
                  set -e\ncd \"$(dirname \"$0\")\"\n\
-                 \"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w handler-only componentize app -o {module}.wasm\n\
+                 \"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w \"${{WORLD:-handler-only}}\" componentize app -o {module}.wasm\n\
                  rm -rf __pycache__\n"
             ),
         ),
@@ -269,6 +274,8 @@ cp {module}.wasm /path/to/plugins/          # the running host loads it
   `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
 - `pgevents_sdk.py`, `wit/`: the SDK and the plugin world, as the host that wrote this
   project speaks them.
+- Database access: `pg.sql.execute/query/query_one("... $1", value)` in the handler, built
+  with `WORLD=sql-handler ./build.sh`; the operator grants it (`sql = {{ role = "..." }}`).
 "#
         ),
     ));
@@ -288,6 +295,8 @@ fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
     });
     let mut files = vec![
         ("pgevents-sdk.js".into(), JS_SDK.to_owned()),
+        ("pgevents-sdk-sql.js".into(), JS_SDK_SQL.to_owned()),
+        ("pgevents-sdk-http.js".into(), JS_SDK_HTTP.to_owned()),
         ("wit/plugin.wit".into(), WIT.into()),
         ("events.jsonl".into(), sample_events(plugin)),
         (
@@ -351,12 +360,18 @@ fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
         "build.sh".into(),
         format!(
             "#!/bin/sh\n# Builds {module}.wasm with componentize-js (npm install, once), against the\n\
-             # handler-only world. componentize-js builds one module: the SDK{rows_note} and app.js\n\
-             # go into build/plugin.js first.\n\
+             # world $WORLD: handler-only (the default), or sql-handler for `sql` (with\n\
+             # pgevents-sdk-sql.js; the operator then grants the plugin `sql = {{ role = \"...\" }}`).\n\
+             # HTTP=1 keeps the wasi:http import for `http` (with pgevents-sdk-http.js; the operator\n\
+             # then grants `http = {{ allow = [\"host:port\"] }}`). componentize-js builds one module:\n\
+             # the SDK{rows_note} and app.js go into build/plugin.js first.\n\
              set -e\ncd \"$(dirname \"$0\")\"\nmkdir -p build\n\
-             cat pgevents-sdk.js{rows_file} app.js > build/plugin.js\n\
-             \"${{COMPONENTIZE_JS:-node_modules/.bin/componentize-js}}\" build/plugin.js -w wit -n handler-only \\\n\
-             \x20   -d http fetch-event -o {module}.wasm\n",
+             WORLD=\"${{WORLD:-handler-only}}\"\nSDK=pgevents-sdk.js\nFEATURES=\"http fetch-event\"\n\
+             if [ \"$WORLD\" = sql-handler ]; then SDK=\"$SDK pgevents-sdk-sql.js\"; fi\n\
+             if [ -n \"$HTTP\" ]; then SDK=\"$SDK pgevents-sdk-http.js\"; FEATURES=fetch-event; fi\n\
+             cat $SDK{rows_file} app.js > build/plugin.js\n\
+             \"${{COMPONENTIZE_JS:-node_modules/.bin/componentize-js}}\" build/plugin.js -w wit -n \"$WORLD\" \\\n\
+             \x20   -d $FEATURES -o {module}.wasm\n",
             rows_note = if rows_file.is_empty() { "" } else { ", rows.js" },
         ),
     ));
@@ -398,8 +413,12 @@ cp {module}.wasm /path/to/plugins/            # the running host loads it
 - `app.js`: the manifest (`subscriptions`) and `handleEvent`.
 - `events.jsonl`: events `pgevents-host test` calls the handler with; record real ones with
   `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
-- `pgevents-sdk.js`, `wit/`: the SDK and the plugin world, as the host that wrote this
-  project speaks them.
+- `pgevents-sdk.js` (with `pgevents-sdk-sql.js`, `pgevents-sdk-http.js`), `wit/`: the SDK
+  and the plugin world, as the host that wrote this project speaks them.
+- Database access: `sql.execute/query/queryOne('... $1', value)` in the handler, built with
+  `WORLD=sql-handler ./build.sh`; the operator grants it (`sql = {{ role = "..." }}`).
+- HTTP: `await http.post(url, {{ json }})` in an `async handleEvent`, then `.check()`, built
+  with `HTTP=1 ./build.sh`; the operator grants it (`http = {{ allow = ["host:port"] }}`).
 "#
         ),
     ));

@@ -192,7 +192,15 @@ impl WasiHttpHooks for Hooks {
                     &reason,
                 );
             }
-            return Box::new(async { Err(Error::HttpRequestDenied) });
+            // Refuse once the guest has written the body, as a server that
+            // read the request would: a guest still writing it (JavaScript's
+            // fetch) otherwise fails on the body instead of seeing the refusal.
+            let limit = self.timeout;
+            return Box::new(async move {
+                use http_body_util::BodyExt;
+                let _ = tokio::time::timeout(limit, request.into_body().collect()).await;
+                Err(Error::HttpRequestDenied)
+            });
         }
         if let Some(responder) = self.responder.clone() {
             drop(fut);

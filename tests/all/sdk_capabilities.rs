@@ -1,0 +1,180 @@
+//! The Python and JavaScript SDKs' capabilities, run by `test`.
+//!
+//! `sql`, on plugins built against the `sql-handler` world, against a real
+//! database: values of every kind go in and come back as the language's own
+//! types (numeric and json exact), a caught unique violation lets the
+//! handler go on, an uncaught one, a missing privilege or a bad parameter
+//! fails the event in the author's words, nothing is written (the
+//! transaction is rolled back), and without the grant the plugin is refused
+//! as the host refuses it.
+//!
+//! JavaScript's `http`, on a plugin with the wasi:http import: each status
+//! class fails the event as `check()` promises, and a request no rule
+//! answers, one the grant does not allow and a URL that does not parse each
+//! fail it with a message that says so, never an opaque trap.
+
+use crate::support::*;
+
+/// The notes `sql-py` and `sql-js` act on, as `public.items` inserts.
+const NOTES: [&str; 6] = ["a", "caught", "duplicate", "forbidden", "bad-param", "b"];
+
+/// Run `test` on the sql test plugin `name` (granted sql as a role that may
+/// write `public.audit` and not read `public.forbidden`); its report, after
+/// checking what every language must show.
+async fn run_sql_plugin(name: &str) -> String {
+    let db = TestDb::new().await;
+    let role = db.role("auditor").await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE public.audit (item_id int PRIMARY KEY, note text, qty numeric, doc jsonb, raw bytea);
+             CREATE TABLE public.forbidden (id int);
+             GRANT INSERT, SELECT ON public.audit TO {role};"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = item_events(dir.path(), &NOTES);
+    let test = |config: Option<String>| {
+        let mut cmd = host_bin();
+        cmd.arg("test")
+            .arg(plugin(name))
+            .arg(&events)
+            .args(["--database-url", &db.url]);
+        if let Some(config) = config {
+            let path = dir.path().join("host.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        run(&mut cmd)
+    };
+
+    let (code, _, err) = test(None);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("sql = { role =") && err.contains(&format!("[plugins.{name}]")),
+        "refused without the grant, naming it: {err}"
+    );
+
+    let (code, out, err) = test(Some(format!(
+        "[plugins.{name}]\nsql = {{ role = \"{role}\" }}\n"
+    )));
+    assert_eq!(code, 1, "three events fail: {out}{err}");
+    for expected in [
+        "log info: already recorded unique=yes sqlstate=23505",
+        "FAILED at event 3 (permanent): SQLSTATE 23505: duplicate key value violates unique constraint \"audit_pkey\" (Key (item_id)=(1) already exists.); the 2 before it were handled",
+        "FAILED at event 4 (permanent): SQLSTATE 42501: permission denied for table forbidden",
+        "FAILED at event 5 (retry): TypeError: ",
+        "parameter $1 is ",
+        "sql transaction rolled back",
+    ] {
+        assert!(out.contains(expected), "{expected}\n in:\n{out}");
+    }
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM public.audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "rolled back: the table is unchanged\n{out}");
+    out
+}
+
+#[tokio::test]
+async fn the_python_sdk_runs_sql_with_exact_values_and_fails_events_on_sql_errors() {
+    let out = run_sql_plugin("sql-py").await;
+    for id in [1, 2, 6] {
+        let expected = format!(
+            "log info: row inserted=1 item_id=int:{id} note=str:'{}' qty=str:'12345678901234567890.125' \
+             doc=dict:{{'d': Decimal('0.1'), 'k': [1, 'x', None]}} raw=bytes:b'\\x00\\xff' \
+             positive=bool:True nothing=NoneType:None",
+            NOTES[id - 1]
+        );
+        assert!(out.contains(&expected), "{expected}\n in:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn the_javascript_sdk_runs_sql_with_exact_values_and_fails_events_on_sql_errors() {
+    let out = run_sql_plugin("sql-js").await;
+    for id in [1, 2, 6] {
+        let expected = format!(
+            "log info: row inserted=1 item_id=number:{id} note=string:\"{}\" \
+             qty=string:\"12345678901234567890.125\" doc=object:{{\"d\":0.1,\"k\":[1,\"x\",null]}} \
+             raw=Uint8Array:0,255 positive=boolean:true nothing=null:null big=bigint:9007199254740993n",
+            NOTES[id - 1]
+        );
+        assert!(out.contains(&expected), "{expected}\n in:\n{out}");
+    }
+}
+
+#[test]
+fn the_javascript_sdk_sends_http_and_fails_each_event_as_its_response_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+method = "POST"
+url = "https://hooks.example.com/ok"
+body = '{"ack": 1}'
+headers = { "content-type" = "application/json" }
+[[rule]]
+url = "https://hooks.example.com/busy"
+status = 503
+headers = { "retry-after" = "7" }
+[[rule]]
+url = "https://hooks.example.com/overloaded"
+status = 500
+[[rule]]
+url = "https://hooks.example.com/gone"
+status = 410
+[[rule]]
+url = "https://elsewhere.example.com/"
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        "[plugins.http-js]\nhttp = { allow = [\"hooks.example.com:443\"] }\n\
+         config = { url = \"https://hooks.example.com/\" }\n",
+    )
+    .unwrap();
+    let notes = [
+        "ok",
+        "busy",
+        "overloaded",
+        "gone",
+        "unruled",
+        "elsewhere",
+        "bad-url",
+        "ok",
+    ];
+    let events = item_events(dir.path(), &notes);
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(plugin("http-js"))
+        .arg(&events)
+        .arg("--config")
+        .arg(&config)
+        .arg("--http")
+        .arg(&rules));
+    assert_eq!(code, 1, "{out}{err}");
+    for expected in [
+        "log info: sent status=200 type=application/json ack=1",
+        "http POST https://hooks.example.com/ok (20 byte body) -> 200 (rule 1)",
+        "FAILED at event 2 (retry after 7s): POST https://hooks.example.com/busy answered 503; retrying after 7s; the 1 before it were handled",
+        "FAILED at event 3 (retry): POST https://hooks.example.com/overloaded answered 500; retrying",
+        "FAILED at event 4 (permanent): POST https://hooks.example.com/gone answered 410; not retrying",
+        "FAILED at event 5 (retry): Error: POST https://hooks.example.com/unruled: ",
+        "-> refused: no rule matches",
+        "FAILED at event 6 (retry): Error: POST https://elsewhere.example.com/: ",
+        "-> refused: plugin `http-js` may not call elsewhere.example.com:443",
+        "FAILED at event 7 (permanent): POST not a url: not a URL",
+        "batch of 1 event(s), 8-8: handled",
+    ] {
+        assert!(out.contains(expected), "{expected}\n in:\n{out}");
+    }
+    assert!(!out.contains("trapped"), "{out}");
+}
