@@ -63,17 +63,20 @@ python_plugin() {
     mkdir -p "$release"
     py_component "$release/sdk-py.wasm" tests/plugins/sdk-py "$tool"
     py_component "$release/sql-py.wasm" tests/plugins/sql-py "$tool" sql-handler
+    py_component "$release/http-py.wasm" tests/plugins/http-py "$tool" http-handler
 }
 
 # Build the component $1 from the app.py in $2, with the Python SDK on the path,
-# against the world $4 (default handler-only).
+# against the world $4 (default handler-only; those with HTTP are in wit/http).
 py_component() {
     local out=$1 src=$2 tool=$3 world=${4:-handler-only}
+    local wit=wit
+    case "$world" in *http-handler) wit=wit/http ;; esac
     if up_to_date "$out" "$src" plugin-sdk/python wit "$tool"; then
         return
     fi
     say "building $out (componentize-py, about 10 s)"
-    build_into "$out" "$tool" -d wit -w "$world" componentize \
+    build_into "$out" "$tool" -d "$wit" -w "$world" componentize \
         -p "$src" -p plugin-sdk/python app
     # The build imports the modules, which leaves bytecode next to the source.
     rm -rf "$src/__pycache__" plugin-sdk/python/__pycache__

@@ -10,14 +10,18 @@
 //
 // A request the grant refuses, or a network error, throws an Error: a
 // retryable failure with its message (`pgevents-host test` and the host's
-// log say why it was refused). A URL that does not parse is permanent.
+// log say why it was refused). A URL that is not http(s) is permanent.
 
 Object.assign(http, {
   async request(method, url, { headers = {}, json = undefined, body = undefined } = {}) {
+    let parsed;
     try {
-      new URL(url);
+      parsed = new URL(url);
     } catch {
-      throw Failure.permanent(`${method} ${url}: not a URL`);
+      parsed = undefined;
+    }
+    if (!parsed || !['http:', 'https:'].includes(parsed.protocol)) {
+      throw Failure.permanent(`${method} ${url}: not an http(s) URL`);
     }
     const sent = { ...headers };
     if (json !== undefined) {

@@ -30,6 +30,12 @@ the operator grants ``sql``), ``pg.sql.query``, ``pg.sql.query_one`` and
 ``pg.sql.execute`` run statements in the transaction that acknowledges the
 batch. A ``pg.SqlError`` the handler does not catch fails the event: retried
 if trying again may help (``is_transient()``), else permanent.
+
+Built against the ``http-handler`` (or ``sql-http-handler``) world of
+``wit/http`` (``WORLD=http-handler ./build.sh``; the operator grants
+``http``), ``pg.http.post(url, json=body).check()`` sends a request and
+fails the event as its status says: 408, 429 and 5xx are retried, other
+non-2xx statuses are permanent. A refused request raises ``pg.HttpError``.
 """
 
 import datetime
@@ -39,11 +45,30 @@ import uuid
 from decimal import Decimal
 from typing import Any, Iterable, Optional, Union
 
+from urllib.parse import urlsplit
+
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import config as _config
 from wit_world.imports import host as _host
-from wit_world.imports import types as _t
+
+# The modules of the world the plugin is built against, imported when it is
+# built (componentize-py keeps only what is imported then). Next to
+# wasi:http's `types`, the plugin's are `pgevents_plugin_types`.
+try:
+    from wit_world.imports import types as _t
+except ImportError:
+    from wit_world.imports import pgevents_plugin_types as _t
+try:
+    from wit_world.imports import sql as _wit_sql
+except ImportError:
+    _wit_sql = None
+try:
+    from wit_world.imports import outgoing_handler as _wit_outgoing
+    from wit_world.imports import streams as _wit_streams
+    from wit_world.imports import wasi_http_types as _wit_http
+except ImportError:
+    _wit_outgoing = None
 
 INSERT = "insert"
 UPDATE = "update"
@@ -222,14 +247,12 @@ class _Sql:
     bytes, None, and json columns parsed (fractions as Decimal)."""
 
     def _wit(self) -> Any:
-        try:
-            from wit_world.imports import sql
-        except ImportError:
+        if _wit_sql is None:
             raise RuntimeError(
                 "pg.sql needs the sql-handler world: build with `-w sql-handler` "
                 "(WORLD=sql-handler ./build.sh) and ask the operator for `sql = { role = \"...\" }`"
-            ) from None
-        return sql
+            )
+        return _wit_sql
 
     def _param(self, sql: Any, value: Any, n: int) -> Any:
         if value is None:
@@ -280,6 +303,145 @@ class _Sql:
 
 
 sql = _Sql()
+
+
+class HttpError(Exception):
+    """A request that got no response: refused by the operator's allow-list
+    (``denied``), a network error, or a URL that is not http(s). Not caught,
+    it fails the event: retried, except for a bad URL (permanent)."""
+
+    def __init__(self, message: str, *, denied: bool = False, invalid: bool = False):
+        super().__init__(message)
+        self.denied = denied
+        self.invalid = invalid
+
+    def _wit(self, index: int) -> "_t.Failure":
+        disposition = _t.Disposition_Permanent() if self.invalid else _t.Disposition_Retry(None)
+        return _t.Failure(index, disposition, str(self)[-_MESSAGE_MAX:])
+
+
+class Response:
+    """A whole HTTP response: ``status``, ``headers`` (lower-case names),
+    ``body`` (bytes), ``text()``, ``json()`` and ``check()``."""
+
+    def __init__(self, method: str, url: str, status: int, headers: dict, body: bytes):
+        self.method, self.url, self.status, self.headers, self.body = method, url, status, headers, body
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body, parse_float=Decimal)
+
+    def check(self) -> "Response":
+        """This response if its status is 2xx; else raises the failure it
+        means: 408, 429 and 5xx are retried (after ``Retry-After`` seconds if
+        the server sent them), any other status is permanent."""
+        if 200 <= self.status < 300:
+            return self
+        what = f"{self.method} {self.url} answered {self.status}"
+        if self.status in (408, 429) or self.status >= 500:
+            after = self.headers.get("retry-after", "")
+            if after.isdigit():
+                raise Failure.retry_after(int(after) * 1000, f"{what}; retrying after {after}s")
+            raise Failure.retry(f"{what}; retrying")
+        raise Failure.permanent(f"{what}; not retrying")
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+# wasi:http streams take at most this much per blocking write.
+_CHUNK = 4096
+
+
+class _Http:
+    """``pg.http``: ``pg.http.post(url, json=body, headers={...})``,
+    ``pg.http.get(url)``, ``pg.http.request(method, url, body=b"...")``: a
+    request through the operator's allow-list and its whole ``Response``.
+    Needs the http-handler (or sql-http-handler) world: ``WORLD=http-handler
+    ./build.sh``, and the operator's ``http`` grant."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Optional[dict] = None,
+        json: Any = None,
+        body: Union[bytes, str, None] = None,
+    ) -> Response:
+        if _wit_outgoing is None:
+            raise RuntimeError(
+                "pg.http needs the http-handler world: build with `-d wit/http -w http-handler` "
+                "(WORLD=http-handler ./build.sh) and ask the operator for `http = { allow = [\"host:port\"] }`"
+            )
+        method = method.upper()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise HttpError(f"{method} {url}: not an http(s) URL", invalid=True)
+        sent = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+        if json is not None:
+            body = _dumps(json)
+            sent.setdefault("content-type", "application/json")
+        data = body.encode() if isinstance(body, str) else bytes(body or b"")
+        h = _wit_http
+        try:
+            fields = h.Fields.from_list([(k, v.encode()) for k, v in sent.items()])
+        except Err as e:
+            raise HttpError(f"{method} {url}: a header is not allowed ({type(e.value).__name__})", invalid=True)
+        request = h.OutgoingRequest(fields)
+        request.set_method(getattr(h, f"Method_{method.title()}")() if method in _METHODS else h.Method_Other(method))
+        request.set_scheme(h.Scheme_Https() if parts.scheme == "https" else h.Scheme_Http())
+        request.set_authority(parts.netloc)
+        request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        outgoing = request.body()
+        try:
+            future = _wit_outgoing.handle(request, None)
+        except Err as e:
+            raise _http_error(method, url, e.value) from None
+        with outgoing.write() as stream:
+            for i in range(0, len(data), _CHUNK):
+                stream.blocking_write_and_flush(data[i : i + _CHUNK])
+        h.OutgoingBody.finish(outgoing, None)
+        with future:
+            with future.subscribe() as ready:
+                ready.block()
+            result = future.get()
+        inner = result.value
+        if isinstance(inner, Err):
+            raise _http_error(method, url, inner.value)
+        with inner.value as response:
+            status = response.status()
+            with response.headers() as fields:
+                received = {k.lower(): v.decode("latin-1") for k, v in fields.entries()}
+            incoming = response.consume()
+            chunks = []
+            with incoming.stream() as stream:
+                while True:
+                    try:
+                        chunks.append(stream.blocking_read(65536))
+                    except Err as e:
+                        if isinstance(e.value, _wit_streams.StreamError_Closed):
+                            break
+                        raise HttpError(f"{method} {url}: the response body broke off") from None
+            h.IncomingBody.finish(incoming)
+        return Response(method, url, status, received, b"".join(chunks))
+
+    def get(self, url: str, **options: Any) -> Response:
+        return self.request("GET", url, **options)
+
+    def post(self, url: str, **options: Any) -> Response:
+        return self.request("POST", url, **options)
+
+
+def _http_error(method: str, url: str, code: Any) -> HttpError:
+    name = type(code).__name__.removeprefix("ErrorCode_")
+    if name == "HttpRequestDenied":
+        return HttpError(f"{method} {url}: refused by the host: its http grant does not allow it "
+            "(under `pgevents-host test`: or no --http rule answers it)", denied=True)
+    return HttpError(f"{method} {url}: {name}")
+
+
+http = _Http()
 
 
 def _dumps(value: Any) -> str:
@@ -363,7 +525,7 @@ class Plugin(exports.Handler):
         for i, event in enumerate(events):
             try:
                 result = self.handle_event(event)
-            except (Failure, SqlError) as f:
+            except (Failure, SqlError, HttpError) as f:
                 raise Err(f._wit(i))
             except Err as err:
                 raise Err(_checked(err.value, i, len(events), at=i))
@@ -382,7 +544,7 @@ class Plugin(exports.Handler):
             self.handle_batch(wrapped)
         except Err as err:
             raise Err(_checked(err.value, 0, len(events)))
-        except (Failure, SqlError) as f:
+        except (Failure, SqlError, HttpError) as f:
             failure = f._wit(0)
             failure.message += " (raised from handle_batch, which cannot say which event: raise Err(Failure(index, ...)))"
             raise Err(failure)

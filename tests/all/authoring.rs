@@ -620,8 +620,8 @@ async fn new_writes_a_rust_project_with_typed_rows_that_builds_passes_its_test_a
 /// event with the author's own words — raising pg.Failure, an exception of
 /// the author's code (with where it was raised), `return Err(...)` (which
 /// without the SDK counted as success), a malformed disposition, a stray
-/// return value, `pg.sql` in a world without it (which says how to get it)
-/// — and the events before it are handled.
+/// return value, `pg.sql` or `pg.http` in a world without it (which says
+/// how to get it) — and the events before it are handled.
 #[test]
 fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
     let dir = tempfile::tempdir().unwrap();
@@ -636,6 +636,7 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
             "return-value",
             "retry-after",
             "sql",
+            "http",
             "z",
         ],
     );
@@ -650,8 +651,9 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
         "FAILED at event 6 (permanent): handle_event returned True",
         "FAILED at event 7 (retry after 250ms): downstream busy",
         "FAILED at event 8 (retry): RuntimeError: pg.sql needs the sql-handler world: build with `-w sql-handler`",
-        "batch of 1 event(s), 9-9: handled",
-        "log info: event note=z id=9 config=hi",
+        "FAILED at event 9 (retry): RuntimeError: pg.http needs the http-handler world: build with `-d wit/http -w http-handler`",
+        "batch of 1 event(s), 10-10: handled",
+        "log info: event note=z id=10 config=hi",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }
@@ -659,7 +661,8 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
 
 /// `new --lang python --table`: app.py on the Python SDK with typed rows
 /// (rows.py), built by its build.sh with the pinned componentize-py; its own
-/// test passes out of the box. With `WORLD=sql-handler` it imports sql.
+/// test passes out of the box. With `WORLD=sql-http-handler` it imports
+/// sql and http.
 #[tokio::test]
 async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_test() {
     let db = TestDb::new().await;
@@ -718,15 +721,20 @@ async fn new_writes_a_python_project_with_typed_rows_that_builds_and_passes_its_
         "typed rows, numeric exact: {out}"
     );
 
-    // Built for sql, the component asks for the sql grant.
+    // Built for sql and http (wit/http, shipped in the project), the
+    // component asks for both grants.
     let needs = rebuilt_needs(
         &project,
         &[
             ("COMPONENTIZE_PY", tool.as_os_str()),
-            ("WORLD", "sql-handler".as_ref()),
+            ("WORLD", "sql-http-handler".as_ref()),
         ],
     );
-    assert!(needs.contains("needs:      the sql capability"), "{needs}");
+    assert!(
+        needs.contains("needs:      the sql capability")
+            && needs.contains("needs:      the http capability"),
+        "{needs}"
+    );
 }
 
 /// The JavaScript SDK's per-event handler, run with `test`: a Failure

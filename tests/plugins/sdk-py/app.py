@@ -10,6 +10,7 @@
 | `bad-disposition` | raise Err(Failure(0, "permanent", ...)): a malformed one    |
 | `return-value`    | return True                                                 |
 | `sql`             | call pg.sql, which this world (handler-only) does not have  |
+| `http`            | call pg.http, which this world does not have either         |
 | anything else     | log "event" with the note, the id and the exact `qty` type  |
 """
 
@@ -41,4 +42,6 @@ class Handler(pg.Plugin):
             return True
         if note == "sql":
             pg.sql.execute("SELECT 1")
+        if note == "http":
+            pg.http.get("https://example.com/")
         pg.log.info("event", note=note, id=event.new["id"], config=pg.config("greeting", "none"))

@@ -13,6 +13,43 @@ mod rust;
 
 /// The plugin world, as this binary was built with it.
 const WIT: &str = include_str!("../../../../wit/plugin.wit");
+/// The worlds with outbound HTTP, for componentize-py: `wit/http/` and its
+/// dependencies (the plugin package, WASI 0.2.12), by path in the project.
+const WIT_HTTP: &[(&str, &str)] = &[
+    (
+        "wit/http/world.wit",
+        include_str!("../../../../wit/http/world.wit"),
+    ),
+    ("wit/http/deps/pgevents-plugin/plugin.wit", WIT),
+    (
+        "wit/http/deps/cli/cli.wit",
+        include_str!("../../../../wit/http/deps/cli/cli.wit"),
+    ),
+    (
+        "wit/http/deps/clocks/clocks.wit",
+        include_str!("../../../../wit/http/deps/clocks/clocks.wit"),
+    ),
+    (
+        "wit/http/deps/filesystem/filesystem.wit",
+        include_str!("../../../../wit/http/deps/filesystem/filesystem.wit"),
+    ),
+    (
+        "wit/http/deps/http/http.wit",
+        include_str!("../../../../wit/http/deps/http/http.wit"),
+    ),
+    (
+        "wit/http/deps/io/io.wit",
+        include_str!("../../../../wit/http/deps/io/io.wit"),
+    ),
+    (
+        "wit/http/deps/random/random.wit",
+        include_str!("../../../../wit/http/deps/random/random.wit"),
+    ),
+    (
+        "wit/http/deps/sockets/sockets.wit",
+        include_str!("../../../../wit/http/deps/sockets/sockets.wit"),
+    ),
+];
 /// The Python SDK (one module).
 const PYTHON_SDK: &str = include_str!("../../../../plugin-sdk/python/pgevents_sdk.py");
 /// The JavaScript SDK (put in front of the plugin's module by its build).
@@ -180,14 +217,22 @@ fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
             format!(
                 "#!/bin/sh\n# Builds {module}.wasm with componentize-py {COMPONENTIZE_PY_VERSION} \
                  (pip install componentize-py=={COMPONENTIZE_PY_VERSION}),\n\
-                 # against the world $WORLD: handler-only (the default), or sql-handler for pg.sql\n\
-                 # (the operator then grants the plugin `sql = {{ role = \"...\" }}`).\n\
+                 # against the world $WORLD: handler-only (the default), sql-handler for pg.sql,\n\
+                 # http-handler for pg.http, or sql-http-handler for both (the operator then grants\n\
+                 # the plugin `sql = {{ role = \"...\" }}`, `http = {{ allow = [\"host:port\"] }}`).\n\
                  set -e\ncd \"$(dirname \"$0\")\"\n\
-                 \"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w \"${{WORLD:-handler-only}}\" componentize app -o {module}.wasm\n\
+                 WORLD=\"${{WORLD:-handler-only}}\"\nWIT=wit\n\
+                 case \"$WORLD\" in *http-handler) WIT=wit/http ;; esac\n\
+                 \"${{COMPONENTIZE_PY:-componentize-py}}\" -d \"$WIT\" -w \"$WORLD\" componentize app -o {module}.wasm\n\
                  rm -rf __pycache__\n"
             ),
         ),
     ];
+    files.extend(
+        WIT_HTTP
+            .iter()
+            .map(|(path, text)| (path.into(), (*text).to_owned())),
+    );
     let (import, subscriptions, decode) = if plugin.tables.is_empty() {
         (
             String::new(),
@@ -276,6 +321,8 @@ cp {module}.wasm /path/to/plugins/          # the running host loads it
   project speaks them.
 - Database access: `pg.sql.execute/query/query_one("... $1", value)` in the handler, built
   with `WORLD=sql-handler ./build.sh`; the operator grants it (`sql = {{ role = "..." }}`).
+- HTTP: `pg.http.post(url, json=body).check()`, built with `WORLD=http-handler ./build.sh`
+  (`sql-http-handler` for both); the operator grants it (`http = {{ allow = ["host:port"] }}`).
 "#
         ),
     ));
