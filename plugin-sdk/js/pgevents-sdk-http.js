@@ -23,10 +23,11 @@ Object.assign(http, {
     if (!parsed || !['http:', 'https:'].includes(parsed.protocol)) {
       throw Failure.permanent(`${method} ${url}: not an http(s) URL`);
     }
-    const sent = { ...headers };
+    // A plain object, [name, value] pairs or a Headers.
+    const sent = new Headers(headers);
     if (json !== undefined) {
-      body = JSON.stringify(json);
-      if (!Object.keys(sent).some((k) => k.toLowerCase() === 'content-type')) sent['content-type'] = 'application/json';
+      body = jsonText(json);
+      if (!sent.has('content-type')) sent.set('content-type', 'application/json');
     }
     let response;
     try {

@@ -6,11 +6,13 @@
 //   const { total } = sql.queryOne('SELECT count(*) AS total FROM audit');
 //
 // Parameters: null/undefined, booleans, numbers, BigInts, strings, Dates (as
-// ISO text), Uint8Arrays (bytea), and plain objects or arrays (JSON). Text
-// binds to any column type (uuid, numeric, timestamptz). Results: integers
-// as numbers (as BigInts beyond 2^53), floats as numbers, text (numeric,
-// uuid and timestamps too, as the host renders them) as strings, bytea as
-// Uint8Arrays, json columns parsed, NULL as null.
+// ISO text), Uint8Arrays (bytea), and plain objects or arrays (JSON, BigInts
+// as their exact digits). Text binds to any column type (uuid, numeric,
+// timestamptz). Results: integers as numbers (as BigInts beyond 2^53),
+// floats as numbers, text (numeric as its exact decimal text, uuid and
+// timestamps as the host renders them) as strings, bytea as Uint8Arrays, NULL
+// as null, and json columns by JSON.parse (so their numbers are doubles: cast
+// in the query, `(doc->>'total')::text`, for an exact one).
 
 import { query as sqlQuery, execute as sqlExecute } from 'pgevents:plugin/sql@0.1.1';
 
@@ -26,15 +28,25 @@ function sqlParam(value, n) {
     case 'bigint':
       return value >= S64_MIN && value <= S64_MAX ? { tag: 'int', val: value } : { tag: 'text', val: String(value) };
     case 'number':
-      return Number.isSafeInteger(value) ? { tag: 'int', val: BigInt(value) } : { tag: 'float', val: value };
+      // -0 as a float: float8 keeps the sign.
+      return Number.isSafeInteger(value) && !Object.is(value, -0)
+        ? { tag: 'int', val: BigInt(value) } : { tag: 'float', val: value };
     case 'string':
       return { tag: 'text', val: value };
     default:
   }
-  if (value instanceof Date) return { tag: 'text', val: value.toISOString() };
+  if (value instanceof Date) {
+    if (Number.isNaN(value.getTime())) throw new TypeError(`sql: parameter $${n} is an invalid Date`);
+    return { tag: 'text', val: value.toISOString() };
+  }
   if (value instanceof Uint8Array) return { tag: 'bytes', val: value };
-  if (Array.isArray(value) || Object.getPrototypeOf(value) === Object.prototype) {
-    return { tag: 'json', val: JSON.stringify(value) };
+  const proto = Object.getPrototypeOf(value);
+  if (Array.isArray(value) || proto === Object.prototype || proto === null) {
+    try {
+      return { tag: 'json', val: jsonText(value) };
+    } catch (error) {
+      throw new TypeError(`sql: parameter $${n} is not JSON: ${error.message}`);
+    }
   }
   throw new TypeError(
     `sql: parameter $${n} is a ${value.constructor?.name ?? typeof value}; pass null, a boolean, number, `

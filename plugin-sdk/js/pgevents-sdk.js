@@ -74,7 +74,8 @@ class Failure extends Error {
     if (!Number.isInteger(ms) || ms < 0) {
       throw new Error(`Failure.retryAfter: ms must be a non-negative integer, not ${ms}`);
     }
-    return new Failure(message, { retryAfterMs: ms });
+    // The host waits at most its retry_max anyway; a u64 must not wrap.
+    return new Failure(message, { retryAfterMs: Math.min(ms, Number.MAX_SAFE_INTEGER) });
   }
 
   /** Retrying cannot help: the event goes to the dead letters. */
@@ -93,7 +94,8 @@ class Failure extends Error {
 
 /**
  * A statement that failed: `sqlstate` (`23505` unique violation, `42501`
- * insufficient privilege, `58000` the host's side) and PostgreSQL's message.
+ * insufficient privilege, `58000` the host's side) and PostgreSQL's message
+ * as `detail` (`message` is both, as the failure shows it).
  * Not caught, it fails the event: retried if `isTransient()`, else permanent.
  */
 class SqlError extends Error {
@@ -112,12 +114,13 @@ class SqlError extends Error {
   /**
    * Trying again later may succeed: a lost connection (class 08), a
    * serialization failure or deadlock (40), the server out of resources (53),
-   * a cancelled statement or a shutdown (57), a lock not available (55P03), a
-   * problem on the host's side (58000).
+   * a cancelled statement or a shutdown (57), a system error (58; 58000 the
+   * host's side), an internal error (XX), a lock not available (55P03). As
+   * the Rust SDK decides.
    */
   isTransient() {
-    return ['08', '40', '53', '57'].includes(this.sqlstate.slice(0, 2))
-      || ['55P03', '58000'].includes(this.sqlstate);
+    return ['08', '40', '53', '57', '58', 'XX'].includes(this.sqlstate.slice(0, 2))
+      || this.sqlstate === '55P03';
   }
 
   /** The failure this error is, not caught. */
@@ -172,9 +175,10 @@ class HttpResponse {
     if (this.status >= 200 && this.status < 300) return this;
     const what = `${this.method} ${this.url} answered ${this.status}`;
     if (this.status === 408 || this.status === 429 || this.status >= 500) {
-      const seconds = Number(this.headers['retry-after']);
-      if (Number.isInteger(seconds) && seconds >= 0) {
-        throw Failure.retryAfter(seconds * 1000, `${what}; retrying after ${seconds}s`);
+      // Delay-seconds only, as the Rust SDK reads it (an HTTP date is ignored).
+      const after = (this.headers['retry-after'] ?? '').trim();
+      if (/^\d+$/.test(after)) {
+        throw Failure.retryAfter(Math.min(Number(after) * 1000, Number.MAX_SAFE_INTEGER), `${what}; retrying after ${after}s`);
       }
       throw Failure.retry(`${what}; retrying`);
     }
@@ -246,6 +250,38 @@ const log = Object.fromEntries(
 function config(key, fallback = undefined) {
   const value = configGet(key);
   return value === undefined ? fallback : value;
+}
+
+/**
+ * JSON text of `value`, as JSON.stringify writes it but with BigInts as their
+ * digits, exactly; a number JSON cannot hold (NaN, Infinity) or a value that
+ * is not JSON (a Map, a Symbol) throws a TypeError saying so.
+ */
+function jsonText(value) {
+  switch (typeof value) {
+    case 'bigint':
+      return String(value);
+    case 'number':
+      if (!Number.isFinite(value)) throw new TypeError(`${value} has no JSON form`);
+      return JSON.stringify(value);
+    case 'string':
+    case 'boolean':
+      return JSON.stringify(value);
+    default:
+  }
+  if (value === null) return 'null';
+  if (typeof value === 'object' && typeof value.toJSON === 'function') return jsonText(value.toJSON());
+  if (Array.isArray(value)) {
+    return `[${value.map((v) => (v === undefined || typeof v === 'function' ? 'null' : jsonText(v))).join(',')}]`;
+  }
+  const proto = typeof value === 'object' ? Object.getPrototypeOf(value) : undefined;
+  if (proto === Object.prototype || proto === null) {
+    const members = Object.entries(value)
+      .filter(([, v]) => v !== undefined && typeof v !== 'function')
+      .map(([k, v]) => `${JSON.stringify(k)}:${jsonText(v)}`);
+    return `{${members.join(',')}}`;
+  }
+  throw new TypeError(`a ${value?.constructor?.name ?? typeof value} is not JSON`);
 }
 
 /** A value as JSON (BigInts as `123n`), or as text if it is not JSON. */

@@ -127,7 +127,8 @@ class Failure(Exception):
         """Deliver the event again after ``ms`` milliseconds."""
         if not isinstance(ms, int) or ms < 0:
             raise ValueError(f"retry_after: ms must be a non-negative int, not {ms!r}")
-        return cls(message, retry_after_ms=ms)
+        # The host waits at most its retry_max anyway; a u64 must not overflow.
+        return cls(message, retry_after_ms=min(ms, 2**64 - 1))
 
     @classmethod
     def permanent(cls, message: str) -> "Failure":
@@ -226,9 +227,10 @@ class SqlError(Exception):
     def is_transient(self) -> bool:
         """Trying again later may succeed: a lost connection (class 08), a
         serialization failure or deadlock (40), the server out of resources
-        (53), a cancelled statement or a shutdown (57), a lock not available
-        (55P03), a problem on the host's side (58000)."""
-        return self.sqlstate[:2] in ("08", "40", "53", "57") or self.sqlstate in ("55P03", "58000")
+        (53), a cancelled statement or a shutdown (57), a system error (58;
+        58000 the host's side), an internal error (XX), a lock not available
+        (55P03). As the Rust SDK decides."""
+        return self.sqlstate[:2] in ("08", "40", "53", "57", "58", "XX") or self.sqlstate == "55P03"
 
     def _wit(self, index: int) -> "_t.Failure":
         disposition = _t.Disposition_Retry(None) if self.is_transient() else _t.Disposition_Permanent()
@@ -240,11 +242,12 @@ _S64 = range(-(2**63), 2**63)
 
 class _Sql:
     """``pg.sql``: statements with ``$1, $2, ...`` placeholders. Parameters:
-    None, bool, int, float, str, Decimal (exact, as text), bytes, dict or
-    list (JSON), date/time and UUID (as text; PostgreSQL casts text to any
-    column type). Rows come back as dicts by column name: int, float, str
-    (also numeric, uuid and timestamps, as the host renders them), bool,
-    bytes, None, and json columns parsed (fractions as Decimal)."""
+    None, bool, int, float, str, Decimal (exact, as text), bytes, dict, list
+    or tuple (JSON, Decimals exact), date/time and UUID (as text; PostgreSQL
+    casts text to any column type). Rows come back as dicts by column name:
+    int, float, str (numeric as its exact decimal text, uuid and timestamps
+    as the host renders them: ``Decimal(row["total"])`` for arithmetic),
+    bool, bytes, None, and json columns parsed (fractions as Decimal)."""
 
     def _wit(self) -> Any:
         if _wit_sql is None:
@@ -260,15 +263,21 @@ class _Sql:
         if isinstance(value, bool):
             return sql.Value_Boolean(value)
         if isinstance(value, int):
-            return sql.Value_Int(value) if value in _S64 else sql.Value_Text(str(value))
+            # int() and str.__str__: an IntEnum or a (str, Enum) member is its value.
+            return sql.Value_Int(int(value)) if value in _S64 else sql.Value_Text(int.__repr__(value))
         if isinstance(value, float):
-            return sql.Value_Float(value)
-        if isinstance(value, (str, Decimal, uuid.UUID)):
+            return sql.Value_Float(float(value))
+        if isinstance(value, str):
+            return sql.Value_Text(str.__str__(value))
+        if isinstance(value, (Decimal, uuid.UUID)):
             return sql.Value_Text(str(value))
         if isinstance(value, (bytes, bytearray, memoryview)):
             return sql.Value_Bytes(bytes(value))
-        if isinstance(value, (dict, list)):
-            return sql.Value_Json(_dumps(value))
+        if isinstance(value, (dict, list, tuple)):
+            try:
+                return sql.Value_Json(_dumps(value))
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"pg.sql: parameter ${n} is not JSON: {error}") from None
         if isinstance(value, (datetime.date, datetime.time)):
             return sql.Value_Text(value.isoformat())
         raise TypeError(
@@ -341,8 +350,9 @@ class Response:
             return self
         what = f"{self.method} {self.url} answered {self.status}"
         if self.status in (408, 429) or self.status >= 500:
-            after = self.headers.get("retry-after", "")
-            if after.isdigit():
+            # Delay-seconds only, as the Rust SDK reads it (an HTTP date is ignored).
+            after = self.headers.get("retry-after", "").strip()
+            if after.isascii() and after.isdigit():
                 raise Failure.retry_after(int(after) * 1000, f"{what}; retrying after {after}s")
             raise Failure.retry(f"{what}; retrying")
         raise Failure.permanent(f"{what}; not retrying")
@@ -452,10 +462,23 @@ def _dumps(value: Any) -> str:
             raise ValueError(f"{value} has no JSON form")
         return str(value)
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{json.dumps(_key(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_dumps(v) for v in value) + "]"
+    if isinstance(value, uuid.UUID):
+        return json.dumps(str(value))
+    if isinstance(value, (datetime.date, datetime.time)):
+        return json.dumps(value.isoformat())
     return json.dumps(value, allow_nan=False)
+
+
+def _key(key: Any) -> str:
+    """A dict key as json.dumps writes it."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    raise TypeError(f"a key is {type(key).__name__}; keys must be str, int, float, bool or None")
 
 
 def _result_value(value: Any) -> Any:

@@ -20,7 +20,7 @@ use crate::{Disposition, Event, Failure};
 /// | error | disposition |
 /// |---|---|
 /// | a row that does not decode (`serde_json::Error`), a [`ColumnError`] | permanent |
-/// | a [`SqlError`] of a passing kind: SQLSTATE class `08` (connection), `40` (serialization failure, deadlock), `53` (out of resources), `57` (cancelled, shutting down), `55P03` (lock not available), `58000` (host side) | retry |
+/// | a [`SqlError`] of a passing kind: SQLSTATE class `08` (connection), `40` (serialization failure, deadlock), `53` (out of resources), `57` (cancelled, shutting down), `58` (system error; `58000` the host side), `XX` (internal error), `55P03` (lock not available) | retry |
 /// | any other [`SqlError`] (a constraint, a privilege, a missing table) | permanent |
 /// | an [`HttpError`] (the network, the host's allow-list) | retry; a URL that does not parse is permanent |
 /// | a [`PublishError`] (a sink not granted, too large a message) | retry, so the operator can fix the grant |

@@ -207,9 +207,12 @@ impl SqlError {
     /// Whether trying again later may succeed: a lost connection (class
     /// `08`), a serialization failure or deadlock (`40`), the server out of
     /// resources (`53`), a cancelled statement or a server shutting down
-    /// (`57`), a lock not available (`55P03`), or a problem on the host's
-    /// side (`58000`). A broken constraint, a missing privilege or table,
-    /// or a syntax error is not: the same statement fails again.
+    /// (`57`), a system error (`58`, with `58000` a problem on the host's
+    /// side), an internal error (`XX`), or a lock not available (`55P03`):
+    /// the classes the host itself counts as the server's, not the
+    /// statement's. A broken constraint, a missing privilege or table, or
+    /// a syntax error is not: the same statement fails again. The Python
+    /// and JavaScript SDKs decide the same.
     ///
     /// ```
     /// use pgevents_plugin_sdk::sql::SqlError;
@@ -219,8 +222,7 @@ impl SqlError {
     /// ```
     pub fn is_transient(&self) -> bool {
         let class = self.sqlstate.get(..2).unwrap_or_default();
-        matches!(class, "08" | "40" | "53" | "57")
-            || matches!(self.sqlstate.as_str(), "55P03" | "58000")
+        matches!(class, "08" | "40" | "53" | "57" | "58" | "XX") || self.sqlstate == "55P03"
     }
 }
 
@@ -921,7 +923,7 @@ mod tests {
     #[test]
     fn only_passing_sqlstates_are_transient() {
         for code in [
-            "08006", "40001", "40P01", "53300", "57014", "55P03", "58000",
+            "08006", "40001", "40P01", "53300", "57014", "55P03", "58000", "58030", "XX000",
         ] {
             assert!(SqlError::new(code, "").is_transient(), "{code}");
         }

@@ -2,7 +2,7 @@
 //!
 //! `sql`, on plugins built against the `sql-handler` world, against a real
 //! database: values of every kind go in and come back as the language's own
-//! types (numeric and json exact), a caught unique violation lets the
+//! types (numeric as exact text; json exact in Python), a caught unique violation lets the
 //! handler go on, an uncaught one, a missing privilege or a bad parameter
 //! fails the event in the author's words, nothing is written (the
 //! transaction is rolled back), and without the grant the plugin is refused
@@ -17,7 +17,22 @@
 use crate::support::*;
 
 /// The notes `sql-py` and `sql-js` act on, as `public.items` inserts.
-const NOTES: [&str; 6] = ["a", "caught", "duplicate", "forbidden", "bad-param", "b"];
+const NOTES: [&str; 7] = [
+    "a",
+    "caught",
+    "duplicate",
+    "forbidden",
+    "bad-param",
+    "b",
+    "types",
+];
+
+/// SQLSTATEs a statement fails with (`raise-CODE`, after `NOTES`): the
+/// kinds the SDKs retry and some they do not.
+const RAISED: [&str; 11] = [
+    "40001", "40P01", "08006", "53300", "57014", "55P03", "58030", "XX000", "23503", "22P02",
+    "42P01",
+];
 
 /// Run `test` on the sql test plugin `name` (granted sql as a role that may
 /// write `public.audit` and not read `public.forbidden`); its report, after
@@ -35,7 +50,13 @@ async fn run_sql_plugin(name: &str) -> String {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let events = item_events(dir.path(), &NOTES);
+    let raised: Vec<String> = RAISED.iter().map(|c| format!("raise-{c}")).collect();
+    let notes: Vec<&str> = NOTES
+        .iter()
+        .copied()
+        .chain(raised.iter().map(String::as_str))
+        .collect();
+    let events = item_events(dir.path(), &notes);
     let test = |config: Option<String>| {
         let mut cmd = host_bin();
         cmd.arg("test")
@@ -60,7 +81,17 @@ async fn run_sql_plugin(name: &str) -> String {
     let (code, out, err) = test(Some(format!(
         "[plugins.{name}]\nsql = {{ role = \"{role}\" }}\n"
     )));
-    assert_eq!(code, 1, "three events fail: {out}{err}");
+    assert_eq!(code, 1, "events fail: {out}{err}");
+    // Retried or not as the Rust SDK decides, in every language.
+    for (i, code) in RAISED.iter().enumerate() {
+        let retried = pgevents_plugin_sdk::sql::SqlError::new(*code, "").is_transient();
+        let expected = format!(
+            "FAILED at event {} ({}): SQLSTATE {code}: raised;",
+            NOTES.len() + i + 1,
+            if retried { "retry" } else { "permanent" }
+        );
+        assert!(out.contains(&expected), "{expected}\n in:\n{out}");
+    }
     for expected in [
         "log info: already recorded unique=yes sqlstate=23505",
         "FAILED at event 3 (permanent): SQLSTATE 23505: duplicate key value violates unique constraint \"audit_pkey\" (Key (item_id)=(1) already exists.); the 2 before it were handled",
@@ -92,6 +123,11 @@ async fn the_python_sdk_runs_sql_with_exact_values_and_fails_events_on_sql_error
         );
         assert!(out.contains(&expected), "{expected}\n in:\n{out}");
     }
+    let types = "log info: types f=float:1.5 neg=float:-0.0 b=bool:True big=str:'1180591620717411303424' \
+                 i=int:-9223372036854775808 t=str:'2026-01-02T03:04:05.678901Z' \
+                 u=str:'00000000-0000-0000-0000-000000000001' \
+                 j=dict:{'k': Decimal('12345678901234567890.125'), 't': [1, None]}";
+    assert!(out.contains(types), "{types}\n in:\n{out}");
 }
 
 #[tokio::test]
@@ -106,6 +142,12 @@ async fn the_javascript_sdk_runs_sql_with_exact_values_and_fails_events_on_sql_e
         );
         assert!(out.contains(&expected), "{expected}\n in:\n{out}");
     }
+    // A BigInt goes into json with its digits; JSON.parse reads them back as a double.
+    let types = "log info: types f=number:1.5 neg=number:0 b=boolean:true \
+                 big=string:\"1180591620717411303424\" i=bigint:-9223372036854775808n \
+                 t=string:\"2026-01-02T03:04:05.678000Z\" u=string:\"00000000-0000-0000-0000-000000000001\" \
+                 j=object:{\"k\":12345678901234567000,\"t\":[1,null]}";
+    assert!(out.contains(types), "{types}\n in:\n{out}");
 }
 
 /// Run `test` on the http test plugin `name` (granted hooks.example.com,
@@ -133,6 +175,10 @@ status = 500
 url = "https://hooks.example.com/gone"
 status = 410
 [[rule]]
+url = "https://hooks.example.com/late"
+status = 429
+headers = { "retry-after" = "1e3" }
+[[rule]]
 url = "https://elsewhere.example.com/"
 "#,
     )
@@ -154,6 +200,7 @@ url = "https://elsewhere.example.com/"
         "unruled",
         "elsewhere",
         "bad-url",
+        "late",
         "ok",
     ];
     let events = item_events(dir.path(), &notes);
@@ -175,7 +222,8 @@ url = "https://elsewhere.example.com/"
         "-> refused: no rule matches",
         &format!("-> refused: plugin `{name}` may not call elsewhere.example.com:443"),
         "FAILED at event 7 (permanent): POST not a url: not an http(s) URL",
-        "batch of 1 event(s), 8-8: handled",
+        "FAILED at event 8 (retry): POST https://hooks.example.com/late answered 429; retrying;",
+        "batch of 1 event(s), 9-9: handled",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }

@@ -10,6 +10,8 @@
 // | `caught`    | insert item 1 again, catch the unique violation, log it and go on  |
 // | `forbidden` | read `public.forbidden`, which the role may not: permanent (42501) |
 // | `bad-param` | pass a Map as a parameter: a failure naming the parameter          |
+// | `types`     | send a value of each other kind, log what comes back; write nothing|
+// | `raise-C`   | a statement fails with SQLSTATE C, not caught                      |
 
 /** A value with its type, to check what the SDK gave the handler. */
 function typed(v) {
@@ -36,6 +38,21 @@ export const handler = definePlugin({
     }
     if (note === 'forbidden') sql.query('SELECT * FROM public.forbidden');
     if (note === 'bad-param') sql.execute('SELECT $1', new Map());
+    if (note.startsWith('raise-')) {
+      const code = note.slice('raise-'.length);
+      if (!/^[0-9A-Z]+$/.test(code)) throw new Error(`bad code ${code}`);
+      sql.execute(`DO $$BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '${code}'; END$$`);
+    }
+    if (note === 'types') {
+      const row = sql.queryOne(
+        'SELECT $1::float8 AS f, $2::float8 AS neg, $3::bool AS b, $4::numeric AS big, '
+          + '$5::int8 AS i, $6::timestamptz AS t, $7::uuid AS u, $8::jsonb AS j',
+        1.5, -0, true, 2n ** 70n, -(2n ** 63n), new Date(Date.UTC(2026, 0, 2, 3, 4, 5, 678)),
+        '00000000-0000-0000-0000-000000000001', { k: 12345678901234567890n, t: [1, null] },
+      );
+      log.info('types', Object.fromEntries(Object.entries(row).map(([k, v]) => [k, typed(v)])));
+      return;
+    }
     const n = sql.execute(
       'INSERT INTO public.audit (item_id, note, qty, doc, raw) VALUES ($1, $2, $3, $4, $5)',
       id, note, '12345678901234567890.125', { k: [1, 'x', null], d: 0.1 }, new Uint8Array([0, 255]),

@@ -414,8 +414,8 @@ fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
              # the SDK{rows_note} and app.js go into build/plugin.js first.\n\
              set -e\ncd \"$(dirname \"$0\")\"\nmkdir -p build\n\
              WORLD=\"${{WORLD:-handler-only}}\"\nSDK=pgevents-sdk.js\nFEATURES=\"http fetch-event\"\n\
-             if [ \"$WORLD\" = sql-handler ]; then SDK=\"$SDK pgevents-sdk-sql.js\"; fi\n\
-             if [ -n \"$HTTP\" ]; then SDK=\"$SDK pgevents-sdk-http.js\"; FEATURES=fetch-event; fi\n\
+             case \"$WORLD\" in sql-handler|plugin) SDK=\"$SDK pgevents-sdk-sql.js\" ;; esac\n\
+             if [ \"${{HTTP:-0}}\" = 1 ]; then SDK=\"$SDK pgevents-sdk-http.js\"; FEATURES=fetch-event; fi\n\
              cat $SDK{rows_file} app.js > build/plugin.js\n\
              \"${{COMPONENTIZE_JS:-node_modules/.bin/componentize-js}}\" build/plugin.js -w wit -n \"$WORLD\" \\\n\
              \x20   -d $FEATURES -o {module}.wasm\n",

@@ -192,13 +192,9 @@ impl WasiHttpHooks for Hooks {
                     &reason,
                 );
             }
-            // Refuse once the guest has written the body, as a server that
-            // read the request would: a guest still writing it (JavaScript's
-            // fetch) otherwise fails on the body instead of seeing the refusal.
             let limit = self.timeout;
             return Box::new(async move {
-                use http_body_util::BodyExt;
-                let _ = tokio::time::timeout(limit, request.into_body().collect()).await;
+                let _ = tokio::time::timeout(limit, discard(request.into_body())).await;
                 Err(Error::HttpRequestDenied)
             });
         }
@@ -223,6 +219,25 @@ impl WasiHttpHooks for Hooks {
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
         })
+    }
+}
+
+/// How much of a refused request's body is read (and dropped) before the
+/// refusal.
+const REFUSED_BODY_READ: usize = 1 << 20;
+
+/// Read and drop up to [`REFUSED_BODY_READ`] bytes of a refused request's
+/// body, so that the refusal reaches a guest that writes the whole body
+/// before it waits for the response (JavaScript's fetch) as an error of the
+/// request, not as a broken body stream it cannot recover from.
+async fn discard(mut body: WasiBody) {
+    use http_body_util::BodyExt;
+    let mut read = 0;
+    while read <= REFUSED_BODY_READ {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
     }
 }
 
