@@ -64,6 +64,7 @@ python_plugin() {
     py_component "$release/sdk-py.wasm" tests/plugins/sdk-py "$tool"
     py_component "$release/sql-py.wasm" tests/plugins/sql-py "$tool" sql-handler
     py_component "$release/http-py.wasm" tests/plugins/http-py "$tool" http-handler
+    py_component "$release/pub-py.wasm" tests/plugins/pub-py "$tool" publisher
 }
 
 # Build the component $1 from the app.py in $2, with the Python SDK on the path,
@@ -121,8 +122,8 @@ js_component() {
 
 # The JavaScript SDK's test plugin $1 (from tests/plugins/$1/app.js), against
 # the world $2 ($3 = http: with the wasi:http import): componentize-js builds
-# one module, so the SDK goes in front of the plugin's own code, with its sql
-# part for the sql-handler world and its http part for http.
+# one module, so the SDK goes in front of the plugin's own code, with the parts
+# its world has (sql, publish) and its http part for http.
 js_sdk_plugin() {
     local name=$1 world=$2 http=${3:-}
     local tool="$TOOLS/js/node_modules/.bin/componentize-js"
@@ -134,9 +135,8 @@ js_sdk_plugin() {
     fi
     say "building $out (componentize-js)"
     local sdk=(plugin-sdk/js/pgevents-sdk.js)
-    if [ "$world" = sql-handler ]; then
-        sdk+=(plugin-sdk/js/pgevents-sdk-sql.js)
-    fi
+    case "$world" in sql-handler | plugin) sdk+=(plugin-sdk/js/pgevents-sdk-sql.js) ;; esac
+    case "$world" in publisher | plugin) sdk+=(plugin-sdk/js/pgevents-sdk-publish.js) ;; esac
     if [ "$http" = http ]; then
         sdk+=(plugin-sdk/js/pgevents-sdk-http.js)
     fi
@@ -151,3 +151,4 @@ js_plugin
 js_sdk_plugin sdk-js handler-only
 js_sdk_plugin sql-js sql-handler
 js_sdk_plugin http-js handler-only http
+js_sdk_plugin pub-js publisher

@@ -29,6 +29,11 @@
 // acknowledges the batch. A `SqlError` the handler does not catch fails the
 // event: retried if trying again may help (`isTransient()`), else permanent.
 //
+// Built against the `publisher` world (`WORLD=publisher ./build.sh`, which
+// adds pgevents-sdk-publish.js; the operator grants `publish`),
+// `publish(sink, subject, payload, { key })` publishes a message for the
+// event being handled, sent once its event is acknowledged.
+//
 // Built with the wasi:http import (`HTTP=1 ./build.sh`, which adds
 // pgevents-sdk-http.js; the operator grants `http`), an `async handleEvent` may `await http.post(url, { json })` and
 // `.check()` the response: 408, 429 and 5xx are retried, other non-2xx are
@@ -204,6 +209,36 @@ const http = Object.fromEntries(
   ]),
 );
 
+/** The index in its batch of the event handleEvent is handling, if any. */
+let handling;
+
+/** What the world's optional parts install (pgevents-sdk-publish.js). */
+const worldParts = {
+  send() {
+    throw new Error(
+      'publish needs the publisher world: build with -n publisher and pgevents-sdk-publish.js '
+        + '(WORLD=publisher ./build.sh), and ask the operator for publish = ["SINK"]',
+    );
+  },
+};
+
+/**
+ * `publish(sink, subject, payload, { key, headers, event })`: a message for
+ * the event being handled, recorded with its acknowledgement and sent to the
+ * sink's broker once (the same `key`: in order). `payload`: a Uint8Array, a
+ * string (UTF-8), or a plain object or array (JSON, BigInts exact); from
+ * handleBatch, give the event's index as `event`. A refused message (a sink
+ * not granted, over 1 MiB) throws an Error: a retryable failure.
+ */
+function publish(sink, subject, payload = new Uint8Array(), { key = undefined, headers = {}, event = handling } = {}) {
+  if (event === undefined) throw new Error("publish outside handleEvent: give the event's index as { event }");
+  let data = payload;
+  if (typeof payload === 'string') data = new TextEncoder().encode(payload);
+  else if (!(payload instanceof Uint8Array)) data = new TextEncoder().encode(jsonText(payload));
+  const pairs = Object.entries(headers).map(([k, v]) => [String(k), String(v)]);
+  worldParts.send(event, { sink: String(sink), subject: String(subject), key, payload: data, headers: pairs });
+}
+
 /** One row change; `new`, `old` and `key` are the rows parsed (JSON.parse). */
 class Event {
   constructor(raw) {
@@ -374,10 +409,13 @@ function definePlugin(plugin) {
           return;
         }
         for (current = 0; current < events.length; current++) {
+          handling = current;
           await plugin.handleEvent(events[current]);
         }
       } catch (error) {
         throw toRecord(error, current, events.length, perEvent);
+      } finally {
+        handling = undefined;
       }
     },
   };

@@ -31,6 +31,11 @@ the operator grants ``sql``), ``pg.sql.query``, ``pg.sql.query_one`` and
 batch. A ``pg.SqlError`` the handler does not catch fails the event: retried
 if trying again may help (``is_transient()``), else permanent.
 
+Built against the ``publisher`` world (``WORLD=publisher ./build.sh``; the
+operator grants ``publish``), ``pg.publish(sink, subject, payload, key=...)``
+publishes a message for the event being handled, sent once its event is
+acknowledged.
+
 Built against the ``http-handler`` (or ``sql-http-handler``) world of
 ``wit/http`` (``WORLD=http-handler ./build.sh``; the operator grants
 ``http``), ``pg.http.post(url, json=body).check()`` sends a request and
@@ -63,6 +68,10 @@ try:
     from wit_world.imports import sql as _wit_sql
 except ImportError:
     _wit_sql = None
+try:
+    from wit_world.imports import publish as _wit_publish
+except ImportError:
+    _wit_publish = None
 try:
     from wit_world.imports import outgoing_handler as _wit_outgoing
     from wit_world.imports import streams as _wit_streams
@@ -314,6 +323,56 @@ class _Sql:
 sql = _Sql()
 
 
+class PublishError(Exception):
+    """A message the host refused (a sink not granted, a payload over 1 MiB).
+    Not caught, it fails the event, retried: the operator can fix the grant."""
+
+    def _wit(self, index: int) -> "_t.Failure":
+        return _t.Failure(index, _t.Disposition_Retry(None), str(self)[-_MESSAGE_MAX:])
+
+
+# The index in its batch of the event handle_event is handling, if any.
+_handling: Optional[int] = None
+
+
+def publish(
+    sink: str,
+    subject: str,
+    payload: Any = b"",
+    *,
+    key: Optional[str] = None,
+    headers: Optional[dict] = None,
+    event: Optional[int] = None,
+) -> None:
+    """Publish a message for the event being handled: the host records it in
+    its outbox with the event's acknowledgement, and sends it to the sink's
+    broker once (messages with the same ``key`` in order). ``payload``:
+    bytes, str (UTF-8), or a dict/list (JSON, Decimals exact). From
+    ``handle_batch``, give the event's index as ``event``. Needs the
+    publisher (or plugin) world and the operator's ``publish`` grant."""
+    if _wit_publish is None:
+        raise RuntimeError(
+            "pg.publish needs the publisher world: build with `-w publisher` "
+            "(WORLD=publisher ./build.sh) and ask the operator for `publish = [\"SINK\"]`"
+        )
+    index = _handling if event is None else event
+    if index is None:
+        raise RuntimeError("pg.publish outside handle_event: give the event's index as event=")
+    if isinstance(payload, (dict, list, tuple)):
+        data = _dumps(payload).encode()
+    elif isinstance(payload, str):
+        data = payload.encode()
+    else:
+        data = bytes(payload)
+    message = _wit_publish.Message(
+        str(sink), str(subject), key, data, [(str(k), str(v)) for k, v in (headers or {}).items()]
+    )
+    try:
+        _wit_publish.send(index, message)
+    except Err as err:
+        raise PublishError(f"publishing to {sink} ({subject}): {err.value}") from None
+
+
 class HttpError(Exception):
     """A request that got no response: refused by the operator's allow-list
     (``denied``), a network error, or a URL that is not http(s). Not caught,
@@ -545,18 +604,26 @@ class Plugin(exports.Handler):
         raise NotImplementedError("write handle_event(self, event) in your Handler")
 
     def handle_batch(self, events: list) -> None:
-        for i, event in enumerate(events):
-            try:
-                result = self.handle_event(event)
-            except (Failure, SqlError, HttpError) as f:
-                raise Err(f._wit(i))
-            except Err as err:
-                raise Err(_checked(err.value, i, len(events), at=i))
-            except Exception as error:
-                message = _described(error)
-                raise Err(_t.Failure(i, _t.Disposition_Retry(None), message[-_MESSAGE_MAX:]))
-            if result is not None:
-                raise Err(_result_failure(result, i, len(events)))
+        global _handling
+        try:
+            for i, event in enumerate(events):
+                _handling = i
+                self._handle_one(event, i, len(events))
+        finally:
+            _handling = None
+
+    def _handle_one(self, event: Event, i: int, count: int) -> None:
+        try:
+            result = self.handle_event(event)
+        except (Failure, SqlError, HttpError, PublishError) as f:
+            raise Err(f._wit(i))
+        except Err as err:
+            raise Err(_checked(err.value, i, count, at=i))
+        except Exception as error:
+            message = _described(error)
+            raise Err(_t.Failure(i, _t.Disposition_Retry(None), message[-_MESSAGE_MAX:]))
+        if result is not None:
+            raise Err(_result_failure(result, i, count))
 
     def handle(self, events: list) -> None:
         wrapped = [Event(e) for e in events]
@@ -567,7 +634,7 @@ class Plugin(exports.Handler):
             self.handle_batch(wrapped)
         except Err as err:
             raise Err(_checked(err.value, 0, len(events)))
-        except (Failure, SqlError, HttpError) as f:
+        except (Failure, SqlError, HttpError, PublishError) as f:
             failure = f._wit(0)
             failure.message += " (raised from handle_batch, which cannot say which event: raise Err(Failure(index, ...)))"
             raise Err(failure)

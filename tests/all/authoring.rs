@@ -637,6 +637,7 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
             "retry-after",
             "sql",
             "http",
+            "publish",
             "z",
         ],
     );
@@ -652,8 +653,9 @@ fn the_python_sdk_reports_every_failure_at_its_event_in_the_authors_words() {
         "FAILED at event 7 (retry after 250ms): downstream busy",
         "FAILED at event 8 (retry): RuntimeError: pg.sql needs the sql-handler world: build with `-w sql-handler`",
         "FAILED at event 9 (retry): RuntimeError: pg.http needs the http-handler world: build with `-d wit/http -w http-handler`",
-        "batch of 1 event(s), 10-10: handled",
-        "log info: event note=z id=10 config=hi",
+        "FAILED at event 10 (retry): RuntimeError: pg.publish needs the publisher world: build with `-w publisher`",
+        "batch of 1 event(s), 11-11: handled",
+        "log info: event note=z id=11 config=hi",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }
@@ -760,6 +762,7 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
             "index-failure",
             "sql",
             "http",
+            "publish",
             "z",
         ],
     );
@@ -775,8 +778,9 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
         "FAILED at event 8 (retry): an index of its own",
         "FAILED at event 9 (retry): Error: sql.execute needs the sql-handler world: build with -n sql-handler",
         "FAILED at event 10 (retry): Error: http.get needs the wasi:http import: build without `-d http`",
-        "batch of 1 event(s), 11-11: handled",
-        "log info: event note=z id=11 config=hi",
+        "FAILED at event 11 (retry): Error: publish needs the publisher world: build with -n publisher",
+        "batch of 1 event(s), 12-12: handled",
+        "log info: event note=z id=12 config=hi",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }
@@ -784,8 +788,8 @@ fn the_javascript_sdk_reports_every_failure_at_its_event_in_the_authors_words() 
 
 /// `new --lang js --table`: app.js on the JavaScript SDK with typed rows
 /// (rows.js, numeric kept exact), built by its build.sh with the pinned
-/// componentize-js; its own test passes out of the box. With `WORLD=sql-handler
-/// HTTP=1` it builds a component that imports sql and http.
+/// componentize-js; its own test passes out of the box. With `WORLD=plugin
+/// HTTP=1` it builds a component that imports sql, publish and http.
 #[tokio::test]
 async fn new_writes_a_javascript_project_with_typed_rows_that_builds_and_passes_its_test() {
     let db = TestDb::new().await;
@@ -841,20 +845,22 @@ async fn new_writes_a_javascript_project_with_typed_rows_that_builds_and_passes_
         "typed rows, numeric exact: {out}"
     );
 
-    // Built for sql and http, the component asks for both grants.
+    // Built for sql, publish (the world plugin) and http, the component
+    // asks for the three grants.
     let needs = rebuilt_needs(
         &project,
         &[
             ("COMPONENTIZE_JS", tool.as_os_str()),
-            ("WORLD", "sql-handler".as_ref()),
+            ("WORLD", "plugin".as_ref()),
             ("HTTP", "1".as_ref()),
         ],
     );
-    assert!(
-        needs.contains("needs:      the sql capability")
-            && needs.contains("needs:      the http capability"),
-        "{needs}"
-    );
+    for capability in ["sql", "http", "publish"] {
+        assert!(
+            needs.contains(&format!("needs:      the {capability} capability")),
+            "{needs}"
+        );
+    }
 }
 
 /// Sample rows (`new --table`, `test` without an events file) are typed

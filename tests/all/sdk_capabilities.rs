@@ -13,6 +13,9 @@
 //! class fails the event as `check()` promises, and a request no rule
 //! answers, one the grant does not allow and a URL that does not parse each
 //! fail it with a message that says so, never an opaque trap.
+//!
+//! `publish`, on plugins built against the `publisher` world: a message for
+//! the event being handled, and a refused one fails that event.
 
 use crate::support::*;
 
@@ -254,4 +257,44 @@ fn the_python_sdk_sends_http_and_fails_each_event_as_its_response_says() {
 #[test]
 fn the_javascript_sdk_sends_http_and_fails_each_event_as_its_response_says() {
     run_http_plugin("http-js");
+}
+
+/// Run `test` on the publish test plugin `name` (granted the sink `bus`):
+/// each event's message is reported with its subject, key and payload; a
+/// sink not granted and a payload over 1 MiB fail their event, retried, in
+/// the host's words.
+fn run_publish_plugin(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, format!("[plugins.{name}]\npublish = [\"bus\"]\n")).unwrap();
+    let events = item_events(dir.path(), &["a", "elsewhere", "huge", "b"]);
+    let (code, out, err) = run(host_bin()
+        .arg("test")
+        .arg(plugin(name))
+        .arg(&events)
+        .arg("--config")
+        .arg(&config));
+    assert_eq!(code, 1, "{out}{err}");
+    for expected in [
+        "publish to bus subject=items.1 key=1 id=",
+        r#"payload={"id":1,"note":"a"}"#,
+        "FAILED at event 2 (retry): ",
+        "publishing to other (items.2): sink `other` is not granted to this plugin (granted: bus)",
+        "FAILED at event 3 (retry): ",
+        "publishing to bus (items.3): the payload is 2097152 bytes, more than the 1048576",
+        "batch of 1 event(s), 4-4: handled",
+        "publish to bus subject=items.4 key=4 id=",
+    ] {
+        assert!(out.contains(expected), "{expected}\n in:\n{out}");
+    }
+}
+
+#[test]
+fn the_python_sdk_publishes_for_the_event_being_handled() {
+    run_publish_plugin("pub-py");
+}
+
+#[test]
+fn the_javascript_sdk_publishes_for_the_event_being_handled() {
+    run_publish_plugin("pub-js");
 }

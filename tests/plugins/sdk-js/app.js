@@ -13,6 +13,7 @@
 // | `index-failure`   | throw { index: 99, failure: Failure.retry(...) }           |
 // | `sql`             | call sql, which this world (handler-only) does not have    |
 // | `http`            | call http, which this build (`-d http`) does not have      |
+// | `publish`         | call publish, which this world does not have               |
 // | anything else     | log "event" with the note, the id and a config value       |
 
 export const handler = definePlugin({
@@ -43,6 +44,9 @@ export const handler = definePlugin({
         break;
       case 'http':
         return http.get('https://example.com/');
+      case 'publish':
+        publish('bus', 'subject', 'payload');
+        break;
       default:
         log.info('event', { note: row.note, id: row.id, config: config('greeting', 'none') });
     }

@@ -11,6 +11,7 @@
 | `return-value`    | return True                                                 |
 | `sql`             | call pg.sql, which this world (handler-only) does not have  |
 | `http`            | call pg.http, which this world does not have either         |
+| `publish`         | call pg.publish, nor this one                               |
 | anything else     | log "event" with the note, the id and the exact `qty` type  |
 """
 
@@ -44,4 +45,6 @@ class Handler(pg.Plugin):
             pg.sql.execute("SELECT 1")
         if note == "http":
             pg.http.get("https://example.com/")
+        if note == "publish":
+            pg.publish("bus", "subject", "payload")
         pg.log.info("event", note=note, id=event.new["id"], config=pg.config("greeting", "none"))

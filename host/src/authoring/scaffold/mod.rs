@@ -56,6 +56,8 @@ const PYTHON_SDK: &str = include_str!("../../../../plugin-sdk/python/pgevents_sd
 const JS_SDK: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk.js");
 /// Its `sql` part, for the `sql-handler` world.
 const JS_SDK_SQL: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk-sql.js");
+/// Its `publish` part, for the `publisher` world.
+const JS_SDK_PUBLISH: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk-publish.js");
 /// Its `http` part, for a component with the wasi:http import.
 const JS_SDK_HTTP: &str = include_str!("../../../../plugin-sdk/js/pgevents-sdk-http.js");
 /// The componentize-js set-up the SDK is built and tested with.
@@ -218,8 +220,9 @@ fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
                 "#!/bin/sh\n# Builds {module}.wasm with componentize-py {COMPONENTIZE_PY_VERSION} \
                  (pip install componentize-py=={COMPONENTIZE_PY_VERSION}),\n\
                  # against the world $WORLD: handler-only (the default), sql-handler for pg.sql,\n\
-                 # http-handler for pg.http, or sql-http-handler for both (the operator then grants\n\
-                 # the plugin `sql = {{ role = \"...\" }}`, `http = {{ allow = [\"host:port\"] }}`).\n\
+                 # http-handler for pg.http, sql-http-handler for both, publisher for pg.publish, or\n\
+                 # plugin for sql and publish (the operator then grants the plugin `sql = {{ role = \"...\" }}`,\n\
+                 # `http = {{ allow = [\"host:port\"] }}`, `publish = [\"SINK\"]`).\n\
                  set -e\ncd \"$(dirname \"$0\")\"\n\
                  WORLD=\"${{WORLD:-handler-only}}\"\nWIT=wit\n\
                  case \"$WORLD\" in *http-handler) WIT=wit/http ;; esac\n\
@@ -323,6 +326,8 @@ cp {module}.wasm /path/to/plugins/          # the running host loads it
   with `WORLD=sql-handler ./build.sh`; the operator grants it (`sql = {{ role = "..." }}`).
 - HTTP: `pg.http.post(url, json=body).check()`, built with `WORLD=http-handler ./build.sh`
   (`sql-http-handler` for both); the operator grants it (`http = {{ allow = ["host:port"] }}`).
+- Messages: `pg.publish("bus", subject, payload, key=...)` for the event being handled, built
+  with `WORLD=publisher ./build.sh`; the operator grants it (`publish = ["bus"]`).
 "#
         ),
     ));
@@ -344,6 +349,7 @@ fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
         ("pgevents-sdk.js".into(), JS_SDK.to_owned()),
         ("pgevents-sdk-sql.js".into(), JS_SDK_SQL.to_owned()),
         ("pgevents-sdk-http.js".into(), JS_SDK_HTTP.to_owned()),
+        ("pgevents-sdk-publish.js".into(), JS_SDK_PUBLISH.to_owned()),
         ("wit/plugin.wit".into(), WIT.into()),
         ("events.jsonl".into(), sample_events(plugin)),
         (
@@ -407,14 +413,16 @@ fn js(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
         "build.sh".into(),
         format!(
             "#!/bin/sh\n# Builds {module}.wasm with componentize-js (npm install, once), against the\n\
-             # world $WORLD: handler-only (the default), or sql-handler for `sql` (with\n\
-             # pgevents-sdk-sql.js; the operator then grants the plugin `sql = {{ role = \"...\" }}`).\n\
+             # world $WORLD: handler-only (the default), sql-handler for `sql` (with pgevents-sdk-sql.js;\n\
+             # the operator then grants the plugin `sql = {{ role = \"...\" }}`), publisher for `publish`\n\
+             # (pgevents-sdk-publish.js; `publish = [\"SINK\"]`), or plugin for both.\n\
              # HTTP=1 keeps the wasi:http import for `http` (with pgevents-sdk-http.js; the operator\n\
              # then grants `http = {{ allow = [\"host:port\"] }}`). componentize-js builds one module:\n\
              # the SDK{rows_note} and app.js go into build/plugin.js first.\n\
              set -e\ncd \"$(dirname \"$0\")\"\nmkdir -p build\n\
              WORLD=\"${{WORLD:-handler-only}}\"\nSDK=pgevents-sdk.js\nFEATURES=\"http fetch-event\"\n\
              case \"$WORLD\" in sql-handler|plugin) SDK=\"$SDK pgevents-sdk-sql.js\" ;; esac\n\
+             case \"$WORLD\" in publisher|plugin) SDK=\"$SDK pgevents-sdk-publish.js\" ;; esac\n\
              if [ \"${{HTTP:-0}}\" = 1 ]; then SDK=\"$SDK pgevents-sdk-http.js\"; FEATURES=fetch-event; fi\n\
              cat $SDK{rows_file} app.js > build/plugin.js\n\
              \"${{COMPONENTIZE_JS:-node_modules/.bin/componentize-js}}\" build/plugin.js -w wit -n \"$WORLD\" \\\n\
@@ -460,12 +468,14 @@ cp {module}.wasm /path/to/plugins/            # the running host loads it
 - `app.js`: the manifest (`subscriptions`) and `handleEvent`.
 - `events.jsonl`: events `pgevents-host test` calls the handler with; record real ones with
   `pgevents-host events export --plugin {name} --ago 1h -o events.jsonl`.
-- `pgevents-sdk.js` (with `pgevents-sdk-sql.js`, `pgevents-sdk-http.js`), `wit/`: the SDK
+- `pgevents-sdk.js` (with `pgevents-sdk-sql.js`, `-http.js`, `-publish.js`), `wit/`: the SDK
   and the plugin world, as the host that wrote this project speaks them.
 - Database access: `sql.execute/query/queryOne('... $1', value)` in the handler, built with
   `WORLD=sql-handler ./build.sh`; the operator grants it (`sql = {{ role = "..." }}`).
 - HTTP: `await http.post(url, {{ json }})` in an `async handleEvent`, then `.check()`, built
   with `HTTP=1 ./build.sh`; the operator grants it (`http = {{ allow = ["host:port"] }}`).
+- Messages: `publish('bus', subject, payload, {{ key }})` for the event being handled, built
+  with `WORLD=publisher ./build.sh`; the operator grants it (`publish = ["bus"]`).
 "#
         ),
     ));
