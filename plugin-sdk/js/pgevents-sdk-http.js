@@ -23,6 +23,11 @@ Object.assign(http, {
     if (!parsed || !['http:', 'https:'].includes(parsed.protocol)) {
       throw Failure.permanent(`${method} ${url}: not an http(s) URL`);
     }
+    if (parsed.username || parsed.password) {
+      throw Failure.permanent(
+        `${method} ${parsed.host}: a URL with credentials is not sent; put them in an authorization header`,
+      );
+    }
     // A plain object, [name, value] pairs or a Headers.
     const sent = new Headers(headers);
     if (json !== undefined) {

@@ -228,7 +228,9 @@ const worldParts = {
  * sink's broker once (the same `key`: in order). `payload`: a Uint8Array, a
  * string (UTF-8), or a plain object or array (JSON, BigInts exact); from
  * handleBatch, give the event's index as `event`. A refused message (a sink
- * not granted, over 1 MiB) throws an Error: a retryable failure.
+ * not granted, over 1 MiB) throws an Error: a retryable failure. Call it
+ * before handleEvent returns (await what publishes): a promise left running
+ * would publish for whichever event is handled then.
  */
 function publish(sink, subject, payload = new Uint8Array(), { key = undefined, headers = {}, event = handling } = {}) {
   if (event === undefined) throw new Error("publish outside handleEvent: give the event's index as { event }");
@@ -236,7 +238,8 @@ function publish(sink, subject, payload = new Uint8Array(), { key = undefined, h
   if (typeof payload === 'string') data = new TextEncoder().encode(payload);
   else if (!(payload instanceof Uint8Array)) data = new TextEncoder().encode(jsonText(payload));
   const pairs = Object.entries(headers).map(([k, v]) => [String(k), String(v)]);
-  worldParts.send(event, { sink: String(sink), subject: String(subject), key, payload: data, headers: pairs });
+  const keyText = key === undefined || key === null ? undefined : String(key);
+  worldParts.send(event, { sink: String(sink), subject: String(subject), key: keyText, payload: data, headers: pairs });
 }
 
 /** One row change; `new`, `old` and `key` are the rows parsed (JSON.parse). */

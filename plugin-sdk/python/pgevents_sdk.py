@@ -347,7 +347,7 @@ def publish(
     """Publish a message for the event being handled: the host records it in
     its outbox with the event's acknowledgement, and sends it to the sink's
     broker once (messages with the same ``key`` in order). ``payload``:
-    bytes, str (UTF-8), or a dict/list (JSON, Decimals exact). From
+    bytes, str (UTF-8), or anything else as JSON (Decimals exact). From
     ``handle_batch``, give the event's index as ``event``. Needs the
     publisher (or plugin) world and the operator's ``publish`` grant."""
     if _wit_publish is None:
@@ -358,14 +358,19 @@ def publish(
     index = _handling if event is None else event
     if index is None:
         raise RuntimeError("pg.publish outside handle_event: give the event's index as event=")
-    if isinstance(payload, (dict, list, tuple)):
-        data = _dumps(payload).encode()
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        data = bytes(payload)
     elif isinstance(payload, str):
         data = payload.encode()
     else:
-        data = bytes(payload)
+        # dict, list, a number, True, None: as JSON.
+        data = _dumps(payload).encode()
     message = _wit_publish.Message(
-        str(sink), str(subject), key, data, [(str(k), str(v)) for k, v in (headers or {}).items()]
+        str(sink),
+        str(subject),
+        None if key is None else str(key),
+        data,
+        [(str(k), str(v)) for k, v in (headers or {}).items()],
     )
     try:
         _wit_publish.send(index, message)
@@ -447,30 +452,49 @@ class _Http:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HttpError(f"{method} {url}: not an http(s) URL", invalid=True)
+        if parts.username is not None or parts.password is not None:
+            raise HttpError(
+                f"{method} {parts.hostname}: a URL with credentials is not sent; "
+                "put them in an authorization header",
+                invalid=True,
+            )
         sent = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
         if json is not None:
             body = _dumps(json)
             sent.setdefault("content-type", "application/json")
-        data = body.encode() if isinstance(body, str) else bytes(body or b"")
+        if isinstance(body, str):
+            data = body.encode()
+        elif body is None or isinstance(body, (bytes, bytearray, memoryview)):
+            data = bytes(body or b"")
+        else:
+            raise TypeError(f"pg.http: body is {type(body).__name__}; give bytes or str (or json=)")
         h = _wit_http
         try:
             fields = h.Fields.from_list([(k, v.encode()) for k, v in sent.items()])
         except Err as e:
             raise HttpError(f"{method} {url}: a header is not allowed ({type(e.value).__name__})", invalid=True)
         request = h.OutgoingRequest(fields)
-        request.set_method(getattr(h, f"Method_{method.title()}")() if method in _METHODS else h.Method_Other(method))
-        request.set_scheme(h.Scheme_Https() if parts.scheme == "https" else h.Scheme_Http())
-        request.set_authority(parts.netloc)
-        request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        try:
+            request.set_method(getattr(h, f"Method_{method.title()}")() if method in _METHODS else h.Method_Other(method))
+            request.set_scheme(h.Scheme_Https() if parts.scheme == "https" else h.Scheme_Http())
+            request.set_authority(parts.netloc)
+            request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        except Err:
+            raise HttpError(f"{method} {url}: not a valid method or URL", invalid=True) from None
         outgoing = request.body()
         try:
             future = _wit_outgoing.handle(request, None)
         except Err as e:
             raise _http_error(method, url, e.value) from None
-        with outgoing.write() as stream:
-            for i in range(0, len(data), _CHUNK):
-                stream.blocking_write_and_flush(data[i : i + _CHUNK])
-        h.OutgoingBody.finish(outgoing, None)
+        sent_body = True
+        try:
+            with outgoing.write() as stream:
+                for i in range(0, len(data), _CHUNK):
+                    stream.blocking_write_and_flush(data[i : i + _CHUNK])
+            h.OutgoingBody.finish(outgoing, None)
+        except Err:
+            # The response (or its error) says why; the body alone cannot.
+            sent_body = False
         with future:
             with future.subscribe() as ready:
                 ready.block()
@@ -478,10 +502,20 @@ class _Http:
         inner = result.value
         if isinstance(inner, Err):
             raise _http_error(method, url, inner.value)
+        if not sent_body:
+            inner.value.__exit__(None, None, None)
+            raise HttpError(f"{method} {url}: the request body could not be sent")
         with inner.value as response:
             status = response.status()
             with response.headers() as fields:
-                received = {k.lower(): v.decode("latin-1") for k, v in fields.entries()}
+                received: dict = {}
+                for k, v in fields.entries():
+                    try:
+                        text = v.decode("utf-8")
+                    except UnicodeDecodeError:
+                        text = v.decode("latin-1")
+                    # Repeated headers joined, as fetch joins them.
+                    received[k.lower()] = f"{received[k.lower()]}, {text}" if k.lower() in received else text
             incoming = response.consume()
             chunks = []
             with incoming.stream() as stream:

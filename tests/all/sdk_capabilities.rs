@@ -11,8 +11,9 @@
 //! `http`, on plugins with the wasi:http import (Python: the http-handler
 //! world of wit/http; JavaScript: built without `-d http`): each status
 //! class fails the event as `check()` promises, and a request no rule
-//! answers, one the grant does not allow and a URL that does not parse each
-//! fail it with a message that says so, never an opaque trap.
+//! answers, one the grant does not allow (also with a 3 MB body), a URL
+//! that does not parse and one with credentials each fail it with a message
+//! that says so, never an opaque trap.
 //!
 //! `publish`, on plugins built against the `publisher` world: a message for
 //! the event being handled, and a refused one fails that event.
@@ -204,6 +205,8 @@ url = "https://elsewhere.example.com/"
         "elsewhere",
         "bad-url",
         "late",
+        "huge",
+        "userinfo",
         "ok",
     ];
     let events = item_events(dir.path(), &notes);
@@ -226,13 +229,15 @@ url = "https://elsewhere.example.com/"
         &format!("-> refused: plugin `{name}` may not call elsewhere.example.com:443"),
         "FAILED at event 7 (permanent): POST not a url: not an http(s) URL",
         "FAILED at event 8 (retry): POST https://hooks.example.com/late answered 429; retrying;",
-        "batch of 1 event(s), 9-9: handled",
+        "FAILED at event 10 (permanent): POST hooks.example.com: a URL with credentials is not sent",
+        "batch of 1 event(s), 11-11: handled",
     ] {
         assert!(out.contains(expected), "{expected}\n in:\n{out}");
     }
     for (event, url) in [
         (5, "https://hooks.example.com/unruled"),
         (6, "https://elsewhere.example.com/"),
+        (9, "https://elsewhere.example.com/"),
     ] {
         let failed = format!("FAILED at event {event} (retry): ");
         assert!(
@@ -260,33 +265,66 @@ fn the_javascript_sdk_sends_http_and_fails_each_event_as_its_response_says() {
 }
 
 /// Run `test` on the publish test plugin `name` (granted the sink `bus`):
-/// each event's message is reported with its subject, key and payload; a
-/// sink not granted and a payload over 1 MiB fail their event, retried, in
-/// the host's words.
+/// each event's message is recorded for that event (not the batch's first),
+/// with its subject, key and payload; a sink not granted and a payload over
+/// 1 MiB fail their event, retried, in the host's words.
 fn run_publish_plugin(name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("host.toml");
     std::fs::write(&config, format!("[plugins.{name}]\npublish = [\"bus\"]\n")).unwrap();
-    let events = item_events(dir.path(), &["a", "elsewhere", "huge", "b"]);
+    let events = item_events(dir.path(), &["a", "b", "c", "elsewhere", "huge", "d"]);
     let (code, out, err) = run(host_bin()
         .arg("test")
         .arg(plugin(name))
         .arg(&events)
         .arg("--config")
-        .arg(&config));
+        .arg(&config)
+        .arg("--json"));
     assert_eq!(code, 1, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json");
+    let batches = report["batches"].as_array().expect("batches");
+    let published = |batch: usize| -> Vec<(u64, String, String, String)> {
+        batches[batch]["published"]
+            .as_array()
+            .expect("published")
+            .iter()
+            .map(|m| {
+                (
+                    m["event"].as_u64().unwrap(),
+                    m["subject"].as_str().unwrap().to_owned(),
+                    m["key"].as_str().unwrap().to_owned(),
+                    m["payload"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = |id: u64, note: &str| {
+        (
+            id,
+            format!("items.{id}"),
+            id.to_string(),
+            format!(r#"{{"id":{id},"note":"{note}"}}"#),
+        )
+    };
+    assert_eq!(
+        published(0),
+        [expected(1, "a"), expected(2, "b"), expected(3, "c")],
+        "{out}"
+    );
+    let failures: Vec<String> = batches.iter().map(|b| b["outcome"].to_string()).collect();
     for expected in [
-        "publish to bus subject=items.1 key=1 id=",
-        r#"payload={"id":1,"note":"a"}"#,
-        "FAILED at event 2 (retry): ",
-        "publishing to other (items.2): sink `other` is not granted to this plugin (granted: bus)",
-        "FAILED at event 3 (retry): ",
-        "publishing to bus (items.3): the payload is 2097152 bytes, more than the 1048576",
-        "batch of 1 event(s), 4-4: handled",
-        "publish to bus subject=items.4 key=4 id=",
+        "publishing to other (items.4): sink `other` is not granted to this plugin (granted: bus)",
+        "publishing to bus (items.5): the payload is 2097152 bytes, more than the 1048576",
     ] {
-        assert!(out.contains(expected), "{expected}\n in:\n{out}");
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains(expected) && f.contains("retry")),
+            "{expected}\n in:\n{failures:?}"
+        );
     }
+    assert_eq!(batches.len(), 3, "{out}");
+    assert_eq!(published(2), [expected(6, "d")], "{out}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 // (plugins/build-polyglot.sh: componentize-js without `-d http`). Each event
 // of `public.items` posts `{ id, note }` to the config's `url` followed by
 // its `note`, checks the response and logs it; `note` `bad-url` posts to a
-// string that is not a URL, and `elsewhere` to a host the grant does not allow.
+// string that is not a URL, `elsewhere` to a host the grant does not allow,
+// `huge` 3 MB to that host, and `userinfo` to a URL with credentials.
 
 export const handler = definePlugin({
   name: 'http-js',
@@ -11,10 +12,15 @@ export const handler = definePlugin({
 
   async handleEvent(event) {
     const { id, note } = event.new;
-    const url = note === 'bad-url' ? 'not a url'
-      : note === 'elsewhere' ? 'https://elsewhere.example.com/'
-        : `${config('url')}${note}`;
-    const response = await http.post(url, { json: { id, note }, headers: { 'x-item': String(id) } });
+    const urls = {
+      'bad-url': 'not a url',
+      elsewhere: 'https://elsewhere.example.com/',
+      huge: 'https://elsewhere.example.com/',
+      userinfo: 'https://user:secret@hooks.example.com/ok',
+    };
+    const url = urls[note] ?? `${config('url')}${note}`;
+    const json = note === 'huge' ? { id, note, pad: 'x'.repeat(3000000) } : { id, note };
+    const response = await http.post(url, { json, headers: { 'x-item': String(id) } });
     response.check();
     log.info('sent', { status: response.status, type: response.headers['content-type'], ack: response.json().ack });
   },

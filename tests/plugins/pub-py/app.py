@@ -1,6 +1,6 @@
 """Test plugin: the Python SDK's `pg.publish`, built against the publisher
 world. Each event of `public.items` publishes `{id, note}` to the sink
-`bus`, subject `items.ID`, keyed by its id; `note` `elsewhere` publishes to
+`bus`, subject `items.ID`, keyed by its id (a number: the SDK makes it text); `note` `elsewhere` publishes to
 a sink not granted, and `huge` a payload over the host's 1 MiB limit. (The
 same as the JavaScript `pub-js`.)"""
 
@@ -16,4 +16,4 @@ class Handler(pg.Plugin):
         item, note = event.new["id"], event.new["note"]
         sink = "other" if note == "elsewhere" else "bus"
         payload = "x" * (2 << 20) if note == "huge" else {"id": item, "note": note}
-        pg.publish(sink, f"items.{item}", payload, key=str(item), headers={"x-note": note})
+        pg.publish(sink, f"items.{item}", payload, key=item, headers={"x-note": note})

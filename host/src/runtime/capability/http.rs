@@ -222,23 +222,14 @@ impl WasiHttpHooks for Hooks {
     }
 }
 
-/// How much of a refused request's body is read (and dropped) before the
-/// refusal.
-const REFUSED_BODY_READ: usize = 1 << 20;
-
-/// Read and drop up to [`REFUSED_BODY_READ`] bytes of a refused request's
-/// body, so that the refusal reaches a guest that writes the whole body
-/// before it waits for the response (JavaScript's fetch) as an error of the
-/// request, not as a broken body stream it cannot recover from.
+/// Read a refused request's body to its end, dropping each frame as it
+/// comes (memory stays that of one frame), so that the refusal reaches a
+/// guest that writes the whole body before it waits for the response
+/// (JavaScript's fetch, the Python SDK) as an error of the request, not as a
+/// broken body stream it cannot recover from. The caller bounds the wait.
 async fn discard(mut body: WasiBody) {
     use http_body_util::BodyExt;
-    let mut read = 0;
-    while read <= REFUSED_BODY_READ {
-        match body.frame().await {
-            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
-            _ => return,
-        }
-    }
+    while let Some(Ok(_frame)) = body.frame().await {}
 }
 
 /// Read the request's body and let `responder` answer it.
