@@ -18,6 +18,8 @@
 //! `publish`, on plugins built against the `publisher` world: a message for
 //! the event being handled, and a refused one fails that event.
 
+use std::time::Duration;
+
 use crate::support::*;
 
 /// The notes `sql-py` and `sql-js` act on, as `public.items` inserts.
@@ -38,14 +40,12 @@ const RAISED: [&str; 11] = [
     "42P01",
 ];
 
-/// Run `test` on the sql test plugin `name` (granted sql as a role that may
-/// write `public.audit` and not read `public.forbidden`); its report, after
-/// checking what every language must show.
-async fn run_sql_plugin(name: &str) -> String {
-    let db = TestDb::new().await;
+/// The sql test plugins' tables, and a role that may write `public.audit`
+/// and not read `public.forbidden`.
+async fn audit_tables(db: &TestDb) -> String {
     let role = db.role("auditor").await;
-    let client = db.client().await;
-    client
+    db.client()
+        .await
         .batch_execute(&format!(
             "CREATE TABLE public.audit (item_id int PRIMARY KEY, note text, qty numeric, doc jsonb, raw bytea);
              CREATE TABLE public.forbidden (id int);
@@ -53,6 +53,71 @@ async fn run_sql_plugin(name: &str) -> String {
         ))
         .await
         .unwrap();
+    role
+}
+
+/// In a running host, the SDK's statements commit with the cursor: the
+/// batch that fails at its third event (an uncaught unique violation) is
+/// rolled back, the two events before it are replayed alone and applied
+/// once, the failed one is dead-lettered with its SQLSTATE, the next is
+/// applied. Python, whose SDK computes the index the host cuts the batch at.
+#[tokio::test]
+async fn in_a_host_the_python_sdks_statements_apply_each_event_once_around_a_failure() {
+    let db = TestDb::new().await;
+    let role = audit_tables(&db).await;
+    let config = format!("[plugins.sql-py]\nsql = {{ role = \"{role}\" }}\n");
+    let mut host = Host::start_with(&db, plugins_dir(&["sql-py"]), settings_with(&config)).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO items (name, note) VALUES ('a', 'a'), ('b', 'caught'), ('c', 'duplicate'), ('d', 'd')",
+    )
+    .await
+    .unwrap();
+    eventually(
+        &c,
+        "three events applied and one dead-lettered",
+        "SELECT (SELECT count(*) FROM public.audit) = 3
+            AND (SELECT count(*) FROM pgevents.dead_letters) = 1",
+    )
+    .await;
+    host.settle(Duration::from_millis(300)).await;
+    let applied: Vec<(i32, String)> = c
+        .query(
+            "SELECT item_id, note FROM public.audit ORDER BY item_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        applied,
+        [(1, "a".into()), (2, "caught".into()), (4, "d".into())],
+        "each handled event applied once, the failed one not at all"
+    );
+    let dead = c
+        .query_one(
+            "SELECT new_row->>'note', error FROM pgevents.dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.get::<_, String>(0), "duplicate");
+    let error: String = dead.get(1);
+    assert!(
+        error.contains("SQLSTATE 23505: duplicate key value"),
+        "{error}"
+    );
+}
+
+/// Run `test` on the sql test plugin `name` (granted sql as a role that may
+/// write `public.audit` and not read `public.forbidden`); its report, after
+/// checking what every language must show.
+async fn run_sql_plugin(name: &str) -> String {
+    let db = TestDb::new().await;
+    let role = audit_tables(&db).await;
+    let client = db.client().await;
     let dir = tempfile::tempdir().unwrap();
     let raised: Vec<String> = RAISED.iter().map(|c| format!("raise-{c}")).collect();
     let notes: Vec<&str> = NOTES
