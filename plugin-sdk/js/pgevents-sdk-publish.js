@@ -7,11 +7,10 @@
 
 import { send as publishSend } from 'pgevents:plugin/publish@0.1.1';
 
-worldParts.send = (event, message) => {
+publishing.publish = (event, message) => {
   try {
     publishSend(event, message);
   } catch (error) {
-    const why = error && error.payload !== undefined ? error.payload : error;
-    throw new Error(`publishing to ${message.sink} (${message.subject}): ${why}`);
+    throw new Error(`publishing to ${message.sink} (${message.subject}): ${importError(error)}`);
   }
 };

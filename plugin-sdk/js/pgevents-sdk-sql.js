@@ -82,7 +82,7 @@ function sqlCall(call, statement, params) {
   try {
     return call(statement, values);
   } catch (error) {
-    const payload = error && error.payload !== undefined ? error.payload : error;
+    const payload = importError(error);
     if (payload && typeof payload.sqlstate === 'string') throw new SqlError(payload.sqlstate, payload.message);
     throw error;
   }

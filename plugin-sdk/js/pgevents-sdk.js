@@ -98,6 +98,27 @@ class Failure extends Error {
 }
 
 /**
+ * Stand-ins for the functions `names` of a part the build left out (`part.name`,
+ * or `name` alone for no part): each throws an Error saying it needs `needs`.
+ * The part's file replaces them (`Object.assign(part, ...)`).
+ */
+function missing(part, names, needs) {
+  return Object.fromEntries(
+    names.map((name) => [
+      name,
+      () => {
+        throw new Error(`${part ? `${part}.` : ''}${name} needs ${needs}`);
+      },
+    ]),
+  );
+}
+
+/** What a failed import call threw: its error value (componentize-js wraps it in `payload`). */
+function importError(error) {
+  return error && error.payload !== undefined ? error.payload : error;
+}
+
+/**
  * A statement that failed: `sqlstate` (`23505` unique violation, `42501`
  * insufficient privilege, `58000` the host's side) and PostgreSQL's message
  * as `detail` (`message` is both, as the failure shows it).
@@ -140,17 +161,8 @@ class SqlError extends Error {
  * number of rows affected. Placeholders are `$1, $2, ...`. Built against any
  * world but `sql-handler`, each says how to get it.
  */
-const sql = Object.fromEntries(
-  ['query', 'queryOne', 'execute'].map((name) => [
-    name,
-    () => {
-      throw new Error(
-        `sql.${name} needs the sql-handler world: build with -n sql-handler and pgevents-sdk-sql.js `
-          + '(WORLD=sql-handler ./build.sh), and ask the operator for sql = { role = "..." }',
-      );
-    },
-  ]),
-);
+const sql = missing('sql', ['query', 'queryOne', 'execute'], 'the sql-handler world: build with -n sql-handler '
+  + 'and pgevents-sdk-sql.js (WORLD=sql-handler ./build.sh), and ask the operator for sql = { role = "..." }');
 
 /**
  * A whole HTTP response: `status`, `headers` (lower-case names), `body` (a
@@ -197,30 +209,15 @@ class HttpResponse {
  * build adds for a component with the wasi:http import. Without it, each
  * says how to get it.
  */
-const http = Object.fromEntries(
-  ['request', 'get', 'post'].map((name) => [
-    name,
-    async () => {
-      throw new Error(
-        `http.${name} needs the wasi:http import: build without \`-d http\` and with pgevents-sdk-http.js `
-          + '(HTTP=1 ./build.sh), and ask the operator for http = { allow = ["host:port"] }',
-      );
-    },
-  ]),
-);
+const http = missing('http', ['request', 'get', 'post'], 'the wasi:http import: build without `-d http` '
+  + 'and with pgevents-sdk-http.js (HTTP=1 ./build.sh), and ask the operator for http = { allow = ["host:port"] }');
 
 /** The index in its batch of the event handleEvent is handling, if any. */
 let handling;
 
-/** What the world's optional parts install (pgevents-sdk-publish.js). */
-const worldParts = {
-  send() {
-    throw new Error(
-      'publish needs the publisher world: build with -n publisher and pgevents-sdk-publish.js '
-        + '(WORLD=publisher ./build.sh), and ask the operator for publish = ["SINK"]',
-    );
-  },
-};
+/** The host's `send`, which pgevents-sdk-publish.js installs as `publishing.publish`. */
+const publishing = missing('', ['publish'], 'the publisher world: build with -n publisher '
+  + 'and pgevents-sdk-publish.js (WORLD=publisher ./build.sh), and ask the operator for publish = ["SINK"]');
 
 /**
  * `publish(sink, subject, payload, { key, headers, event })`: a message for
@@ -239,7 +236,7 @@ function publish(sink, subject, payload = new Uint8Array(), { key = undefined, h
   else if (!(payload instanceof Uint8Array)) data = new TextEncoder().encode(jsonText(payload));
   const pairs = Object.entries(headers).map(([k, v]) => [String(k), String(v)]);
   const keyText = key === undefined || key === null ? undefined : String(key);
-  worldParts.send(event, { sink: String(sink), subject: String(subject), key: keyText, payload: data, headers: pairs });
+  publishing.publish(event, { sink: String(sink), subject: String(subject), key: keyText, payload: data, headers: pairs });
 }
 
 /** One row change; `new`, `old` and `key` are the rows parsed (JSON.parse). */

@@ -601,7 +601,7 @@ def _checked(failure: Any, index: int, count: int, at: Optional[int] = None) -> 
             f"malformed failure ({why}); raise pg.Failure.retry/permanent/retry_after(...) instead",
         )
 
-    if type(failure).__name__ == "SqlError" and hasattr(failure, "sqlstate"):
+    if _wit_sql is not None and isinstance(failure, _wit_sql.SqlError):
         # A raw `wit_world.imports.sql` call's error, not caught.
         return SqlError(failure.sqlstate, failure.message)._wit(index if at is None else at)
     if not isinstance(failure, _t.Failure):
@@ -618,6 +618,10 @@ def _checked(failure: Any, index: int, count: int, at: Optional[int] = None) -> 
     if at is not None:
         return _t.Failure(at, failure.disposition, failure.message)
     return failure
+
+
+# What a handler raises that says its own disposition (each has `_wit(index)`).
+_RAISED = (Failure, SqlError, HttpError, PublishError)
 
 
 class Plugin(exports.Handler):
@@ -649,7 +653,7 @@ class Plugin(exports.Handler):
     def _handle_one(self, event: Event, i: int, count: int) -> None:
         try:
             result = self.handle_event(event)
-        except (Failure, SqlError, HttpError, PublishError) as f:
+        except _RAISED as f:
             raise Err(f._wit(i))
         except Err as err:
             raise Err(_checked(err.value, i, count, at=i))
@@ -668,7 +672,7 @@ class Plugin(exports.Handler):
             self.handle_batch(wrapped)
         except Err as err:
             raise Err(_checked(err.value, 0, len(events)))
-        except (Failure, SqlError, HttpError, PublishError) as f:
+        except _RAISED as f:
             failure = f._wit(0)
             failure.message += " (raised from handle_batch, which cannot say which event: raise Err(Failure(index, ...)))"
             raise Err(failure)

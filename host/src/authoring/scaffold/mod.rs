@@ -13,42 +13,23 @@ mod rust;
 
 /// The plugin world, as this binary was built with it.
 const WIT: &str = include_str!("../../../../wit/plugin.wit");
+/// `(path, text)` of repository files, by the same path in a new project.
+macro_rules! repository_files {
+    ($($path:literal),* $(,)?) => {
+        [$(($path, include_str!(concat!("../../../../", $path)))),*]
+    };
+}
 /// The worlds with outbound HTTP, for componentize-py: `wit/http/` and its
-/// dependencies (the plugin package, WASI 0.2.12), by path in the project.
-const WIT_HTTP: &[(&str, &str)] = &[
-    (
-        "wit/http/world.wit",
-        include_str!("../../../../wit/http/world.wit"),
-    ),
-    ("wit/http/deps/pgevents-plugin/plugin.wit", WIT),
-    (
-        "wit/http/deps/cli/cli.wit",
-        include_str!("../../../../wit/http/deps/cli/cli.wit"),
-    ),
-    (
-        "wit/http/deps/clocks/clocks.wit",
-        include_str!("../../../../wit/http/deps/clocks/clocks.wit"),
-    ),
-    (
-        "wit/http/deps/filesystem/filesystem.wit",
-        include_str!("../../../../wit/http/deps/filesystem/filesystem.wit"),
-    ),
-    (
-        "wit/http/deps/http/http.wit",
-        include_str!("../../../../wit/http/deps/http/http.wit"),
-    ),
-    (
-        "wit/http/deps/io/io.wit",
-        include_str!("../../../../wit/http/deps/io/io.wit"),
-    ),
-    (
-        "wit/http/deps/random/random.wit",
-        include_str!("../../../../wit/http/deps/random/random.wit"),
-    ),
-    (
-        "wit/http/deps/sockets/sockets.wit",
-        include_str!("../../../../wit/http/deps/sockets/sockets.wit"),
-    ),
+/// dependencies (WASI 0.2.12 here, and the plugin package, [`WIT`]).
+const WIT_HTTP: [(&str, &str); 8] = repository_files![
+    "wit/http/world.wit",
+    "wit/http/deps/cli/cli.wit",
+    "wit/http/deps/clocks/clocks.wit",
+    "wit/http/deps/filesystem/filesystem.wit",
+    "wit/http/deps/http/http.wit",
+    "wit/http/deps/io/io.wit",
+    "wit/http/deps/random/random.wit",
+    "wit/http/deps/sockets/sockets.wit",
 ];
 /// The Python SDK (one module).
 const PYTHON_SDK: &str = include_str!("../../../../plugin-sdk/python/pgevents_sdk.py");
@@ -236,6 +217,11 @@ fn python(plugin: &NewPlugin) -> Vec<(PathBuf, String)> {
             .iter()
             .map(|(path, text)| (path.into(), (*text).to_owned())),
     );
+    // A copy, where the repository has a symlink.
+    files.push((
+        "wit/http/deps/pgevents-plugin/plugin.wit".into(),
+        WIT.into(),
+    ));
     let (import, subscriptions, decode) = if plugin.tables.is_empty() {
         (
             String::new(),
